@@ -1,0 +1,154 @@
+"""The paper's 2-D toy classification problems, generated from a seed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset, random_split
+
+from gmnn.validation import check_choice, check_non_negative, check_positive_int
+
+
+def _checkerboard(points: Tensor, cells: int) -> Tensor:
+    index = ((points + 1) / 2 * cells).floor().clamp(0, cells - 1).long()
+    return (index[:, 0] + index[:, 1]) % 2
+
+
+def _uniform(n: int, generator: torch.Generator) -> Tensor:
+    return torch.rand(n, 2, generator=generator) * 2 - 1
+
+
+def checkerboard(n: int, noise: float, generator: torch.Generator, cells: int = 2) -> tuple[Tensor, Tensor]:
+    """Uniform points on [-1, 1]^2 labelled by a ``cells`` x ``cells`` checkerboard."""
+    points = _uniform(n, generator)
+    return points + noise * torch.randn(n, 2, generator=generator), _checkerboard(points, cells)
+
+
+def rotated_checkerboard(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A 2x2 checkerboard rotated by 45 degrees (its cell borders are diagonals)."""
+    points = _uniform(n, generator)
+    c, s = math.cos(math.pi / 4), math.sin(math.pi / 4)
+    rotated = points @ torch.tensor([[c, -s], [s, c]])
+    return points + noise * torch.randn(n, 2, generator=generator), _checkerboard(rotated / math.sqrt(2), 2)
+
+
+def circles(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Two concentric rings: radius 0.4 (class 0) and 0.9 (class 1)."""
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    angle = torch.rand(n, generator=generator) * 2 * math.pi
+    radius = 0.4 + 0.5 * labels + (noise + 0.05) * torch.randn(n, generator=generator)
+    return torch.stack([radius * angle.cos(), radius * angle.sin()], 1), labels
+
+
+def _blobs(centres: Tensor, labels_of_centre: Tensor, n: int, std: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    which = torch.randint(0, len(centres), (n,), generator=generator)
+    return centres[which] + std * torch.randn(n, 2, generator=generator), labels_of_centre[which]
+
+
+def two_blobs_vs_one(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Class 0: blobs at (-0.6, -0.6) and (0.6, 0.6); class 1: a blob between them at the origin."""
+    centres = torch.tensor([[-0.6, -0.6], [0.6, 0.6], [0.0, 0.0], [0.0, 0.0]])
+    return _blobs(centres, torch.tensor([0, 0, 1, 1]), n, 0.15 + noise, generator)
+
+
+def gaussian_clusters(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Three Gaussian clusters on a circle of radius 0.6, one class each."""
+    angles = torch.tensor([90.0, 210.0, 330.0]) * math.pi / 180
+    centres = 0.6 * torch.stack([angles.cos(), angles.sin()], 1)
+    return _blobs(centres, torch.arange(3), n, 0.2 + noise, generator)
+
+
+Generator = Callable[[int, float, torch.Generator], tuple[Tensor, Tensor]]
+PROBLEMS: dict[str, tuple[Generator, int]] = {
+    "checkerboard": (checkerboard, 2),
+    "checkerboard_4x4": (lambda n, noise, g: checkerboard(n, noise, g, cells=4), 2),
+    "rotated_checkerboard": (rotated_checkerboard, 2),
+    "circles": (circles, 2),
+    "two_blobs_vs_one": (two_blobs_vs_one, 2),
+    "gaussian_clusters": (gaussian_clusters, 3),
+}
+
+
+class ToyDataModule(LightningDataModule):
+    """The paper's 2-D toy problems, generated reproducibly with no download.
+
+    Problems: ``checkerboard`` (2x2), ``checkerboard_4x4``,
+    ``rotated_checkerboard``, ``circles``, ``two_blobs_vs_one`` and
+    ``gaussian_clusters`` (3 classes). Inputs lie roughly in [-1, 1]^2.
+
+    Args:
+        problem: Which problem to generate.
+        num_samples: Total samples, split into train/val/test.
+        noise: Standard deviation of Gaussian input noise (added to the cluster spread for blob problems).
+        val_fraction: Fraction of samples for validation.
+        test_fraction: Fraction of samples for testing.
+        batch_size: Samples per batch.
+        seed: Seed of the data and of the split.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        problem: str = "checkerboard",
+        num_samples: int = 4000,
+        noise: float = 0.0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("problem", problem, tuple(PROBLEMS))
+        check_positive_int("num_samples", num_samples)
+        check_non_negative("noise", noise)
+        check_positive_int("batch_size", batch_size)
+        check_non_negative("num_workers", num_workers)
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= fraction < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {fraction}")
+        num_train = num_samples - round(num_samples * val_fraction) - round(num_samples * test_fraction)
+        if num_train < 1:
+            raise ValueError(f"val_fraction + test_fraction leave no training samples out of num_samples={num_samples}")
+        self.save_hyperparameters()
+        self.input_shape = [2]
+        self.num_classes = PROBLEMS[problem][1]
+        self.splits: dict[str, TensorDataset] = {}
+
+    def generate(self) -> tuple[Tensor, Tensor]:
+        """All ``num_samples`` points ``[N, 2]`` and labels ``[N]`` of the problem."""
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.seed)
+        return PROBLEMS[hp.problem][0](hp.num_samples, hp.noise, generator)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        dataset = TensorDataset(*self.generate())
+        sizes = [round(hp.num_samples * hp.val_fraction), round(hp.num_samples * hp.test_fraction)]
+        sizes = [hp.num_samples - sum(sizes), *sizes]
+        parts = random_split(dataset, sizes, generator=torch.Generator().manual_seed(hp.seed + 1))
+        self.splits = dict(zip(("train", "val", "test"), parts))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+            num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,58 @@
+"""Mixture of experts with an attention gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from gmnn.models.base import MoEModule
+from gmnn.models.topk import check_top_k
+from gmnn.nn.combine import top_k_mixture
+from gmnn.nn.gates import AttentionGate
+from gmnn.nn.networks import build_network, hidden_dim_of
+from gmnn.validation import check_non_negative
+
+
+class AttentionGateMoE(MoEModule):
+    """Mixture of experts whose gate attends over the experts' hidden states.
+
+    The gate network's hidden layer gives a query, each expert's hidden layer a
+    key; the gate logit of expert i is ``q . k_i / sqrt(d)`` (Krishnamurthy,
+    Watkins & Gaertner, 2023, "Improving Expert Specialization in Mixture of
+    Experts"). Every expert runs on every sample (the keys need them); the
+    mixture is dense, or over the top ``k`` experts when ``k > 0``.
+
+    Args:
+        attention_dim: Width d of the queries and keys.
+        k: 0 for the dense mixture, else the number of experts mixed per sample.
+        gate_gradient: With ``k > 0``: ``"residual"`` or ``"renormalize"``
+            (see :class:`~gmnn.models.topk.TopKMoE`).
+        **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
+    """
+
+    def __init__(self, attention_dim: int = 32, k: int = 0, gate_gradient: str = "residual", **kwargs: Any) -> None:
+        check_non_negative("k", k)
+        if k:
+            check_top_k(k, kwargs.get("num_experts", 4), gate_gradient)
+        self.k = k
+        super().__init__(**kwargs)
+        self.attention = AttentionGate(
+            hidden_dim_of(self.gate, self.input_shape), hidden_dim_of(self.experts[0], self.input_shape), attention_dim
+        )
+
+    def build_gate(self) -> nn.Module:
+        """The gate network without its output layer: it yields the query's hidden state."""
+        hp = self.hparams
+        return build_network(hp.gate, self.input_shape, None, hp.gate_hidden, hp.gate_channels)
+
+    def gate_logits(self, x: Tensor, expert_hidden: Tensor) -> Tensor:
+        return self.attention(self.gate(x)[0], expert_hidden)
+
+    def combine(self, log_gate: Tensor, expert_log_probs: Tensor) -> Tensor:
+        if not self.k:
+            return super().combine(log_gate, expert_log_probs)
+        indices = log_gate.topk(self.k, dim=-1).indices
+        selected = expert_log_probs.gather(1, indices.unsqueeze(-1).expand(-1, -1, expert_log_probs.shape[-1]))
+        residual = self.training and self.hparams.gate_gradient == "residual"
+        return top_k_mixture(log_gate, indices, selected, residual)

@@ -1,0 +1,221 @@
+"""The shared LightningModule: experts, gate, loss, optimizer, logging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
+from gmnn.nn.combine import dense_mixture
+from gmnn.nn.experts import Experts
+from gmnn.nn.networks import NETWORKS, build_network
+from gmnn.nn.output import MoEOutput
+from gmnn.nn.routing import softmax_routing
+from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
+
+STAGES = ("train", "val", "test")
+
+
+class MoEModule(LightningModule):
+    """Base class of every gmnn mixture of experts (a dense mixture by default).
+
+    Owns the experts, the gate, the task loss, the optimizer and the logging.
+    Variants override one hook: :meth:`gate_logits` (how experts are scored),
+    :meth:`combine` (how expert predictions are mixed) or :meth:`forward`
+    (sparse routing). Subclasses in other projects override
+    :meth:`build_expert` / :meth:`build_gate` to swap the networks.
+
+    Args:
+        input_shape: Shape of one input, e.g. ``[2]`` or ``[1, 28, 28]`` (linked from the data).
+        num_classes: Number of classes C (linked from the data).
+        num_experts: Number of experts E >= 1.
+        expert: Expert network: ``"mlp"`` or ``"conv"`` (the paper's MNIST expert).
+        expert_hidden: Hidden layer widths of each expert.
+        expert_channels: Convolution filters of a ``"conv"`` expert.
+        gate: Gate network: ``"mlp"`` or ``"conv"``.
+        gate_hidden: Hidden layer widths of the gate.
+        gate_channels: Convolution filters of a ``"conv"`` gate.
+        temperature: Gate softmax temperature T > 0.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay (L2).
+        batched_experts: Evaluate experts of one architecture as one vectorised call.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (2,),
+        num_classes: int = 2,
+        num_experts: int = 4,
+        expert: str = "mlp",
+        expert_hidden: Sequence[int] = (32,),
+        expert_channels: int = 1,
+        gate: str = "mlp",
+        gate_hidden: Sequence[int] = (32,),
+        gate_channels: int = 1,
+        temperature: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        batched_experts: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be a non-empty list of positive sizes, got {list(input_shape)}")
+        check_positive_int("num_classes", num_classes)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_positive_int("num_experts", num_experts)
+        check_choice("expert", expert, NETWORKS)
+        check_choice("gate", gate, NETWORKS)
+        check_positive("temperature", temperature)
+        check_positive("lr", lr)
+        check_non_negative("weight_decay", weight_decay)
+        self.num_classes = num_classes
+        self.num_experts = num_experts
+        self.temperature = float(temperature)
+        self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
+        self.gate = self.build_gate()
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
+        )
+
+    # ----------------------------------------------------------------- building
+    def build_expert(self) -> nn.Module:
+        """A fresh expert network mapping ``x`` to ``(logits [B, C], hidden [B, H])``."""
+        hp = self.hparams
+        return build_network(hp.expert, self.input_shape, self.num_classes, hp.expert_hidden, hp.expert_channels)
+
+    def build_gate(self) -> nn.Module | None:
+        """The gate network mapping ``x`` to ``(logits [B, E], hidden [B, H])``."""
+        hp = self.hparams
+        return build_network(hp.gate, self.input_shape, self.num_experts, hp.gate_hidden, hp.gate_channels)
+
+    # ------------------------------------------------------------------ forward
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` when ``x`` is not ``[B, *input_shape]``."""
+        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
+            raise ValueError(
+                f"input must have shape [batch, {', '.join(map(str, self.input_shape))}] "
+                f"(the model's input_shape), got {list(x.shape)}"
+            )
+
+    def gate_logits(self, x: Tensor, expert_hidden: Tensor) -> Tensor:
+        """Score every expert for every sample: ``[B, E]``."""
+        return self.gate(x)[0]
+
+    def combine(self, log_gate: Tensor, expert_log_probs: Tensor) -> Tensor:
+        """Mix the experts' log-probabilities ``[B, E, C]`` into ``[B, C]``."""
+        return dense_mixture(log_gate, expert_log_probs)
+
+    def forward(self, x: Tensor) -> MoEOutput:
+        self.check_input(x)
+        expert_logits, expert_hidden = self.experts(x)
+        expert_log_probs = torch.log_softmax(expert_logits, dim=-1)
+        gate_logits = self.gate_logits(x, expert_hidden)
+        log_gate = softmax_routing(gate_logits, self.temperature)
+        return MoEOutput(
+            log_probs=self.combine(log_gate, expert_log_probs),
+            gate_probs=log_gate.exp(),
+            gate_logits=gate_logits,
+            expert_log_probs=expert_log_probs,
+            selected=None,
+            aux_loss=x.new_zeros(()),
+        )
+
+    # --------------------------------------------------------------------- loss
+    def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Named loss terms whose sum is minimised; ``"nll"`` is the task loss.
+
+        Subclasses add terms (regularizers) by extending the returned dict.
+        """
+        terms = {"nll": F.nll_loss(out.log_probs, y)}
+        if out.aux_loss.requires_grad:
+            terms["aux"] = out.aux_loss
+        return terms
+
+    def check_labels(self, y: Tensor) -> None:
+        """Raise ``ValueError`` when labels fall outside ``[0, num_classes)`` (one host sync)."""
+        if y.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
+            raise ValueError(f"labels must be an integer tensor, got dtype {y.dtype}")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got values in [{low}, {high}]")
+
+    # -------------------------------------------------------------------- steps
+    def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, MoEOutput]:
+        """Forward, loss and logging for one batch of ``stage`` (train/val/test)."""
+        x, y = batch[0], batch[1]
+        if self.global_step == 0 and stage == "train" and not getattr(self, "_labels_checked", False):
+            self.check_labels(y)
+            self._labels_checked = True
+        out = self(x)
+        terms = self.loss_terms(out, x, y)
+        loss = torch.stack(list(terms.values())).sum()
+        self.log_step(stage, loss, terms, out, y, batch_size=x.shape[0])
+        return loss, out
+
+    def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
+        """Log loss, loss terms, accuracy and mean gate probability per expert."""
+        on_step = stage == "train"
+        opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
+        self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
+        if len(terms) > 1:
+            self.log_dict({f"{stage}/loss_{name}": value for name, value in terms.items()}, **opts)
+        accuracy = self.metrics[f"{stage}_acc"]
+        accuracy(out.log_probs, y)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=batch_size)
+        gate_mean = out.gate_probs.detach().mean(dim=0)
+        self.log_dict(
+            {f"{stage}/gate_prob/expert_{i}": gate_mean[i] for i in range(self.num_experts)},
+            on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train",
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "train")[0]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "val")[0]
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "test")[0]
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Class probabilities, predicted class and gate probabilities of a batch."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        out = self(x)
+        probs = out.log_probs.exp()
+        return {"probs": probs, "prediction": probs.argmax(-1), "gate_probs": out.gate_probs, "expert": out.chosen_expert}
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_KEY] = class_path_of(self)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | IO[bytes], *args: Any, **kwargs: Any
+    ) -> MoEModule:
+        """Load a checkpoint, rebuilding the variant that wrote it.
+
+        ``MoEModule.load_from_checkpoint(path)`` returns a ``TopKMoE`` for a
+        top-k checkpoint; ``DenseMoE.load_from_checkpoint`` on a checkpoint of
+        another variant raises a ``ValueError`` naming both classes.
+        """
+        target = saved_class(checkpoint_path) or cls
+        if not issubclass(target, cls):
+            raise ValueError(
+                f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "
+                f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
+            )
+        loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
+        return loader(target, checkpoint_path, *args, **kwargs)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

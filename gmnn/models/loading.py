@@ -1,0 +1,46 @@
+"""Loading a checkpoint into the variant that wrote it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+CLASS_KEY = "gmnn_class_path"
+
+
+def class_path_of(obj: object) -> str:
+    """``module.Class`` of an object's class."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def saved_class(checkpoint_path: str | Path | IO[bytes]) -> type | None:
+    """The LightningModule class a gmnn checkpoint was written by, if it can be resolved.
+
+    Only classes in ``gmnn`` or in modules that are already imported are
+    resolved, so a checkpoint cannot make us import arbitrary code.
+
+    Raises:
+        ValueError: The checkpoint names a class that cannot be found.
+    """
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    if hasattr(checkpoint_path, "seek"):
+        checkpoint_path.seek(0)
+    path = checkpoint.get(CLASS_KEY) or checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if not path:
+        return None
+    module_name, _, name = path.rpartition(".")
+    if module_name.split(".")[0] == "gmnn":
+        module = importlib.import_module(module_name)
+    else:
+        module = sys.modules.get(module_name)
+    found: Any = getattr(module, name, None) if module else None
+    if not isinstance(found, type):
+        raise ValueError(
+            f"checkpoint {checkpoint_path} was written by {path}, which is not importable here; "
+            "import the module that defines it before loading"
+        )
+    return found

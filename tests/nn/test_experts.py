@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from gmnn.nn.experts import Experts
+from gmnn.nn.gates import AttentionGate
+from gmnn.nn.networks import MLP, ConvNet, build_network
+
+
+def test_batched_experts_match_the_loop_outputs_and_gradients() -> None:
+    experts = Experts(lambda: MLP(6, 3, [8, 5]), 4)
+    assert experts.batched
+    x = torch.randn(7, 6)
+    logits, hidden = experts(x)
+    assert logits.shape == (7, 4, 3) and hidden.shape == (7, 4, 5)
+    loop_logits = torch.stack([e(x)[0] for e in experts.experts], 1)
+    loop_hidden = torch.stack([e(x)[1] for e in experts.experts], 1)
+    torch.testing.assert_close(logits, loop_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden, loop_hidden, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(7, 4, 3)
+    grads = torch.autograd.grad((logits * weights).sum(), list(experts.parameters()))
+    loop_grads = torch.autograd.grad((loop_logits * weights).sum(), list(experts.parameters()))
+    for a, b in zip(grads, loop_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_experts_batched_match_loop() -> None:
+    experts = Experts(lambda: ConvNet((1, 12, 12), 10), 3)
+    x = torch.randn(4, 1, 12, 12)
+    logits, _ = experts(x)
+    torch.testing.assert_close(logits, torch.stack([e(x)[0] for e in experts.experts], 1), atol=1e-5, rtol=1e-5)
+
+
+def test_heterogeneous_experts_fall_back_to_the_loop() -> None:
+    widths = iter([4, 4, 9])
+    experts = Experts(lambda: MLP(3, 2, [next(widths), 5]), 3)
+    assert not experts.batched
+    assert experts(torch.randn(2, 3))[0].shape == (2, 3, 2)
+
+
+def test_forward_selected_equals_gathering_from_all_experts() -> None:
+    experts = Experts(lambda: MLP(5, 3, [8]), 4)
+    x = torch.randn(9, 5)
+    indices = torch.tensor([[0, 1], [3, 2], [1, 0], [0, 3], [2, 1], [1, 3], [0, 2], [3, 1], [1, 2]])
+    full, _ = experts(x)
+    expected = full.gather(1, indices.unsqueeze(-1).expand(-1, -1, 3))
+    torch.testing.assert_close(experts.forward_selected(x, indices), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_selected_gives_gradient_only_to_routed_experts() -> None:
+    experts = Experts(lambda: MLP(5, 3, [8]), 4)
+    experts.forward_selected(torch.randn(6, 5), torch.tensor([[1], [1], [3], [1], [3], [3]])).sum().backward()
+    touched = [e.head.weight.grad is not None and e.head.weight.grad.abs().sum() > 0 for e in experts.experts]
+    assert touched == [False, True, False, True]
+
+
+def test_conv_net_is_the_papers_mnist_expert() -> None:
+    net = ConvNet((1, 28, 28), 10)
+    assert net.mlp.body[0].in_features == 169 and net.mlp.body[0].out_features == 5
+    assert net.mlp.body[2].out_features == 32 and net.mlp.head.out_features == 10
+    logits, hidden = net(torch.randn(2, 1, 28, 28))
+    assert logits.shape == (2, 10) and hidden.shape == (2, 32)
+
+
+def test_network_errors_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="network must be one of"):
+        build_network("resnet", (2,), 2, [4])
+    with pytest.raises(ValueError, match="hidden_dims"):
+        MLP(2, 2, [])
+    with pytest.raises(ValueError, match="num_experts"):
+        Experts(lambda: MLP(2, 2), 0)
+    with pytest.raises(ValueError, match="input_shape"):
+        ConvNet((28, 28), 10)
+
+
+def test_attention_gate_hand_computed() -> None:
+    gate = AttentionGate(query_dim=2, key_dim=2, attention_dim=2)
+    with torch.no_grad():
+        gate.query.weight.copy_(torch.eye(2))
+        gate.key.weight.copy_(torch.eye(2))
+    q = torch.tensor([[1.0, 2.0]])
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    expected = torch.tensor([[1.0, 2.0, 3.0]]) / 2**0.5
+    torch.testing.assert_close(gate(q, keys), expected)
+    with pytest.raises(ValueError, match="expert_hidden"):
+        gate(q, torch.zeros(1, 3, 5))
+
+
+def test_experts_state_dict_is_plain_modules() -> None:
+    experts = Experts(lambda: MLP(2, 2, [3]), 2)
+    assert sorted(experts.state_dict()) == sorted(
+        f"experts.{i}.{name}" for i in range(2) for name in ("body.0.weight", "body.0.bias", "head.weight", "head.bias")
+    )
