@@ -64,4 +64,5 @@ class TopKMoE(MoEModule):
             expert_log_probs=None,
             selected=indices,
             aux_loss=x.new_zeros(()),
+            selected_log_probs=selected_log_probs,
         )

@@ -27,15 +27,20 @@ VARIANTS = {
 @pytest.mark.parametrize("name", VARIANTS)
 def test_forward_contract(name: str) -> None:
     model = VARIANTS[name]()
-    out = model(torch.randn(6, 2))
+    x = torch.randn(6, 2)
+    out = model(x)
     assert isinstance(out, MoEOutput)
     assert out.log_probs.shape == (6, 3) and out.gate_probs.shape == (6, 4)
     torch.testing.assert_close(out.log_probs.exp().sum(-1), torch.ones(6))
     torch.testing.assert_close(out.gate_probs.sum(-1), torch.ones(6))
     if isinstance(model, TopKMoE):
         assert out.selected.shape == (6, model.k) and out.expert_log_probs is None
+        assert torch.equal(out.selected[:, 0], out.chosen_expert)
     else:
         assert out.expert_log_probs.shape == (6, 4, 3)
+    every_expert = torch.log_softmax(model.experts(x)[0], -1)
+    expected = every_expert[torch.arange(6), out.gate_probs.argmax(-1)]
+    torch.testing.assert_close(out.chosen_expert_log_probs(), expected, atol=1e-5, rtol=1e-5)
 
 
 def _grad_norm(module: torch.nn.Module) -> float:
