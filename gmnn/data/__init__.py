@@ -1,5 +1,17 @@
 """LightningDataModules. They stand alone: nothing here imports the models."""
 
+from gmnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from gmnn.data.mnist import FashionMNISTDataModule, FashionMNISTMNISTDataModule, MNISTDataModule
 from gmnn.data.toy import PROBLEMS, ToyDataModule
+from gmnn.data.vision import ImageDataModule
 
-__all__ = ["PROBLEMS", "ToyDataModule"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "FashionMNISTDataModule",
+    "FashionMNISTMNISTDataModule",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "PROBLEMS",
+    "ToyDataModule",
+]

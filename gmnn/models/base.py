@@ -21,6 +21,7 @@ from gmnn.nn.routing import softmax_routing
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 STAGES = ("train", "val", "test")
+SCHEDULERS = ("none", "cosine", "onecycle")
 
 
 class MoEModule(LightningModule):
@@ -46,6 +47,9 @@ class MoEModule(LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay (L2).
         batched_experts: Evaluate experts of one architecture as one vectorised call.
+        scheduler: Learning-rate schedule, stepped every batch: ``"none"`` (constant ``lr``),
+            ``"cosine"`` (cosine decay from ``lr`` to 0) or ``"onecycle"`` (warm-up to ``lr``
+            over the first 30% of steps, then cosine decay; Smith & Topin, 2019).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class MoEModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batched_experts: bool = True,
+        scheduler: str = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +83,7 @@ class MoEModule(LightningModule):
         check_positive("temperature", temperature)
         check_positive("lr", lr)
         check_non_negative("weight_decay", weight_decay)
+        check_choice("scheduler", scheduler, SCHEDULERS)
         self.num_classes = num_classes
         self.num_experts = num_experts
         self.temperature = float(temperature)
@@ -217,5 +223,16 @@ class MoEModule(LightningModule):
         loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
         return loader(target, checkpoint_path, *args, **kwargs)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """Adam with ``lr`` and ``weight_decay``, plus the per-step ``scheduler`` when one is set."""
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        schedule = hp.get("scheduler", "none")
+        if schedule == "none":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=0.3)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

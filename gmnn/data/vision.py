@@ -1,0 +1,156 @@
+"""The shared image DataModule: normalisation, seeded split, imbalanced subsets, loaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from gmnn.validation import check_non_negative, check_positive_int
+
+DATA_ENV = "GMNN_DATA"
+
+
+def default_root() -> str:
+    """The data folder: ``$GMNN_DATA`` when set, else ``./data``."""
+    return os.environ.get(DATA_ENV) or "data"
+
+
+def check_files(folder: Path, names: Sequence[str], dataset: str) -> None:
+    """Raise ``FileNotFoundError`` naming ``folder`` and the missing files of ``dataset``."""
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{dataset} files missing in {folder}: expected {', '.join(names)} (missing: {', '.join(missing)}). "
+            f"Pass download=True, or point root (or ${DATA_ENV}) at the folder that holds them."
+        )
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 images ``[N, C, H, W]`` to floats in [0, 1], then ``(x - mean) / std`` per channel."""
+    shape = (1, -1, 1, 1)
+    return (images.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def class_subset(labels: Tensor, fractions: Sequence[float], generator: torch.Generator) -> Tensor:
+    """Indices keeping ``round(fraction_c * n_c)`` randomly chosen samples of each class c (at least one)."""
+    keep = []
+    for c, fraction in enumerate(fractions):
+        members = (labels == c).nonzero().flatten()
+        count = max(1, round(fraction * len(members))) if len(members) else 0
+        keep.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(keep).sort().values
+
+
+class ImageDataModule(LightningDataModule):
+    """Base of the image DataModules: subclasses only say how to read the raw arrays.
+
+    The official training set is split once, with ``split_seed``, into training
+    and validation parts (``val_size`` samples); the official test set is the
+    test split. Images are normalised once into memory and served in whole
+    batches (no per-sample Python work).
+
+    Args:
+        root: Data folder; default ``$GMNN_DATA`` or ``./data``.
+        download: Download missing files with torchvision.
+        batch_size: Samples per batch.
+        val_size: Samples of the official training set held out for validation.
+        split_seed: Seed of the train/validation split and of the imbalanced subset (independent of the run's seed).
+        class_fractions: Optional fraction in (0, 1] of each class's training samples to keep
+            (one per class): a class-imbalanced training set. Validation and test sets are untouched.
+        num_workers: DataLoader worker processes.
+    """
+
+    #: Per-channel mean and standard deviation used to normalise.
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    input_shape: list[int] = [1, 28, 28]
+    num_classes: int = 10
+
+    def __init__(
+        self,
+        root: str | None = None,
+        download: bool = False,
+        batch_size: int = 512,
+        val_size: int = 10000,
+        split_seed: int = 0,
+        class_fractions: Sequence[float] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        check_positive_int("batch_size", batch_size)
+        check_non_negative("val_size", val_size)
+        check_non_negative("num_workers", num_workers)
+        if class_fractions is not None:
+            if len(class_fractions) != self.num_classes:
+                raise ValueError(
+                    f"class_fractions must give one fraction per class ({self.num_classes}), got {len(class_fractions)}"
+                )
+            if not all(0 < f <= 1 for f in class_fractions):
+                raise ValueError(f"class_fractions must lie in (0, 1], got {list(class_fractions)}")
+        self.save_hyperparameters()
+        self.root = Path(root if root is not None else default_root())
+        self.input_shape = list(self.input_shape)
+        self.splits: dict[str, TensorDataset] = {}
+
+    # ------------------------------------------------------------ subclasses
+    def read(self, train: bool) -> tuple[Tensor, Tensor]:
+        """uint8 images ``[N, C, H, W]`` and int64 labels ``[N]`` of the official train or test set."""
+        raise NotImplementedError
+
+    def download_files(self) -> None:
+        """Fetch the raw files into ``root`` (torchvision's downloader)."""
+        raise NotImplementedError
+
+    def load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Normalised float images ``[N, C, H, W]`` and int64 labels ``[N]`` of the train or test set."""
+        images, labels = self.read(train)
+        return normalize(images, self.mean, self.std), labels.long()
+
+    # -------------------------------------------------------------- lightning
+    def prepare_data(self) -> None:
+        if self.hparams.download:
+            self.download_files()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        images, labels = self.load(train=True)
+        if hp.val_size >= len(labels):
+            raise ValueError(f"val_size must be smaller than the {len(labels)} training samples, got {hp.val_size}")
+        generator = torch.Generator().manual_seed(hp.split_seed)
+        order = torch.randperm(len(labels), generator=generator)
+        val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
+        if hp.class_fractions is not None:
+            train_idx = train_idx[class_subset(labels[train_idx], hp.class_fractions, generator)]
+        self.splits = {
+            "train": TensorDataset(images[train_idx], labels[train_idx]),
+            "val": TensorDataset(images[val_idx], labels[val_idx]),
+            "test": TensorDataset(*self.load(train=False)),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        # Whole batches are indexed at once (TensorDataset accepts index lists): no per-sample collate.
+        sampler = BatchSampler(order, batch_size=self.hparams.batch_size, drop_last=False)
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
