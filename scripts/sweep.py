@@ -1,0 +1,178 @@
+"""Run configs x seeds x grids of overrides as separate runs in one folder, resumably.
+
+Example (the MNIST dense row over three seeds and two learning rates)::
+
+    python scripts/sweep.py --configs configs/mnist/dense.yaml --seeds 0 1 2 \\
+        --grid model.init_args.lr=0.001,0.003 --set data.init_args.root=../shared/data --out sweeps/mnist
+
+Every run trains with ``fit`` and is then tested on the final weights; it
+lives in ``OUT/<run name>/`` (TensorBoard events, config, checkpoints) and is
+finished once ``OUT/<run name>/result.json`` exists. A second invocation
+skips finished runs, so an interrupted sweep resumes where it stopped. At the
+end the results of every run of the sweep are written to ``OUT/results.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere: import this checkout's gmnn
+    sys.path.insert(0, str(ROOT))
+
+RESULT_FILE = "result.json"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+@dataclass
+class Run:
+    """One training run: a config, a seed and the overrides of one grid point."""
+
+    config: Path
+    seed: int
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """A stable folder name: ``<dataset>-<config>__seed<s>__<key>=<value>...``."""
+        parts = [f"{self.config.parent.name}-{self.config.stem}", f"seed{self.seed}"]
+        parts += [f"{key.replace('init_args.', '')}={value}" for key, value in self.overrides.items()]
+        return re.sub(r"[^A-Za-z0-9._=+-]", "_", "__".join(parts))
+
+    def cli_args(self, out: Path, fixed: dict[str, str]) -> list[str]:
+        """Arguments of ``gmnn fit`` for this run, logging into ``out/<name>``."""
+        overrides = {**fixed, **self.overrides}
+        return [
+            "--config", str(self.config), f"--seed_everything={self.seed}",
+            f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={self.name}",
+            "--trainer.logger.init_args.version=", *QUIET,
+            *(f"--{key}={value}" for key, value in overrides.items()),
+        ]
+
+
+def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
+    """``["a.b=1", ...]`` to ``{"a.b": "1"}``; ``ValueError`` naming ``flag`` when malformed."""
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        result[key.removeprefix("--")] = value
+    return result
+
+
+def plan(configs: list[Path], seeds: list[int], grid: dict[str, str]) -> list[Run]:
+    """Every combination of config, grid point and seed, in a stable order."""
+    keys = list(grid)
+    values = [grid[key].split(",") for key in keys]
+    return [
+        Run(config, seed, dict(zip(keys, point)))
+        for config in configs
+        for point in itertools.product(*values)
+        for seed in seeds
+    ]
+
+
+def train_and_test(run: Run, out: Path, fixed: dict[str, str]) -> dict[str, float]:
+    """Fit one run, test its final weights, and return its ``test/*`` metrics."""
+    from gmnn.cli import make_cli
+
+    cli = make_cli(run.cli_args(out, fixed), run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    return {key: float(value) for key, value in metrics.items() if key.startswith("test/")}
+
+
+def write_results_csv(rows: list[dict[str, object]], path: Path) -> None:
+    """One row per run: its name, config, seed, overrides, wall time and final ``test/*`` metrics."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log=print) -> dict[str, int]:  # noqa: ANN001
+    """Run every unfinished run of ``runs``; return counts of ``ran``, ``skipped`` and ``failed``."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {"ran": 0, "skipped": 0, "failed": 0}
+    durations: list[float] = []
+    for i, run in enumerate(runs, 1):
+        result_path = out / run.name / RESULT_FILE
+        prefix = f"[{i}/{len(runs)}] {run.name}"
+        if result_path.exists():
+            counts["skipped"] += 1
+            log(f"{prefix}: finished before, skipped")
+            continue
+        if result_path.parent.exists():  # an interrupted run starts again from scratch
+            shutil.rmtree(result_path.parent)
+        start = time.time()
+        try:
+            metrics = train_and_test(run, out, fixed)
+        except Exception as error:  # keep going: one broken run must not stop a night-long sweep
+            counts["failed"] += 1
+            log(f"{prefix}: FAILED: {type(error).__name__}: {error}")
+            continue
+        durations.append(time.time() - start)
+        record = {"run": run.name, "config": str(run.config), "seed": run.seed, **run.overrides,
+                  "wall_s": round(durations[-1], 1), **metrics}
+        result_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(result_path)  # atomic: a run is finished only once its result is complete
+        counts["ran"] += 1
+        left = sum(1 for r in runs[i:] if not (out / r.name / RESULT_FILE).exists())
+        eta = left * sum(durations) / len(durations)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test/acc", "test/loss"))
+        log(f"{prefix}: done in {durations[-1]:.0f} s ({shown}); {left} left, about {eta / 60:.0f} min")
+    rows = [json.loads((out / r.name / RESULT_FILE).read_text()) for r in runs if (out / r.name / RESULT_FILE).exists()]
+    # ---- ISSUE-4 CALL SITE: replace with the results table of the metrics issue (mean ± std over seeds,
+    # ---- test error, MI, sample entropy, expert usage). Until then: a plain CSV of each run's final test/* metrics.
+    write_results_csv(rows, out / "results.csv")
+    log(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']}; table: {out / 'results.csv'}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", type=Path, required=True, help="gmnn YAML configs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="values of seed_everything")
+    parser.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2",
+                        help="overrides to sweep, e.g. model.init_args.lr=0.001,0.003 (all combinations)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="fixed",
+                        help="overrides applied to every run, e.g. trainer.max_epochs=5")
+    parser.add_argument("--out", type=Path, required=True, help="output folder of the sweep")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
+    args = parser.parse_args(argv)
+    try:
+        grid, fixed = parse_assignments(args.grid, "--grid"), parse_assignments(args.fixed, "--set")
+    except ValueError as error:
+        parser.error(str(error))
+    for config in args.configs:
+        if not config.is_file():
+            parser.error(f"--configs: no such file {config}")
+    runs = plan(args.configs, args.seeds, grid)
+    if args.dry_run:
+        for run in runs:
+            state = "finished" if (args.out / run.name / RESULT_FILE).exists() else "to run"
+            print(f"{run.name}: {state}")
+        return {"ran": 0, "skipped": 0, "failed": 0}
+    counts = sweep(runs, args.out, fixed)
+    if counts["failed"]:
+        sys.exit(1)
+    return counts
+
+
+if __name__ == "__main__":
+    main()
