@@ -2,6 +2,7 @@
 
 from gmnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from gmnn.data.mnist import FashionMNISTDataModule, FashionMNISTMNISTDataModule, MNISTDataModule
+from gmnn.data.regression import REGRESSION_PROBLEMS, ToyRegressionDataModule
 from gmnn.data.toy import PROBLEMS, ToyDataModule
 from gmnn.data.vision import ImageDataModule
 
@@ -13,5 +14,7 @@ __all__ = [
     "ImageDataModule",
     "MNISTDataModule",
     "PROBLEMS",
+    "REGRESSION_PROBLEMS",
     "ToyDataModule",
+    "ToyRegressionDataModule",
 ]

@@ -91,6 +91,9 @@ class ToyDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
+    #: name -> (generator, number of classes); subclasses swap in their own problems.
+    problems: dict[str, tuple[Generator, int]] = PROBLEMS
+
     def __init__(
         self,
         problem: str = "checkerboard",
@@ -103,7 +106,7 @@ class ToyDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        check_choice("problem", problem, tuple(PROBLEMS))
+        check_choice("problem", problem, tuple(self.problems))
         check_positive_int("num_samples", num_samples)
         check_non_negative("noise", noise)
         check_positive_int("batch_size", batch_size)
@@ -116,14 +119,18 @@ class ToyDataModule(LightningDataModule):
             raise ValueError(f"val_fraction + test_fraction leave no training samples out of num_samples={num_samples}")
         self.save_hyperparameters()
         self.input_shape = [2]
-        self.num_classes = PROBLEMS[problem][1]
+        self.set_sizes(self.problems[problem][1])
         self.splits: dict[str, TensorDataset] = {}
+
+    def set_sizes(self, size: int) -> None:
+        """Record the problem's output size (here: the number of classes)."""
+        self.num_classes = size
 
     def generate(self) -> tuple[Tensor, Tensor]:
         """All ``num_samples`` points ``[N, 2]`` and labels ``[N]`` of the problem."""
         hp = self.hparams
         generator = torch.Generator().manual_seed(hp.seed)
-        return PROBLEMS[hp.problem][0](hp.num_samples, hp.noise, generator)
+        return self.problems[hp.problem][0](hp.num_samples, hp.noise, generator)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

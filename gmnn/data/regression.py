@@ -1,0 +1,63 @@
+"""1-D regression toys whose pieces a mixture of experts can split between experts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gmnn.data.toy import Generator, ToyDataModule
+
+
+def _inputs(n: int, generator: torch.Generator) -> Tensor:
+    return torch.rand(n, 1, generator=generator) * 2 - 1
+
+
+def noisy_sine(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``y = sin(2 pi x) + noise * eps`` for ``x`` uniform on [-1, 1]: inputs ``[N, 1]``, targets ``[N, 1]``."""
+    x = _inputs(n, generator)
+    return x, torch.sin(2 * math.pi * x) + noise * torch.randn(n, 1, generator=generator)
+
+
+def piecewise(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Three pieces on [-1, 1]: ``-1 - x`` below -1/3, ``3x^2`` up to 1/3, ``1 - 2x`` above (plus noise).
+
+    The pieces are discontinuous at -1/3 and 1/3, so one smooth expert per piece fits best.
+    """
+    x = _inputs(n, generator)
+    y = torch.where(x < -1 / 3, -1 - x, torch.where(x < 1 / 3, 3 * x**2, 1 - 2 * x))
+    return x, y + noise * torch.randn(n, 1, generator=generator)
+
+
+REGRESSION_PROBLEMS: dict[str, tuple[Generator, int]] = {"sine": (noisy_sine, 1), "piecewise": (piecewise, 1)}
+
+
+class ToyRegressionDataModule(ToyDataModule):
+    """1-D regression toys generated from a seed: ``sine`` (noisy sine) and ``piecewise``.
+
+    Inputs are ``[N, 1]`` on [-1, 1], targets ``[N, 1]`` floats
+    (``output_dim = 1``). Arguments are those of
+    :class:`~gmnn.data.toy.ToyDataModule` (``noise`` is the target noise's
+    standard deviation); the default problem is ``sine``.
+    """
+
+    problems = REGRESSION_PROBLEMS
+
+    def __init__(
+        self,
+        problem: str = "sine",
+        num_samples: int = 4000,
+        noise: float = 0.1,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(problem, num_samples, noise, val_fraction, test_fraction, batch_size, seed, num_workers)
+        self.input_shape = [1]
+
+    def set_sizes(self, size: int) -> None:
+        """Record the target size ``output_dim``."""
+        self.output_dim = size
