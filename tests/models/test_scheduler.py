@@ -14,7 +14,6 @@ def _train(scheduler: str, lr: float = 0.01) -> tuple[DenseMoE, list[float]]:
     model = DenseMoE(input_shape=[2], num_classes=2, num_experts=2, lr=lr, scheduler=scheduler)
     seen: list[float] = []
 
-
     original = model.on_train_batch_start
 
     def record(batch, batch_idx):  # noqa: ANN001, ANN202
