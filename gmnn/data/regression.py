@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,18 +45,8 @@ class ToyRegressionDataModule(ToyDataModule):
 
     problems = REGRESSION_PROBLEMS
 
-    def __init__(
-        self,
-        problem: str = "sine",
-        num_samples: int = 4000,
-        noise: float = 0.1,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(problem, num_samples, noise, val_fraction, test_fraction, batch_size, seed, num_workers)
+    def __init__(self, problem: str = "sine", noise: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(problem=problem, noise=noise, **kwargs)
         self.input_shape = [1]
 
     def set_sizes(self, size: int) -> None:
