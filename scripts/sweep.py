@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def write_results_csv(rows: list[dict[str, object]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log=print) -> dict[str, int]:  # noqa: ANN001
+def _print(message: str) -> None:
+    print(message, flush=True)  # progress shows up at once even when stdout is a file
+
+
+def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log: Callable[[str], None] = _print) -> dict[str, int]:
     """Run every unfinished run of ``runs``; return counts of ``ran``, ``skipped`` and ``failed``."""
     out.mkdir(parents=True, exist_ok=True)
     counts = {"ran": 0, "skipped": 0, "failed": 0}
