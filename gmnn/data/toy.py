@@ -6,10 +6,10 @@ import math
 from collections.abc import Callable
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset, random_split
 
+from gmnn.data.splits import SplitDataModule
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
 
@@ -73,7 +73,7 @@ PROBLEMS: dict[str, tuple[Generator, int]] = {
 }
 
 
-class ToyDataModule(LightningDataModule):
+class ToyDataModule(SplitDataModule):
     """The paper's 2-D toy problems, generated reproducibly with no download.
 
     Problems: ``checkerboard`` (2x2), ``checkerboard_4x4``,
@@ -147,15 +147,3 @@ class ToyDataModule(LightningDataModule):
             self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
             num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from gmnn.data.splits import SplitDataModule
 from gmnn.validation import check_non_negative, check_positive_int
 
 DATA_ENV = "GMNN_DATA"
@@ -47,7 +47,7 @@ def class_subset(labels: Tensor, fractions: Sequence[float], generator: torch.Ge
     return torch.cat(keep).sort().values
 
 
-class ImageDataModule(LightningDataModule):
+class ImageDataModule(SplitDataModule):
     """Base of the image DataModules: subclasses only say how to read the raw arrays.
 
     The official training set is split once, with ``split_seed``, into training
@@ -142,15 +142,3 @@ class ImageDataModule(LightningDataModule):
         sampler = BatchSampler(order, batch_size=self.hparams.batch_size, drop_last=False)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
