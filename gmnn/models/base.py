@@ -12,6 +12,15 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmnn.models.checks import (
+    RNG_KEY,
+    FiniteLossGuard,
+    check_batch,
+    check_checkpoint_matches,
+    check_labels,
+    rng_states,
+    set_rng_states,
+)
 from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
@@ -141,24 +150,23 @@ class MoEModule(LightningModule):
             terms["aux"] = out.aux_loss
         return terms
 
-    def check_labels(self, y: Tensor) -> None:
-        """Raise ``ValueError`` when labels fall outside ``[0, num_classes)`` (one host sync)."""
-        if y.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
-            raise ValueError(f"labels must be an integer tensor, got dtype {y.dtype}")
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= self.num_classes:
-            raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got values in [{low}, {high}]")
+    def check_labels(self, y: Tensor, stage: str = "train") -> None:
+        """Raise ``ValueError`` when labels are not integers in ``[0, num_classes)`` (one host sync)."""
+        check_labels(y, self.num_classes, stage)
 
     # -------------------------------------------------------------------- steps
     def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, MoEOutput]:
         """Forward, loss and logging for one batch of ``stage`` (train/val/test)."""
         x, y = batch[0], batch[1]
-        if self.global_step == 0 and stage == "train" and not getattr(self, "_labels_checked", False):
-            self.check_labels(y)
-            self._labels_checked = True
+        checked = self.__dict__.setdefault("_checked_stages", set())
+        if stage not in checked:  # the first batch of each stage: one host sync
+            check_batch(x, y, self.input_shape, self.num_classes, stage)
+            checked.add(stage)
         out = self(x)
         terms = self.loss_terms(out, x, y)
         loss = torch.stack(list(terms.values())).sum()
+        if stage == "train":
+            self.guard_finite(terms)
         self.log_step(stage, loss, terms, out, y, batch_size=x.shape[0])
         return loss, out
 
@@ -195,8 +203,42 @@ class MoEModule(LightningModule):
         return {"probs": probs, "prediction": probs.argmax(-1), "gate_probs": out.gate_probs, "expert": out.chosen_expert}
 
     # -------------------------------------------------------------- checkpoints
+    def setup(self, stage: str) -> None:
+        self._checked_stages: set[str] = set()  # check the first batch of every stage of every run
+        if stage == "fit":
+            self._finite_guard = FiniteLossGuard()
+
+    def guard_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop training with a ``FloatingPointError`` naming the term that became NaN/inf.
+
+        Recorded every step on the device; read back every step only where that
+        costs no sync (one process on CPU), else every ``log_every_n_steps`` steps
+        and at the end of the epoch (see :class:`~gmnn.models.checks.FiniteLossGuard`).
+        """
+        guard = self.__dict__.setdefault("_finite_guard", FiniteLossGuard())
+        guard.record(terms, self.global_step)
+        trainer = self._trainer
+        if trainer is None or (self.device.type == "cpu" and trainer.world_size == 1):
+            guard.check()
+        elif (self.global_step + 1) % trainer.log_every_n_steps == 0:
+            guard.check(self.all_gather if trainer.world_size > 1 else None)
+
+    def on_train_epoch_end(self) -> None:
+        guard = self.__dict__.get("_finite_guard")
+        if guard is not None:
+            guard.check(self.all_gather if self.trainer.world_size > 1 else None)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = class_path_of(self)
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another variant or architecture; when resuming ``fit``, restore the random state."""
+        trainer = self._trainer
+        source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        check_checkpoint_matches(self, checkpoint, source)
+        if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
