@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
 from gmnn.models.base import MoEModule
+from gmnn.resume import check_ckpt_path, resolve_last
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -23,8 +27,19 @@ class GMNNCLI(LightningCLI):
 
     Adds two checkpoint callbacks: ``checkpoint`` keeps the best model by
     ``val/loss`` (``best-epoch=N.ckpt``), ``last_checkpoint`` keeps
-    ``last.ckpt`` as the newest state for resuming.
+    ``last.ckpt`` as the newest state for resuming. ``--ckpt_path last`` means
+    the newest ``last.ckpt`` of earlier runs, and ``fit`` then continues in
+    that run's folder. A ``--ckpt_path`` of another variant or architecture
+    is refused before Lightning starts.
     """
+
+    def before_instantiate_classes(self) -> None:
+        resolve_last(self.config[self.subcommand], resume_run=self.subcommand == "fit")
+
+    def _check_ckpt_path(self) -> None:
+        check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -58,8 +73,20 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``gmnn`` console script."""
-    make_cli(args)
+    """Entry point of the ``gmnn`` console script.
+
+    Bad input that gmnn detects (``ValueError``) and a loss that became NaN/inf
+    (``FloatingPointError``) end with a one-line message and exit status 1;
+    set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
+    (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
+    """
+    try:
+        make_cli(args)
+    except (ValueError, FloatingPointError) as error:
+        if os.environ.get("GMNN_TRACEBACK"):
+            raise
+        print(f"gmnn: error: {error}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
