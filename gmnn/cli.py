@@ -66,6 +66,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"allow_abbrev": False},  # a truncated key is a typo, not an abbreviation
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -85,8 +86,15 @@ def main(args: list[str] | None = None) -> None:
     except (ValueError, FloatingPointError) as error:
         if os.environ.get("GMNN_TRACEBACK"):
             raise
-        print(f"gmnn: error: {error}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        print(f"gmnn: error: {_root_cause(error)}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error of the same kind (jsonargparse wraps a model's ``ValueError`` in its own)."""
+    while isinstance(error.__cause__ or error.__context__, type(error)):
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
 
 
 if __name__ == "__main__":
