@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
 from gmnn.models.base import MoEModule
-from gmnn.resume import check_ckpt_path, resolve_last
+from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, resolve_last
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -33,11 +33,20 @@ class GMNNCLI(LightningCLI):
     is refused before Lightning starts.
     """
 
+    def _parse_ckpt_path(self) -> None:
+        # runs before Lightning loads the checkpoint's hyperparameters into the model config
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            resolve_last(self.config[subcommand], resume_run=subcommand == "fit")
+            check_config_fits_checkpoint(self.config[subcommand])
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
-        resolve_last(self.config[self.subcommand], resume_run=self.subcommand == "fit")
+        if self.subcommand:
+            resolve_last(self.config[self.subcommand], resume_run=self.subcommand == "fit")
 
     def _check_ckpt_path(self) -> None:
-        check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))
+        check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))  # e.g. num_classes from the data
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 

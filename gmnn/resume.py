@@ -1,13 +1,15 @@
-"""Finding the checkpoint that ``--ckpt_path last`` means, across runs."""
+"""``--ckpt_path`` in the ``gmnn`` command: what ``last`` means, and whether a checkpoint fits the config."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gmnn.models.checks import check_checkpoint_matches
+from gmnn.models.loading import CLASS_KEY
 
 LAST = "last.ckpt"
 SPECIAL_PATHS = ("last", "best", "hpc", "registry")
@@ -82,3 +84,40 @@ def check_ckpt_path(model: torch.nn.Module, ckpt_path: str | None) -> None:
         raise ValueError(f"--ckpt_path {ckpt_path} does not exist")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     check_checkpoint_matches(model, checkpoint, f"--ckpt_path {ckpt_path}")
+
+
+def _full_class_path(class_path: str) -> str:
+    """``module.Class`` where the class is defined (``gmnn.models.DenseMoE`` -> ``gmnn.models.dense.DenseMoE``)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path
+    return f"{found.__module__}.{found.__qualname__}"
+
+
+def check_config_fits_checkpoint(config: Any) -> None:
+    """Raise ``ValueError`` when the config asks for another variant or expert count than ``ckpt_path`` holds.
+
+    Lightning's CLI rebuilds the model from the checkpoint's hyperparameters
+    (so ``k``, ``temperature``, hidden sizes, ... come from the checkpoint);
+    the variant and the number of experts are what a checkpoint *is*, so a
+    config that names others is refused rather than silently overridden.
+    """
+    ckpt_path = _get(config, "ckpt_path")
+    model = _get(config, "model")
+    if not ckpt_path or not Path(ckpt_path).is_file() or _get(model, "class_path") is None:
+        return
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    saved = checkpoint.get(CLASS_KEY) or hparams.get("_class_path")
+    wanted = _full_class_path(_get(model, "class_path"))
+    saved_experts, wanted_experts = hparams.get("num_experts"), _get(_get(model, "init_args"), "num_experts")
+    if (saved is None or _full_class_path(saved) == wanted) and saved_experts == wanted_experts:
+        return
+    saved_config = Path(ckpt_path).parent.parent / "config.yaml"
+    hint = f"--config {saved_config}" if saved_config.is_file() else "the config of the run that wrote it"
+    raise ValueError(
+        f"--ckpt_path {ckpt_path} holds a {str(saved).rpartition('.')[2]} with num_experts={saved_experts}, "
+        f"but the config asks for a {wanted.rpartition('.')[2]} with num_experts={wanted_experts}; use {hint}"
+    )

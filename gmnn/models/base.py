@@ -18,6 +18,7 @@ from gmnn.models.checks import (
     check_batch,
     check_checkpoint_matches,
     check_labels,
+    explain_overrides,
     rng_states,
     set_rng_states,
 )
@@ -257,7 +258,10 @@ class MoEModule(LightningModule):
                 f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
             )
         loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
-        return loader(target, checkpoint_path, *args, **kwargs)
+        try:
+            return loader(target, checkpoint_path, *args, **kwargs)
+        except ValueError as error:  # name the keyword arguments that made the model not fit
+            raise explain_overrides(error, checkpoint_path, kwargs) from None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -157,6 +157,21 @@ def check_checkpoint_matches(model: torch.nn.Module, checkpoint: Mapping[str, An
     )
 
 
+def explain_overrides(error: ValueError, checkpoint_path: Any, overrides: Mapping[str, Any]) -> ValueError:
+    """``error`` restated with the ``load_from_checkpoint`` keyword arguments that differ from the checkpoint."""
+    if not overrides or "does not fit" not in str(error) or hasattr(checkpoint_path, "read"):
+        return error
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    changed = [
+        f"{name}={_plain(saved[name])!r} in the checkpoint but {name}={_plain(value)!r} was passed to load_from_checkpoint"
+        for name, value in overrides.items()
+        if name in saved and _plain(saved[name]) != _plain(value)
+    ]
+    if not changed:
+        return error
+    return ValueError(f"checkpoint {checkpoint_path} does not fit: {'; '.join(changed)}")
+
+
 def rng_states() -> dict[str, Any]:
     """The global random states (torch, CUDA, NumPy, Python) to store in a checkpoint."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
