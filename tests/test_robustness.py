@@ -109,7 +109,7 @@ def test_labels_out_of_range_fail_on_the_first_batch_of_every_stage(stage: str) 
 @pytest.mark.parametrize(
     ("x", "y", "match"),
     [
-        (torch.randn(8, 3), torch.zeros(8, dtype=torch.long), r"inputs must have shape \[batch, 2\] \(the model's input_shape=\[2\]\), got \[4, 3\]"),
+        (torch.randn(8, 3), torch.zeros(8, dtype=torch.long), r"input must have shape \[batch, 2\] \(the model's input_shape\), got \[4, 3\]"),
         (torch.randn(8, 1, 2), torch.zeros(8, dtype=torch.long), r"got \[4, 1, 2\]"),
         (torch.randn(8, 2), torch.zeros(8), r"labels must be an integer tensor, got dtype torch.float32"),
         (torch.randn(8, 2), torch.zeros(8, 2, dtype=torch.long), r"labels must have shape \[4\] \(one per input\), got \[4, 2\]"),

@@ -160,8 +160,8 @@ class MoEModule(LightningModule):
         """Forward, loss and logging for one batch of ``stage`` (train/val/test)."""
         x, y = batch[0], batch[1]
         checked = self.__dict__.setdefault("_checked_stages", set())
-        if stage not in checked:  # the first batch of each stage: one host sync
-            check_batch(x, y, self.input_shape, self.num_classes, stage)
+        if stage not in checked:  # labels of the first batch of each stage: one host sync
+            check_batch(x, y, self.num_classes, stage)
             checked.add(stage)
         out = self(x)
         terms = self.loss_terms(out, x, y)

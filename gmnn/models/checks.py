@@ -9,7 +9,7 @@ checkpoint's weights are loaded.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,22 +23,17 @@ NEVER = torch.iinfo(torch.int64).max
 RNG_KEY = "gmnn_rng_states"
 
 
-def check_batch(x: Tensor, y: Tensor, input_shape: Sequence[int], num_classes: int, stage: str) -> None:
-    """Raise ``ValueError`` when a labelled batch does not fit the model (one host sync for the label range).
+def check_batch(x: Tensor, y: Tensor, num_classes: int, stage: str) -> None:
+    """Raise ``ValueError`` when a batch's labels do not fit the model (one host sync for their range).
+
+    The inputs' shape is checked by the model's ``forward`` on every call (no sync needed).
 
     Args:
-        x: Inputs, expected ``[B, *input_shape]``.
+        x: Inputs ``[B, ...]``.
         y: Labels, expected integers ``[B]`` in ``[0, num_classes)``.
-        input_shape: The model's input shape.
         num_classes: The model's number of classes.
         stage: ``"train"``, ``"val"`` or ``"test"``, named in the message.
     """
-    if x.dim() != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape):
-        raise ValueError(
-            f"{stage} batch: inputs must have shape [batch, {', '.join(map(str, input_shape))}] "
-            f"(the model's input_shape={list(input_shape)}), got {list(x.shape)}; "
-            "check the data module and the model's input_shape"
-        )
     if tuple(y.shape) != (x.shape[0],):
         raise ValueError(f"{stage} batch: labels must have shape [{x.shape[0]}] (one per input), got {list(y.shape)}")
     check_labels(y, num_classes, stage)
