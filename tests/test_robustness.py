@@ -133,3 +133,9 @@ def test_batches_are_checked_once_per_stage_not_every_step(monkeypatch: pytest.M
     assert sorted(calls) == ["test", "train", "val"]
     trainer.validate(model, data)  # a new run checks its first batch again
     assert sorted(calls) == ["test", "train", "val", "val"]
+
+
+def test_an_empty_training_set_is_an_error_not_a_silent_no_op() -> None:
+    empty = _loader(torch.randn(0, 2), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="the training set is empty"):
+        tiny_trainer(max_epochs=1).fit(DenseMoE(**COMMON), empty)

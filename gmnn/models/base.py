@@ -229,6 +229,10 @@ class MoEModule(LightningModule):
         if guard is not None:
             guard.check(self.all_gather if self.trainer.world_size > 1 else None)
 
+    def on_fit_end(self) -> None:
+        if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:
+            raise ValueError("the training set is empty: the train dataloader yielded 0 batches, nothing was trained")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = class_path_of(self)
         checkpoint[RNG_KEY] = rng_states()
