@@ -7,6 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
+from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.models.base import MoEModule
 
 TRAINER_DEFAULTS = {
@@ -23,7 +24,8 @@ class GMNNCLI(LightningCLI):
 
     Adds two checkpoint callbacks: ``checkpoint`` keeps the best model by
     ``val/loss`` (``best-epoch=N.ckpt``), ``last_checkpoint`` keeps
-    ``last.ckpt`` as the newest state for resuming.
+    ``last.ckpt`` as the newest state for resuming. ``figures`` writes the
+    decomposition figures to TensorBoard (``--figures.every_n_epochs=0``: only after testing).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -37,6 +39,7 @@ class GMNNCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(DecompositionFigures, "figures")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 

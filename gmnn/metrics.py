@@ -205,20 +205,27 @@ class PerTaskEntropy(_ClassGateMass):
 class ExpertAllocation(_ClassGateMass):
     """Allocation matrix: the mean gate probability of each expert on each class, and per-expert accuracy.
 
-    ``compute()`` returns ``{"allocation": [E, C], "expert_accuracy": [E],
-    "routed": [E]}``: column c is class c's mean gate distribution; the
-    accuracy of expert e is measured on the samples routed to it (argmax of
-    the gate), NaN when it got none; ``routed`` counts those samples.
+    ``compute()`` returns a dict: ``allocation [E, C]`` (column c is class c's
+    mean gate distribution), ``expert_accuracy [E]`` (accuracy of the chosen
+    expert's prediction on the samples routed to it by the argmax of the gate,
+    NaN when it got none), ``routed [E]`` (those sample counts),
+    ``class_counts [C]``, ``usage [E]`` (mean gate probability) and
+    ``histogram [E, bins]`` (counts of each expert's gate probability in
+    ``bins`` equal bins of [0, 1]).
 
     Args:
         num_experts: Number of experts E >= 1.
         num_classes: Number of classes C >= 1.
+        bins: Bins of the gate-probability histograms.
     """
 
-    def __init__(self, num_experts: int, num_classes: int, **kwargs: object) -> None:
+    def __init__(self, num_experts: int, num_classes: int, bins: int = 20, **kwargs: object) -> None:
         super().__init__(num_experts, num_classes, **kwargs)
+        check_positive_int("bins", bins)
+        self.bins = bins
         self.add_state("routed", torch.zeros(num_experts, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("correct", torch.zeros(num_experts, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("histogram", torch.zeros(num_experts, bins, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, gate_probs: Tensor, labels: Tensor, predictions: Tensor) -> None:
         """Add gate probabilities ``[B, E]``, true labels ``[B]`` and the chosen expert's predictions ``[B]``."""
@@ -226,11 +233,22 @@ class ExpertAllocation(_ClassGateMass):
         _check_classes("predictions", predictions, gate_probs.shape[0])
         chosen = gate_probs.argmax(-1)
         self.routed += torch.bincount(chosen, minlength=self.num_experts)
-        self.correct += torch.bincount(chosen, weights=(predictions == labels).double(), minlength=self.num_experts).long()
+        hits = chosen[predictions == labels]
+        self.correct += torch.bincount(hits, minlength=self.num_experts)
+        bin_index = (gate_probs.detach() * self.bins).long().clamp(0, self.bins - 1)
+        cell = torch.arange(self.num_experts, device=gate_probs.device) * self.bins + bin_index
+        self.histogram += torch.bincount(cell.flatten(), minlength=self.histogram.numel()).view_as(self.histogram)
 
     def compute(self) -> dict[str, Tensor]:
-        accuracy = self.correct.double() / self.routed.double()
-        return {"allocation": self.allocation().float(), "expert_accuracy": accuracy.float(), "routed": self.routed}
+        total = self.class_counts.sum().clamp_min(1)
+        return {
+            "allocation": self.allocation().float(),
+            "expert_accuracy": (self.correct.double() / self.routed.double()).float(),
+            "routed": self.routed.clone(),
+            "class_counts": self.class_counts.clone(),
+            "usage": (self.mass.sum(1) / total).float(),
+            "histogram": self.histogram.clone(),
+        }
 
 
 SCALAR_INPUTS: dict[str, tuple[str, ...]] = {

@@ -176,3 +176,15 @@ def test_every_variant_logs_the_metrics_on_val_and_test(variant: str) -> None:
     expected.update_from(out.gate_probs, y, out.chosen_expert_log_probs().argmax(-1))
     for name, value in expected.compute().items():  # keys carry no prefix
         assert float(trainer.callback_metrics[f"test/{name}"]) == pytest.approx(float(value), abs=1e-5), name
+
+
+def test_gate_histogram_and_usage_of_the_allocation_metric() -> None:
+    gate = torch.tensor([[1.0, 0.0], [0.7, 0.3], [0.2, 0.8]])
+    allocation = ExpertAllocation(2, 2, bins=4)  # bins [0, .25) [.25, .5) [.5, .75) [.75, 1]
+    allocation.update(gate, torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
+    result = allocation.compute()
+    assert result["histogram"].tolist() == [[1, 0, 1, 1], [1, 1, 0, 1]]
+    torch.testing.assert_close(result["usage"], torch.tensor([1.9 / 3, 1.1 / 3]))
+    torch.testing.assert_close(result["expert_accuracy"], torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="bins"):
+        ExpertAllocation(2, 2, bins=0)
