@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -44,8 +47,8 @@ class GMNNCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
 
-def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
-    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line)."""
+def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
+    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config)."""
     return GMNNCLI(
         MoEModule,
         LightningDataModule,
@@ -61,7 +64,13 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``gmnn`` console script."""
+    """Entry point of the ``gmnn`` console script (``gmnn report ...`` writes the results table)."""
+    args = sys.argv[1:] if args is None else args
+    if args and args[0] == "report":
+        from gmnn.report import main as report_main
+
+        report_main(args[1:])
+        return
     make_cli(args)
 
 
