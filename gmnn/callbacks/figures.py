@@ -25,46 +25,39 @@ def tensorboard_writer(trainer: Trainer) -> Any | None:
     return None
 
 
-def allocation_figure(allocation: Tensor, accuracy: Tensor) -> plt.Figure:
-    """Heatmap of the mean gate probability of each expert (rows) on each class (columns)."""
+def decomposition_figure(allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> plt.Figure:
+    """Left: heatmap of each expert's (rows) mean gate probability on each class (columns), with
+    each expert's accuracy on the samples routed to it. Right: bars of each expert's mean gate
+    probability and of the fraction of samples routed to it (argmax of the gate)."""
     num_experts, num_classes = allocation.shape
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * num_classes, 1.0 + 0.4 * num_experts))
-    image = ax.imshow(allocation.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set(xlabel="class", ylabel="expert (accuracy on its samples)", xticks=range(num_classes), yticks=range(num_experts))
-    ax.set_yticklabels([f"{e} ({a:.2f})" for e, a in enumerate(accuracy.tolist())])
-    fig.colorbar(image, ax=ax, label="mean gate probability")
-    fig.tight_layout()
+    experts = torch.arange(num_experts).numpy()
+    fig = plt.figure(figsize=(3.5 + 0.35 * num_classes + 0.35 * num_experts, 1.4 + 0.3 * num_experts), dpi=80)
+    heat, bars = fig.subplots(1, 2, width_ratios=[num_classes + 2, num_experts + 2])
+    fig.subplots_adjust(left=0.16, right=0.98, bottom=0.2, top=0.88, wspace=0.35)
+    heat.imshow(allocation.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    heat.set(title="mean gate prob. per class", xlabel="class", xticks=range(num_classes), yticks=experts)
+    heat.set_yticklabels([f"expert {e} ({a:.2f})" for e, a in enumerate(accuracy.tolist())], fontsize="small")
+    bars.bar(experts - 0.2, usage.numpy(), width=0.4, label="mean gate prob.")
+    bars.bar(experts + 0.2, routed_fraction.numpy(), width=0.4, label="routed (argmax)")
+    bars.set(title="usage", xlabel="expert", xticks=experts, ylim=(0, 1.3), yticks=[0, 0.5, 1])
+    bars.legend(fontsize="x-small", loc="upper center", ncols=2, handlelength=1)
     return fig
 
 
-def usage_figure(mean_gate: Tensor, routed_fraction: Tensor) -> plt.Figure:
-    """Bars per expert: mean gate probability and fraction of samples routed to it (argmax)."""
-    experts = torch.arange(len(mean_gate)).numpy()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(experts), 2.5))
-    ax.bar(experts - 0.2, mean_gate.numpy(), width=0.4, label="mean gate probability")
-    ax.bar(experts + 0.2, routed_fraction.numpy(), width=0.4, label="fraction routed (argmax)")
-    ax.set(xlabel="expert", xticks=experts, ylim=(0, 1))
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def histogram_figure(histogram: Tensor) -> plt.Figure:
-    """One small histogram per expert of its gate probability over the samples (bins of [0, 1])."""
-    num_experts, bins = histogram.shape
-    columns = min(5, num_experts)
-    rows = -(-num_experts // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 1.8 * rows), squeeze=False, sharex=True)
-    edges = torch.linspace(0, 1, bins + 1)
-    for ax in axes.flat[num_experts:]:
-        ax.axis("off")
-    for expert, ax in enumerate(axes.flat[:num_experts]):
-        ax.bar(edges[:-1].numpy(), histogram[expert].numpy(), width=1 / bins, align="edge")
-        ax.set_title(f"expert {expert}", fontsize="small")
-        ax.set_yscale("symlog")
-    fig.supxlabel("gate probability", fontsize="small")
-    fig.tight_layout()
-    return fig
+def write_histograms(writer: Any, tag: str, histogram: Tensor, step: int) -> None:
+    """Write each expert's gate-probability histogram ``[E, bins]`` (bins of [0, 1]) as a TensorBoard histogram."""
+    bins = histogram.shape[1]
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    for expert, counts in enumerate(histogram.double()):
+        filled = counts.nonzero().flatten()
+        if len(filled) == 0:
+            continue
+        writer.add_histogram_raw(
+            f"{tag}/expert_{expert}", min=float(edges[filled[0]]), max=float(edges[filled[-1] + 1]),
+            num=int(counts.sum()), sum=float(counts @ centres), sum_squares=float(counts @ centres**2),
+            bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step,
+        )
 
 
 def _grid(points: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,10 +111,11 @@ class DecompositionFigures(Callback):
     """Writes TensorBoard figures of how the gate splits the task (on by default in ``gmnn``).
 
     At the end of every validation epoch (sanity check excluded) and of
-    testing, from the module's ``ExpertAllocation`` metric: an expert x class
-    allocation heatmap with each expert's accuracy on its samples
-    (``{stage}/allocation``), per-expert usage bars (``{stage}/usage``) and
-    histograms of each expert's gate probability (``{stage}/gate_histograms``).
+    testing, from the module's ``ExpertAllocation`` metric: one figure
+    (``{stage}/decomposition``) with the expert x class allocation heatmap
+    (each expert's accuracy on its samples in its label) and per-expert usage
+    bars, and TensorBoard histograms of each expert's gate probability
+    (``{stage}/gate_probs/expert_i``).
     For 2-D inputs it also draws the decision regions of the gate, of every
     expert and of the model over a grid with the data points
     (``{stage}/decision_regions``). Figures are
@@ -166,13 +160,13 @@ class DecompositionFigures(Callback):
             allocation[stage].reset()
 
     def figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, plt.Figure]:
-        """The figures of ``stage`` (``"val"`` or ``"test"``) as ``{tag: figure}``; call on every rank (it syncs)."""
+        """The figures of ``stage`` (``"val"`` or ``"test"``) as ``{tag: figure}``."""
         result = {key: value.cpu() for key, value in pl_module.allocation[stage].compute().items()}
-        total = result["class_counts"].sum().clamp_min(1)
+        routed_fraction = result["routed"] / result["class_counts"].sum().clamp_min(1)
         figures = {
-            f"{stage}/allocation": allocation_figure(result["allocation"], result["expert_accuracy"]),
-            f"{stage}/usage": usage_figure(result["usage"], (result["routed"] / total).float()),
-            f"{stage}/gate_histograms": histogram_figure(result["histogram"]),
+            f"{stage}/decomposition": decomposition_figure(
+                result["allocation"], result["expert_accuracy"], result["usage"], routed_fraction.float()
+            )
         }
         if tuple(getattr(pl_module, "input_shape", ())) == (2,):
             loader = trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
@@ -188,9 +182,10 @@ class DecompositionFigures(Callback):
     def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in getattr(pl_module, "allocation", {}) or tensorboard_writer(trainer) is None:
             return
-        pl_module.allocation[stage].compute()  # collective under DDP: every rank takes part, rank zero draws
+        result = pl_module.allocation[stage].compute()  # collective under DDP: every rank takes part
         if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)
+        write_histograms(writer, f"{stage}/gate_probs", result["histogram"].cpu(), trainer.global_step)
         for tag, fig in self.figures(trainer, pl_module, stage).items():
             writer.add_figure(tag, fig, global_step=trainer.global_step, close=True)
