@@ -79,7 +79,8 @@ def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tens
     grid = grid.to(model.device)
     out = model(grid)
     expert_logits = model.experts(grid)[0]
-    panels = [("gate: chosen expert", out.chosen_expert, model.num_experts, "tab10")]
+    gate_colours = "tab10" if model.num_experts <= 10 else "tab20"  # expert i gets colour i
+    panels = [("gate: chosen expert", out.chosen_expert, 10 if model.num_experts <= 10 else 20, gate_colours)]
     panels += [(f"expert {e}: class", expert_logits[:, e].argmax(-1), model.num_classes, "coolwarm") for e in range(model.num_experts)]
     panels.append(("model: class", out.log_probs.argmax(-1), model.num_classes, "coolwarm"))
     columns = min(4, len(panels))
@@ -115,12 +116,11 @@ class DecompositionFigures(Callback):
     (``{stage}/decomposition``) with the expert x class allocation heatmap
     (each expert's accuracy on its samples in its label) and per-expert usage
     bars, and TensorBoard histograms of each expert's gate probability
-    (``{stage}/gate_probs/expert_i``).
-    For 2-D inputs it also draws the decision regions of the gate, of every
-    expert and of the model over a grid with the data points
-    (``{stage}/decision_regions``). Figures are
-    drawn on global rank zero only and skipped when no TensorBoard logger is
-    attached. Call :meth:`figures` to get the matplotlib figures directly.
+    (``{stage}/gate_probs/expert_i``). For 2-D inputs it also draws the
+    decision regions of the gate, of every expert and of the model over a grid
+    with the data points (``{stage}/decision_regions``). Figures are drawn on
+    global rank zero only and skipped when no TensorBoard logger is attached.
+    Call :meth:`figures` to get the matplotlib figures directly.
 
     Args:
         every_n_epochs: Draw every n-th validation epoch (0: only after testing).
