@@ -12,6 +12,7 @@ import argparse
 import csv
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def retest(run_dir: Path) -> dict[str, float]:
     for key in ("ckpt_path", "weights_only"):  # arguments of the `fit` subcommand, not of the CLI
         settings.pop(key, None)
     settings["trainer"].update(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir))
-    cli = make_cli(settings, run=False)
+    with warnings.catch_warnings():  # we pass a config dict on purpose while sys.argv holds `report ...`
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = make_cli(settings, run=False)
     return cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
 
 
