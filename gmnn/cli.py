@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
+from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.models.base import MoEModule
 from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, resolve_last
 
@@ -27,10 +29,11 @@ class GMNNCLI(LightningCLI):
 
     Adds two checkpoint callbacks: ``checkpoint`` keeps the best model by
     ``val/loss`` (``best-epoch=N.ckpt``), ``last_checkpoint`` keeps
-    ``last.ckpt`` as the newest state for resuming. ``--ckpt_path last`` means
-    the newest ``last.ckpt`` of earlier runs, and ``fit`` then continues in
-    that run's folder. A ``--ckpt_path`` of another variant or architecture
-    is refused before Lightning starts.
+    ``last.ckpt`` as the newest state for resuming. ``figures`` writes the
+    decomposition figures to TensorBoard (``--figures.every_n_epochs=0``: only after testing).
+    ``--ckpt_path last`` means the newest ``last.ckpt`` of earlier runs, and
+    ``fit`` then continues in that run's folder. A ``--ckpt_path`` of another
+    variant or architecture is refused before Lightning starts.
     """
 
     def _parse_ckpt_path(self) -> None:
@@ -61,12 +64,13 @@ class GMNNCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(DecompositionFigures, "figures")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
 
-def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
-    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line)."""
+def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
+    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config)."""
     return GMNNCLI(
         MoEModule,
         LightningDataModule,
@@ -83,14 +87,20 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``gmnn`` console script.
+    """Entry point of the ``gmnn`` console script (``gmnn report ...`` writes the results table).
 
     Bad input that gmnn detects (``ValueError``) and a loss that became NaN/inf
     (``FloatingPointError``) end with a one-line message and exit status 1;
     set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
     (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
     """
+    args = sys.argv[1:] if args is None else args
     try:
+        if args and args[0] == "report":
+            from gmnn.report import main as report_main
+
+            report_main(args[1:])
+            return
         make_cli(args)
     except (ValueError, FloatingPointError) as error:
         if os.environ.get("GMNN_TRACEBACK"):
