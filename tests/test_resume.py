@@ -9,7 +9,8 @@ import torch
 from gmnn.cli import make_cli
 from tests.test_cli import QUIET, ROOT
 
-SMALL = ["--data.init_args.num_samples=480", "--data.init_args.batch_size=32", "--trainer.deterministic=true"]
+SMALL = ["--data.init_args.num_samples=480", "--data.init_args.batch_size=32", "--trainer.deterministic=true",
+         "--figures.every_n_epochs=0"]  # figures are not what this test is about
 
 
 def _fit(save_dir: Path, epochs: int, *extra: str):
