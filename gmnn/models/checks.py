@@ -66,17 +66,24 @@ class FiniteLossGuard:
     """
 
     def __init__(self) -> None:
-        self.first_bad: dict[str, Tensor] = {}
+        self.names: tuple[str, ...] = ()
+        self.first: Tensor | None = None  # [len(names)] first non-finite step per term, NEVER if none
+
+    @property
+    def first_bad(self) -> dict[str, Tensor]:
+        """The first non-finite step of every term seen (``NEVER`` when it stayed finite)."""
+        return dict(zip(self.names, self.first)) if self.first is not None else {}
 
     def record(self, terms: Mapping[str, Tensor], step: int) -> None:
-        """Remember ``step`` for every term that is non-finite now and was finite so far."""
-        for name, value in terms.items():
-            value = value.detach()
-            seen = self.first_bad.get(name)
-            if seen is None:
-                seen = torch.full((), NEVER, dtype=torch.int64, device=value.device)
-            bad = ~torch.isfinite(value).all()
-            self.first_bad[name] = torch.where(bad & (seen == NEVER), torch.full_like(seen, step), seen)
+        """Remember ``step`` for every term that is non-finite now and was finite so far (a few tiny kernels)."""
+        values = torch.stack([value.detach() for value in terms.values()])  # scalar terms, as the loss sums them
+        names = tuple(terms)
+        if names != self.names:  # first step, or the set of terms changed: carry the record over
+            known = self.first_bad
+            never = values.new_full((), NEVER, dtype=torch.int64)
+            self.first = torch.stack([known.get(name, never).to(values.device) for name in names])
+            self.names = names
+        self.first = torch.minimum(self.first, torch.where(torch.isfinite(values), NEVER, step))
 
     def check(self, gather: Callable[[Tensor], Tensor] | None = None, task_term: str = "nll") -> None:
         """Raise ``FloatingPointError`` if any recorded term went non-finite (on any process).
@@ -85,10 +92,9 @@ class FiniteLossGuard:
             gather: ``LightningModule.all_gather`` under several processes, else ``None``.
             task_term: Name of the task loss; the other terms are regularizers.
         """
-        if not self.first_bad:
+        if self.first is None:
             return
-        names = list(self.first_bad)
-        steps = torch.stack([self.first_bad[name] for name in names])
+        names, steps = list(self.names), self.first
         if gather is not None:
             gathered = gather(steps)
             steps = gathered.min(dim=0).values if gathered.dim() > 1 else gathered
