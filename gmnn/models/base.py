@@ -25,6 +25,7 @@ from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperatur
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 STAGES = ("train", "val", "test")
+TEMPERATURE_KEY = "gmnn_temperature"
 
 
 class MoEModule(LightningModule):
@@ -54,12 +55,14 @@ class MoEModule(LightningModule):
             ``importance`` (squared CV of per-expert importance), ``similarity_same`` (beta_s)
             and ``similarity_different`` (beta_d) of the sample-similarity loss,
             ``load_balancing`` (Switch), ``z_loss`` (router z-loss), ``ideal_gate`` (MSE to the
-            one-hot lowest-loss expert), ``allocation`` (cross-entropy to softmin(loss / allocation_temperature)).
+            one-hot lowest-loss expert), ``allocation`` / ``entropy_allocation`` (cross-entropy to
+            softmin(per-expert loss / output entropy over allocation_temperature): fits a gate to a
+            gate-less model's allocation).
             Each is logged unweighted as ``train/reg/<name>``.
         sample_distance: Distance of the sample-similarity loss on flattened inputs:
             ``"euclidean"`` or ``"cosine"``, divided by the batch maximum (override
             :meth:`sample_distances` to plug in e.g. features of a frozen network).
-        allocation_temperature: Temperature > 0 of the ``allocation`` regularizer's target.
+        allocation_temperature: Temperature > 0 of the ``allocation`` regularizers' target.
         temperature_decay: Inverse decay d >= 0 of the gate temperature:
             ``T_{e+1} = T_e / (1 + d (e - start))`` from epoch ``temperature_decay_start``.
         temperature_decay_start: First epoch of the decay.
@@ -205,7 +208,9 @@ class MoEModule(LightningModule):
         self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the temperature the model was last trained with (training recomputes it per epoch)."""
         self.set_temperature(int(checkpoint.get("epoch", 0)))
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
 
     def check_labels(self, y: Tensor) -> None:
         """Raise ``ValueError`` when labels fall outside ``[0, num_classes)`` (one host sync)."""
@@ -263,6 +268,7 @@ class MoEModule(LightningModule):
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = class_path_of(self)
+        checkpoint[TEMPERATURE_KEY] = self.temperature
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

@@ -8,11 +8,15 @@ import torch
 from torch import Tensor
 
 from gmnn.nn import regularizers as R
-from gmnn.nn.losses import per_expert_nll
+from gmnn.nn.losses import entropy, per_expert_nll
 from gmnn.nn.output import MoEOutput
 from gmnn.validation import check_choice, check_non_negative, check_positive
 
-REGULARIZERS = ("importance", "similarity_same", "similarity_different", "load_balancing", "z_loss", "ideal_gate", "allocation")
+REGULARIZERS = (
+    "importance", "similarity_same", "similarity_different", "load_balancing", "z_loss", "ideal_gate", "allocation",
+    "entropy_allocation",
+)
+ALLOCATION = ("allocation", "entropy_allocation")
 SIMILARITY = ("similarity_same", "similarity_different")
 
 
@@ -70,13 +74,15 @@ def regularizer_values(
         if out.gate_logits is None:
             raise ValueError("regularizers['z_loss'] needs gate logits; this model has no gate")
         values["z_loss"] = R.router_z_loss(out.gate_logits)
-    if weights.keys() & {"ideal_gate", "allocation"}:
-        losses = per_expert_nll(expert_log_probs(), y)
+    if weights.keys() & {"ideal_gate", *ALLOCATION}:
+        log_probs = expert_log_probs()
+        scores = {"ideal_gate": per_expert_nll(log_probs, y), "allocation": per_expert_nll(log_probs, y)}
+        scores["entropy_allocation"] = entropy(log_probs)
         if "ideal_gate" in weights:
-            values["ideal_gate"] = R.ideal_gate_loss(g, losses)
-        if "allocation" in weights:
+            values["ideal_gate"] = R.ideal_gate_loss(g, scores["ideal_gate"])
+        for name in weights.keys() & set(ALLOCATION):
             if out.gate_logits is None:
-                raise ValueError("regularizers['allocation'] needs gate logits; this model has no gate")
+                raise ValueError(f"regularizers[{name!r}] needs gate logits; this model has no gate")
             log_gate = torch.log_softmax(out.gate_logits / temperature, dim=-1)
-            values["allocation"] = R.allocation_loss(log_gate, losses, allocation_temperature)
+            values[name] = R.allocation_loss(log_gate, scores[name], allocation_temperature)
     return {name: value for name, value in values.items() if name in weights}

@@ -104,15 +104,16 @@ def ideal_gate_loss(gate_probs: Tensor, expert_losses: Tensor) -> Tensor:
     return F.mse_loss(gate_probs, target)
 
 
-def allocation_loss(log_gate: Tensor, expert_losses: Tensor, temperature: float) -> Tensor:
-    """Cross-entropy from the soft-min allocation ``softmin(L / T)`` to the gate.
+def allocation_loss(log_gate: Tensor, scores: Tensor, temperature: float) -> Tensor:
+    """Cross-entropy from the soft-min allocation ``softmin(s / T)`` to the gate.
 
     Fits a gate to reproduce a gate-less allocation (see :func:`gmnn.nn.losses.softmin_allocation`).
 
     Args:
         log_gate: Log gate probabilities ``[B, E]``.
-        expert_losses: Per-sample loss of every expert ``[B, E]`` (not differentiated).
+        scores: Per-sample score of every expert ``[B, E]``, lower is better:
+            its loss or its output entropy (not differentiated).
         temperature: T > 0 of the target allocation.
     """
-    target = torch.softmax(-expert_losses.detach() / temperature, dim=-1)
+    target = torch.softmax(-scores.detach() / temperature, dim=-1)
     return -(target * log_gate).sum(-1).mean()

@@ -16,9 +16,9 @@ METHOD_CONFIGS = sorted((ROOT / "configs" / "methods").glob("*.yaml"))
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def _experts_checkpoint(path: Path) -> str:
-    """A checkpoint with 4 MLP experts of hidden widths [32, 32] on 2-D inputs, as the configs expect."""
-    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=4, expert_hidden=[32, 32], gate_hidden=[32])
+def _experts_checkpoint(path: Path, expert_hidden: list[int]) -> str:
+    """A checkpoint with 4 MLP experts on 2-D inputs, as the config expects."""
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=4, expert_hidden=expert_hidden)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return str(path)
 
@@ -28,7 +28,7 @@ def test_method_config_runs_fast_dev_run(config: Path, tmp_path: Path) -> None:
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     extra = []
     if init_args.get("init_experts_from"):
-        extra.append(f"--model.init_args.init_experts_from={_experts_checkpoint(tmp_path / 'experts.ckpt')}")
+        extra.append(f"--model.init_args.init_experts_from={_experts_checkpoint(tmp_path / 'experts.ckpt', init_args['expert_hidden'])}")
     cli = make_cli(
         ["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--data.init_args.num_samples=600",
          f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET, *extra]
