@@ -188,7 +188,8 @@ class MoEModule(LightningModule):
             else torch.log_softmax(self.experts(x)[0], dim=-1),
         )
         if self._trainer is not None:
-            self.log_dict({f"train/reg/{k}": v.detach() for k, v in values.items()}, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            logged = {f"train/reg/{k}": v.detach() for k, v in values.items()}
+            self.log_dict(logged, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return {k: self.regularizer_weights[k] * v for k, v in values.items()}
 
     def sample_distances(self, x: Tensor) -> Tensor:

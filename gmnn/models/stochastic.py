@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -23,26 +25,14 @@ class StochasticMoE(MoEModule):
     """
 
     def forward(self, x: Tensor) -> MoEOutput:
-        self.check_input(x)
-        expert_logits, expert_hidden = self.experts(x)
-        expert_log_probs = torch.log_softmax(expert_logits, dim=-1)
-        gate_logits = self.gate_logits(x, expert_hidden)
-        log_gate = softmax_routing(gate_logits, self.temperature)
+        out = super().forward(x)
         if self.training:
-            chosen = torch.multinomial(log_gate.exp(), 1)
+            chosen = torch.multinomial(out.gate_probs, 1)
         else:
-            chosen = log_gate.argmax(-1, keepdim=True)
-        index = chosen.unsqueeze(-1).expand(-1, 1, expert_log_probs.shape[-1])
-        selected = expert_log_probs.gather(1, index)
-        return MoEOutput(
-            log_probs=selected[:, 0],
-            gate_probs=log_gate.exp(),
-            gate_logits=gate_logits,
-            expert_log_probs=expert_log_probs,
-            selected=chosen,
-            aux_loss=x.new_zeros(()),
-            selected_log_probs=selected,
-        )
+            chosen = out.gate_probs.argmax(-1, keepdim=True)
+        index = chosen.unsqueeze(-1).expand(-1, 1, out.expert_log_probs.shape[-1])
+        selected = out.expert_log_probs.gather(1, index)
+        return replace(out, log_probs=selected[:, 0], selected=chosen, selected_log_probs=selected)
 
     def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """``nll`` is the stochastic mixture loss; regularizers as in the base class."""
