@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
 from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.reuse import load_experts
@@ -25,6 +26,7 @@ from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperatur
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 STAGES = ("train", "val", "test")
+EVAL_STAGES = ("val", "test")
 TEMPERATURE_KEY = "gmnn_temperature"
 
 
@@ -122,6 +124,10 @@ class MoEModule(LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
         )
+        self.decomposition = nn.ModuleDict(
+            {stage: DecompositionMetrics(num_experts, num_classes, prefix=f"{stage}/") for stage in EVAL_STAGES}
+        )
+        self.allocation = nn.ModuleDict({stage: ExpertAllocation(num_experts, num_classes) for stage in EVAL_STAGES})
 
     # ----------------------------------------------------------------- building
     def build_expert(self) -> nn.Module:
@@ -235,7 +241,7 @@ class MoEModule(LightningModule):
         return loss, out
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
-        """Log loss, loss terms, accuracy and mean gate probability per expert."""
+        """Log loss, loss terms, accuracy, mean gate probability per expert and (val/test) the decomposition metrics."""
         on_step = stage == "train"
         opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
@@ -249,6 +255,11 @@ class MoEModule(LightningModule):
             {f"{stage}/gate_prob/expert_{i}": gate_mean[i] for i in range(self.num_experts)},
             on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train",
         )
+        if stage in self.decomposition:
+            predictions = out.chosen_expert_log_probs().argmax(-1)
+            self.decomposition[stage].update_from(out.gate_probs, y, predictions)
+            self.allocation[stage].update(out.gate_probs, y, predictions)
+            self.log_dict(self.decomposition[stage], on_step=False, on_epoch=True, batch_size=batch_size)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")[0]
