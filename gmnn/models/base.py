@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,15 +24,20 @@ from gmnn.models.checks import (
     set_rng_states,
 )
 from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
+from gmnn.models.regularization import check_regularizers, regularizer_values
+from gmnn.models.reuse import load_experts
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.networks import NETWORKS, build_network
 from gmnn.nn.output import MoEOutput
+from gmnn.nn.regularizers import sample_distances
 from gmnn.nn.routing import softmax_routing
+from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 STAGES = ("train", "val", "test")
 EVAL_STAGES = ("val", "test")
+TEMPERATURE_KEY = "gmnn_temperature"
 
 
 class MoEModule(LightningModule):
@@ -58,6 +63,25 @@ class MoEModule(LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay (L2).
         batched_experts: Evaluate experts of one architecture as one vectorised call.
+        regularizers: Weights >= 0 of gate regularizers added to the training loss, by name:
+            ``importance`` (squared CV of per-expert importance), ``similarity_same`` (beta_s)
+            and ``similarity_different`` (beta_d) of the sample-similarity loss,
+            ``load_balancing`` (Switch), ``z_loss`` (router z-loss), ``ideal_gate`` (MSE to the
+            one-hot lowest-loss expert), ``allocation`` / ``entropy_allocation`` (cross-entropy to
+            softmin(per-expert loss / output entropy over allocation_temperature): fits a gate to a
+            gate-less model's allocation).
+            Each is logged unweighted as ``train/reg/<name>``.
+        sample_distance: Distance of the sample-similarity loss on flattened inputs:
+            ``"euclidean"`` or ``"cosine"``, divided by the batch maximum (override
+            :meth:`sample_distances` to plug in e.g. features of a frozen network).
+        allocation_temperature: Temperature > 0 of the ``allocation`` regularizers' target.
+        temperature_decay: Inverse decay d >= 0 of the gate temperature:
+            ``T_{e+1} = T_e / (1 + d (e - start))`` from epoch ``temperature_decay_start``.
+        temperature_decay_start: First epoch of the decay.
+        temperature_min: Floor of the decayed temperature (<= temperature).
+        init_experts_from: Checkpoint of any gmnn variant whose experts initialise this model's
+            (same count and architecture), e.g. to train a new gate on trained experts.
+        freeze_experts: Keep the experts' parameters fixed (train only the gate).
     """
 
     def __init__(
@@ -75,6 +99,14 @@ class MoEModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batched_experts: bool = True,
+        regularizers: Mapping[str, float] | None = None,
+        sample_distance: str | None = "euclidean",
+        allocation_temperature: float = 1.0,
+        temperature_decay: float = 0.0,
+        temperature_decay_start: int = 0,
+        temperature_min: float = 0.05,
+        init_experts_from: str | None = None,
+        freeze_experts: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -87,7 +119,8 @@ class MoEModule(LightningModule):
         check_positive_int("num_experts", num_experts)
         check_choice("expert", expert, NETWORKS)
         check_choice("gate", gate, NETWORKS)
-        check_positive("temperature", temperature)
+        check_temperature_schedule(temperature, temperature_decay, temperature_decay_start, temperature_min)
+        self.regularizer_weights = check_regularizers(regularizers, sample_distance, allocation_temperature)
         check_positive("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         self.num_classes = num_classes
@@ -95,6 +128,9 @@ class MoEModule(LightningModule):
         self.temperature = float(temperature)
         self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
         self.gate = self.build_gate()
+        if init_experts_from:
+            load_experts(self.experts, init_experts_from)
+        self.experts.requires_grad_(not freeze_experts)
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
         )
@@ -155,7 +191,38 @@ class MoEModule(LightningModule):
         terms = {"nll": F.nll_loss(out.log_probs, y)}
         if out.aux_loss.requires_grad:
             terms["aux"] = out.aux_loss
+        if self.training and self.regularizer_weights:
+            terms.update(self.regularizer_terms(out, x, y))
         return terms
+
+    def regularizer_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Weighted regularizer terms; logs each unweighted value as ``train/reg/<name>``."""
+        values = regularizer_values(
+            self.regularizer_weights, out, y, self.temperature, self.hparams.allocation_temperature,
+            distances=lambda: self.sample_distances(x),
+            expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
+            else torch.log_softmax(self.experts(x)[0], dim=-1),
+        )
+        if self._trainer is not None:
+            logged = {f"train/reg/{k}": v.detach() for k, v in values.items()}
+            self.log_dict(logged, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        return {k: self.regularizer_weights[k] * v for k, v in values.items()}
+
+    def sample_distances(self, x: Tensor) -> Tensor:
+        """Pairwise sample distances ``[B, B]`` of the sample-similarity regularizer."""
+        return sample_distances(x, self.hparams.sample_distance)
+
+    # -------------------------------------------------------------- temperature
+    def set_temperature(self, epoch: int) -> None:
+        """Set the gate temperature of ``epoch`` from the schedule (a pure function of the epoch)."""
+        hp = self.hparams
+        self.temperature = scheduled_temperature(
+            epoch, hp.temperature, hp.temperature_decay, hp.temperature_decay_start, hp.temperature_min
+        )
+
+    def on_train_epoch_start(self) -> None:
+        self.set_temperature(self.current_epoch)
+        self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=1)
 
     def check_labels(self, y: Tensor, stage: str = "train") -> None:
         """Raise ``ValueError`` when labels are not integers in ``[0, num_classes)`` (one host sync)."""
@@ -165,10 +232,7 @@ class MoEModule(LightningModule):
     def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, MoEOutput]:
         """Forward, loss and logging for one batch of ``stage`` (train/val/test)."""
         x, y = batch[0], batch[1]
-        checked = self.__dict__.setdefault("_checked_stages", set())
-        if stage not in checked:  # labels of the first batch of each stage: one host sync
-            check_batch(x, y, self.num_classes, stage)
-            checked.add(stage)
+        self.check_first_batch(x, y, stage)
         out = self(x)
         terms = self.loss_terms(out, x, y)
         loss = torch.stack(list(terms.values())).sum()
@@ -220,6 +284,13 @@ class MoEModule(LightningModule):
         if stage == "fit":
             self._finite_guard = FiniteLossGuard()
 
+    def check_first_batch(self, x: Tensor, y: Tensor, stage: str) -> None:
+        """Check the labels of the first batch of each stage of a run (one host sync, then nothing)."""
+        checked = self.__dict__.setdefault("_checked_stages", set())
+        if stage not in checked:
+            check_batch(x, y, self.num_classes, stage)
+            checked.add(stage)
+
     def guard_finite(self, terms: dict[str, Tensor]) -> None:
         """Stop training with a ``FloatingPointError`` naming the term that became NaN/inf.
 
@@ -246,13 +317,18 @@ class MoEModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = class_path_of(self)
+        checkpoint[TEMPERATURE_KEY] = self.temperature
         checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another variant or architecture; when resuming ``fit``, restore the random state."""
+        """Refuse a checkpoint of another variant or architecture; restore the temperature the model
+        was last trained with (training recomputes it per epoch) and, when resuming ``fit``, the random state.
+        """
         trainer = self._trainer
         source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
         check_checkpoint_matches(self, checkpoint, source)
+        self.set_temperature(int(checkpoint.get("epoch", 0)))
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
         if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
             set_rng_states(checkpoint[RNG_KEY])
 
@@ -272,6 +348,7 @@ class MoEModule(LightningModule):
                 f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "
                 f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
             )
+        kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
         loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
         try:
             return loader(target, checkpoint_path, *args, **kwargs)
@@ -279,4 +356,5 @@ class MoEModule(LightningModule):
             raise explain_overrides(error, checkpoint_path, kwargs) from None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -21,6 +21,7 @@ from gmnn.models.loading import CLASS_KEY
 INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 NEVER = torch.iinfo(torch.int64).max
 RNG_KEY = "gmnn_rng_states"
+TASK_TERMS = ("nll", "experts")  # the task loss; "experts": the experts' loss of dual-temperature training
 
 
 def check_batch(x: Tensor, y: Tensor, num_classes: int, stage: str) -> None:
@@ -85,12 +86,12 @@ class FiniteLossGuard:
             self.names = names
         self.first = torch.minimum(self.first, torch.where(torch.isfinite(values), NEVER, step))
 
-    def check(self, gather: Callable[[Tensor], Tensor] | None = None, task_term: str = "nll") -> None:
+    def check(self, gather: Callable[[Tensor], Tensor] | None = None, task_terms: tuple[str, ...] = TASK_TERMS) -> None:
         """Raise ``FloatingPointError`` if any recorded term went non-finite (on any process).
 
         Args:
             gather: ``LightningModule.all_gather`` under several processes, else ``None``.
-            task_term: Name of the task loss; the other terms are regularizers.
+            task_terms: Names of task losses; the other terms are regularizers.
         """
         if self.first is None:
             return
@@ -104,7 +105,7 @@ class FiniteLossGuard:
             return
         culprits = [name for name, step in zip(names, steps_list) if step == first]
         described = ", ".join(
-            "the task loss" + f" '{name}'" if name == task_term else f"the regularizer '{name}'" for name in culprits
+            f"the task loss '{name}'" if name in task_terms else f"the regularizer '{name}'" for name in culprits
         )
         raise FloatingPointError(
             f"training loss became NaN or inf at global step {first}: {described} went non-finite. "
