@@ -62,8 +62,8 @@ class FiniteLossGuard:
     the term(s) and the step. The module calls :meth:`check` every step when
     that is free (one process on CPU, where tensors already live on the host)
     and otherwise every ``log_every_n_steps`` steps, when Lightning syncs to
-    log anyway, and at the end of each training epoch, before checkpoints
-    are written.
+    log anyway, and at the end of each training epoch, before ``last.ckpt``
+    is written.
     """
 
     def __init__(self) -> None:
