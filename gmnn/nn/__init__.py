@@ -1,8 +1,10 @@
 """Plain ``torch.nn`` building blocks for mixtures of experts (no Lightning)."""
 
+from gmnn.nn.balance import load_balancing_loss, router_z_loss
 from gmnn.nn.combine import dense_mixture, product_of_experts, sparse_mixture, top_k_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.gates import AttentionGate
+from gmnn.nn.moe_layer import MoELayer
 from gmnn.nn.networks import MLP, ConvNet, build_network
 from gmnn.nn.output import MoEOutput
 from gmnn.nn.routing import softmax_routing, top_k_routing
@@ -12,10 +14,13 @@ __all__ = [
     "AttentionGate",
     "ConvNet",
     "Experts",
+    "MoELayer",
     "MoEOutput",
     "build_network",
     "dense_mixture",
+    "load_balancing_loss",
     "product_of_experts",
+    "router_z_loss",
     "softmax_routing",
     "sparse_mixture",
     "top_k_routing",
