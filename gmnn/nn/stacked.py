@@ -55,8 +55,12 @@ def mlp_stacked(template: MLP, state: dict[str, Tensor], x: Tensor, shared: bool
 
 
 def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
-    """E copies of ``template`` (a :class:`ConvNet`): one (grouped) convolution, then the MLPs."""
-    conv, activation, pool = template.features[0], template.features[1], template.features[2]
+    """E copies of ``template`` (a :class:`ConvNet`): one (grouped) convolution, then the MLPs.
+
+    The max-pool runs before the ReLU (they commute; the ReLU then touches a
+    quarter of the elements).
+    """
+    conv, pool = template.features[0], template.features[2]
     weight, bias = state["features.0.weight"], state.get("features.0.bias")
     experts = weight.shape[0]
     flat_bias = None if bias is None else bias.reshape(-1)
@@ -66,15 +70,18 @@ def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shar
         n, groups = x.shape[1], experts
         x = x.transpose(0, 1).flatten(1, 2)  # [N, E * C_in, H, W]
     y = F.conv2d(x, weight.flatten(0, 1), flat_bias, conv.stride, conv.padding, conv.dilation, groups)
-    y = pool(activation(y)).reshape(n, experts, -1).transpose(0, 1)
+    y = F.relu(pool(y)).reshape(n, experts, -1).transpose(0, 1)  # [E, N, c * h * w]
     return mlp_stacked(template.mlp, state, y, shared=False, prefix="mlp.")
 
 
 def _has_conv_kernel(template: nn.Module) -> bool:
     if type(template) is not ConvNet:
         return False
-    conv = template.features[0]
-    return conv.groups == 1 and conv.padding_mode == "zeros"
+    conv, activation, pool = template.features[0], template.features[1], template.features[2]
+    return (
+        conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(activation, nn.ReLU)
+        and isinstance(pool, nn.MaxPool2d)
+    )
 
 
 def stacked_forward(template: nn.Module, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
