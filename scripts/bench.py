@@ -108,42 +108,54 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
     return out, total
 
 
-def bench_layer_once(layer: MoELayer, x: torch.Tensor, repeats: int, device: str) -> dict:
-    def step() -> torch.Tensor:
-        out, aux = layer(x)
-        return out.square().mean() + aux
+def layer_step(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    out, aux = layer(x)
+    return out.square().mean() + aux
 
-    step().backward()  # warm up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        step().backward()
-        sync(device)
-        times.append(time.perf_counter() - start)
+
+def time_layer(layer: MoELayer, x: torch.Tensor, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    layer_step(layer, x).backward()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def layer_memory(layer: MoELayer, x: torch.Tensor, device: str) -> tuple[float, float | None]:
+    """MiB saved for backward and, on CUDA, the peak MiB allocated during forward+backward."""
     layer.zero_grad(set_to_none=True)
     if device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    loss, saved = saved_bytes(step)
-    peak = torch.cuda.max_memory_allocated() - base if device.startswith("cuda") else None
+    loss, saved = saved_bytes(lambda: layer_step(layer, x))
     loss.backward()
-    return {"ms": 1e3 * statistics.median(times), "saved_mib": saved / 2**20,
-            "peak_mib": None if peak is None else peak / 2**20}
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.startswith("cuda") else None
+    return saved / 2**20, peak
 
 
 def bench_layer(tokens: int, d_model: int, hidden: int, experts: list[int], repeats: int, device: str) -> list[dict]:
+    """Every (E, mode) timed once per round, round after round, so that all see the same load."""
     x = torch.randn(tokens, d_model, device=device)
-    rows = []
+    layers = {}
     for e in experts:
         modes = [("dense", e, 0.0)] + [(f"top-{k}", k, 0.0) for k in (1, 2)] + [(f"top-{k} cf1.25", k, 1.25) for k in (1, 2)]
         for mode, k, cf in modes:
             torch.manual_seed(0)
-            layer = MoELayer(d_model, hidden, e, k=k, capacity_factor=cf).to(device)
-            row = {"E": e, "mode": mode, **bench_layer_once(layer, x, repeats, device)}
-            rows.append(row)
-            peak = "" if row["peak_mib"] is None else f" | {row['peak_mib']:.1f}"
-            print(f"| {e} | {mode} | {row['ms']:.1f} | {row['saved_mib']:.1f}{peak} |", flush=True)
+            layers[(e, mode)] = MoELayer(d_model, hidden, e, k=k, capacity_factor=cf).to(device)
+    times: dict[tuple[int, str], list[float]] = {key: [] for key in layers}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for key, layer in layers.items():
+            elapsed = time_layer(layer, x, device)
+            if round_:
+                times[key].append(elapsed)
+    rows = []
+    for (e, mode), layer in layers.items():
+        saved, peak = layer_memory(layer, x, device)
+        row = {"E": e, "mode": mode, "ms": 1e3 * statistics.median(times[(e, mode)]), "saved_mib": saved, "peak_mib": peak}
+        rows.append(row)
+        peak_text = "" if peak is None else f" | {peak:.1f}"
+        print(f"| {e} | {mode} | {row['ms']:.1f} | {saved:.1f}{peak_text} |", flush=True)
     return rows
 
 
@@ -170,11 +182,11 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     if args.quick:
-        train = dict(batch=32, steps=3, rounds=1)
-        layer = dict(tokens=64, d_model=8, hidden=16, experts=[4, 8], repeats=1)
+        train = dict(batch=16, steps=2, rounds=1)
+        layer = dict(tokens=32, d_model=4, hidden=8, experts=[4, 8], repeats=1)
     else:
-        train = dict(batch=512, steps=6, rounds=2)
-        layer = dict(tokens=4096, d_model=64, hidden=256, experts=[4, 8, 16, 32], repeats=3)
+        train = dict(batch=512, steps=4, rounds=3)
+        layer = dict(tokens=4096, d_model=64, hidden=128, experts=[4, 8, 16, 32], repeats=5)
     results: dict = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "training": train, "layer": layer}
     if args.skip != "training":

@@ -87,9 +87,14 @@ class Experts(nn.Module):
     def forward_selected(self, x: Tensor, indices: Tensor) -> Tensor:
         """Conditional computation: evaluate only the routed (sample, expert) pairs.
 
-        Pairs are sorted by expert, each expert with a non-empty group runs
-        once on its rows, and the results are put back in place. The group
-        sizes are read once on the host (one sync).
+        The pairs are grouped by expert; the group sizes are read once on the
+        host (one sync; :meth:`forward_with_capacity` has none). When the
+        routing is balanced enough (``E * largest group <= 2 * B * k``),
+        homogeneous experts run in one batched call on per-expert buffers as
+        long as the largest group, rounded up to a multiple of 16 so that
+        kernels see few distinct shapes. Otherwise each expert with a
+        non-empty group runs once on exactly its rows. Either way the work
+        is at most about ``2 * B * k`` expert evaluations, never ``B * E``.
 
         Args:
             x: Inputs ``[B, ...]``.
@@ -100,6 +105,9 @@ class Experts(nn.Module):
         """
         batch, k = indices.shape
         order, counts = group_by_expert(indices.reshape(-1), self.num_experts)
+        padded = -(-max(counts) // 16) * 16
+        if self.batched and self.num_experts * padded <= 2 * batch * k:
+            return self.forward_with_capacity(x, indices, padded)[0]
         groups = x.index_select(0, order // k).split(counts)
         logits = [self.experts[e](rows)[0] for e, rows in enumerate(groups) if counts[e] > 0]
         grouped = torch.cat(logits)

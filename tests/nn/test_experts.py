@@ -170,3 +170,17 @@ def test_large_capacity_equals_forward_selected() -> None:
     torch.testing.assert_close(logits, experts.forward_selected(x, indices), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="capacity"):
         experts.forward_with_capacity(x, indices, capacity=0)
+
+
+@pytest.mark.parametrize(("balanced", "batched_call"), [(True, True), (False, False)])
+def test_forward_selected_batches_balanced_routing_and_loops_otherwise(balanced: bool, batched_call: bool, monkeypatch) -> None:
+    experts = Experts(lambda: ConvNet((1, 6, 6), 3, hidden_dims=[4]), 4)
+    x = torch.randn(64, 1, 6, 6)
+    indices = (torch.arange(128).view(64, 2) % 4) if balanced else torch.zeros(64, 1, dtype=torch.long)
+    calls = []
+    original = experts.forward_with_capacity
+    monkeypatch.setattr(experts, "forward_with_capacity", lambda *a: calls.append(a[2]) or original(*a))
+    selected = experts.forward_selected(x, indices)
+    assert calls == ([32] if batched_call else [])
+    full, _ = experts(x)
+    torch.testing.assert_close(selected, full.gather(1, indices.unsqueeze(-1).expand(-1, -1, 3)), atol=1e-5, rtol=1e-5)
