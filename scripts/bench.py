@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[type[MoEModule], dict]] = {
     "DenseMoE": (DenseMoE, {}),
     "TopKMoE k=1": (TopKMoE, {"k": 1}),
     "TopKMoE k=2": (TopKMoE, {"k": 2}),
+    "TopKMoE k=1 cf1.25": (TopKMoE, {"k": 1, "capacity_factor": 1.25}),
     "ProductOfExperts": (ProductOfExperts, {}),
     "AttentionGateMoE": (AttentionGateMoE, {}),
 }

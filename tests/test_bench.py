@@ -43,5 +43,6 @@ def test_quick_benchmark_writes_its_tables(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=True, cwd=tmp_path)
     assert "| DenseMoE |" in result.stdout and "| 8 | top-2 |" in result.stdout
     data = json.loads(path.read_text())
-    assert {r["model"] for r in data["training_rows"]} == {"DenseMoE", "TopKMoE k=1", "TopKMoE k=2", "ProductOfExperts", "AttentionGateMoE"}
+    assert {r["model"] for r in data["training_rows"]} == {"DenseMoE", "TopKMoE k=1", "TopKMoE k=2", "TopKMoE k=1 cf1.25",
+                                                   "ProductOfExperts", "AttentionGateMoE"}
     assert len(data["layer_rows"]) == 2 * 5 and all(r["ms"] > 0 and r["saved_mib"] > 0 for r in data["layer_rows"])
