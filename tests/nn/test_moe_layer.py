@@ -91,3 +91,15 @@ def test_layer_learns_a_piecewise_function_as_a_residual_ffn() -> None:
         (loss + aux).backward()
         optimizer.step()
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_readme_transformer_block_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- readme-test: moe-layer -->\n```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (2, 10, 32) and namespace["aux_loss"].item() > 0
+    assert namespace["block"].ffn.w1.grad.abs().sum() > 0 and namespace["block"].ffn.router.weight.grad.abs().sum() > 0
