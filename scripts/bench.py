@@ -1,5 +1,8 @@
 """Speed benchmark: batched/sparse gmnn vs naive per-expert loops, and MoELayer scaling.
 
+Timings are the fastest of the repeated steps (``median_*`` in the JSON):
+on a machine shared with other jobs, interference only ever adds time.
+
 (a) training throughput (samples/s, full Lightning training step with metrics)
     of the paper's MNIST model (conv experts, conv gate, 5 experts, batch 512)
     for each variant against ``benchmarks/naive.py``, measured in one run,
@@ -88,8 +91,11 @@ def bench_training(batch: int, steps: int, rounds: int, device: str) -> list[dic
             for impl, model_cls in (("gmnn", cls), ("naive", NAIVE[cls])):
                 L.seed_everything(0, verbose=False)
                 times[impl] += train_step_times(model_cls(**PAPER, **extra), batch, steps, device)
-        gmnn, naive = (batch / statistics.median(times[i]) for i in ("gmnn", "naive"))
-        rows.append({"model": name, "gmnn_samples_per_s": gmnn, "naive_samples_per_s": naive, "speedup": gmnn / naive})
+        gmnn, naive = (batch / min(times[i]) for i in ("gmnn", "naive"))
+        median = {i: batch / statistics.median(times[i]) for i in ("gmnn", "naive")}
+        rows.append({"model": name, "gmnn_samples_per_s": gmnn, "naive_samples_per_s": naive, "speedup": gmnn / naive,
+                     "median_gmnn_samples_per_s": median["gmnn"], "median_naive_samples_per_s": median["naive"],
+                     "median_speedup": median["gmnn"] / median["naive"]})
         print(f"| {name} | {naive:,.0f} | {gmnn:,.0f} | {gmnn / naive:.2f}x |", flush=True)
     return rows
 
@@ -153,10 +159,24 @@ def bench_layer(tokens: int, d_model: int, hidden: int, experts: list[int], repe
     rows = []
     for (e, mode), layer in layers.items():
         saved, peak = layer_memory(layer, x, device)
-        row = {"E": e, "mode": mode, "ms": 1e3 * statistics.median(times[(e, mode)]), "saved_mib": saved, "peak_mib": peak}
+        row = {"E": e, "mode": mode, "ms": 1e3 * min(times[(e, mode)]), "median_ms": 1e3 * statistics.median(times[(e, mode)]),
+               "saved_mib": saved, "peak_mib": peak}
         rows.append(row)
         peak_text = "" if peak is None else f" | {peak:.1f}"
         print(f"| {e} | {mode} | {row['ms']:.1f} | {saved:.1f}{peak_text} |", flush=True)
+    return rows
+
+
+def memory_vs_tokens(tokens: list[int], d_model: int, hidden: int, experts: int, device: str) -> list[dict]:
+    """MiB saved for backward as the token count grows, dense vs top-k, at fixed E."""
+    rows = []
+    for mode, k in [("dense", experts), ("top-1", 1), ("top-2", 2)]:
+        torch.manual_seed(0)
+        layer = MoELayer(d_model, hidden, experts, k=k).to(device)
+        for t in tokens:
+            saved, peak = layer_memory(layer, torch.randn(t, d_model, device=device), device)
+            rows.append({"E": experts, "mode": mode, "tokens": t, "saved_mib": saved, "peak_mib": peak})
+        print(f"| {mode} | " + " | ".join(f"{r['saved_mib']:.1f}" for r in rows[-len(tokens):]) + " |", flush=True)
     return rows
 
 
@@ -189,7 +209,7 @@ def main() -> None:
         train = dict(batch=512, steps=4, rounds=3)
         layer = dict(tokens=4096, d_model=64, hidden=128, experts=[4, 8, 16, 32], repeats=5)
     results: dict = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "training": train, "layer": layer}
+                     "training": train, "layer": layer, "statistic": "fastest step (median_* also given)"}
     if args.skip != "training":
         print(f"\n(a) training throughput, paper's MNIST model, batch {train['batch']} (samples/s)\n")
         print("| model | naive loop | gmnn | speedup |\n|---|---|---|---|")
@@ -201,6 +221,10 @@ def main() -> None:
         print(f"| E | mode | ms | saved for backward MiB{cuda} |\n|---|---|---|---|" + ("---|" if cuda else ""))
         results["layer_rows"] = bench_layer(**layer, device=args.device)
         results["ratios"] = summary(results["layer_rows"])
+        sizes = [layer["tokens"] // 4, layer["tokens"] // 2, layer["tokens"]]
+        print(f"\n(c) MiB saved for backward vs tokens, E = {layer['experts'][-1]}\n")
+        print("| mode | " + " | ".join(f"{t} tokens" for t in sizes) + " |\n|---|" + "---|" * len(sizes))
+        results["memory_rows"] = memory_vs_tokens(sizes, layer["d_model"], layer["hidden"], layer["experts"][-1], args.device)
         print("\n" + "\n".join(f"{k}: {v:.3f}" for k, v in results["ratios"].items()))
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.json}")

@@ -75,3 +75,7 @@ def test_overflow_fraction_is_logged() -> None:
 def test_bad_capacity_factor_names_the_parameter() -> None:
     with pytest.raises(ValueError, match="capacity_factor"):
         TopKMoE(k=1, capacity_factor=-1.0, **COMMON)
+
+
+def test_capacity_factor_is_a_saved_hyperparameter() -> None:
+    assert TopKMoE(k=2, capacity_factor=1.5, **COMMON).hparams.capacity_factor == 1.5
