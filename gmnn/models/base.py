@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -12,15 +12,22 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
+from gmnn.models.regularization import check_regularizers, regularizer_values
+from gmnn.models.reuse import load_experts
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.networks import NETWORKS, build_network
 from gmnn.nn.output import MoEOutput
+from gmnn.nn.regularizers import sample_distances
 from gmnn.nn.routing import softmax_routing
+from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 STAGES = ("train", "val", "test")
+EVAL_STAGES = ("val", "test")
+TEMPERATURE_KEY = "gmnn_temperature"
 
 
 class MoEModule(LightningModule):
@@ -46,6 +53,25 @@ class MoEModule(LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay (L2).
         batched_experts: Evaluate experts of one architecture as one vectorised call.
+        regularizers: Weights >= 0 of gate regularizers added to the training loss, by name:
+            ``importance`` (squared CV of per-expert importance), ``similarity_same`` (beta_s)
+            and ``similarity_different`` (beta_d) of the sample-similarity loss,
+            ``load_balancing`` (Switch), ``z_loss`` (router z-loss), ``ideal_gate`` (MSE to the
+            one-hot lowest-loss expert), ``allocation`` / ``entropy_allocation`` (cross-entropy to
+            softmin(per-expert loss / output entropy over allocation_temperature): fits a gate to a
+            gate-less model's allocation).
+            Each is logged unweighted as ``train/reg/<name>``.
+        sample_distance: Distance of the sample-similarity loss on flattened inputs:
+            ``"euclidean"`` or ``"cosine"``, divided by the batch maximum (override
+            :meth:`sample_distances` to plug in e.g. features of a frozen network).
+        allocation_temperature: Temperature > 0 of the ``allocation`` regularizers' target.
+        temperature_decay: Inverse decay d >= 0 of the gate temperature:
+            ``T_{e+1} = T_e / (1 + d (e - start))`` from epoch ``temperature_decay_start``.
+        temperature_decay_start: First epoch of the decay.
+        temperature_min: Floor of the decayed temperature (<= temperature).
+        init_experts_from: Checkpoint of any gmnn variant whose experts initialise this model's
+            (same count and architecture), e.g. to train a new gate on trained experts.
+        freeze_experts: Keep the experts' parameters fixed (train only the gate).
     """
 
     def __init__(
@@ -63,6 +89,14 @@ class MoEModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batched_experts: bool = True,
+        regularizers: Mapping[str, float] | None = None,
+        sample_distance: str | None = "euclidean",
+        allocation_temperature: float = 1.0,
+        temperature_decay: float = 0.0,
+        temperature_decay_start: int = 0,
+        temperature_min: float = 0.05,
+        init_experts_from: str | None = None,
+        freeze_experts: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,7 +109,8 @@ class MoEModule(LightningModule):
         check_positive_int("num_experts", num_experts)
         check_choice("expert", expert, NETWORKS)
         check_choice("gate", gate, NETWORKS)
-        check_positive("temperature", temperature)
+        check_temperature_schedule(temperature, temperature_decay, temperature_decay_start, temperature_min)
+        self.regularizer_weights = check_regularizers(regularizers, sample_distance, allocation_temperature)
         check_positive("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         self.num_classes = num_classes
@@ -83,9 +118,16 @@ class MoEModule(LightningModule):
         self.temperature = float(temperature)
         self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
         self.gate = self.build_gate()
+        if init_experts_from:
+            load_experts(self.experts, init_experts_from)
+        self.experts.requires_grad_(not freeze_experts)
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
         )
+        self.decomposition = nn.ModuleDict(
+            {stage: DecompositionMetrics(num_experts, num_classes, prefix=f"{stage}/") for stage in EVAL_STAGES}
+        )
+        self.allocation = nn.ModuleDict({stage: ExpertAllocation(num_experts, num_classes) for stage in EVAL_STAGES})
 
     # ----------------------------------------------------------------- building
     def build_expert(self) -> nn.Module:
@@ -139,7 +181,43 @@ class MoEModule(LightningModule):
         terms = {"nll": F.nll_loss(out.log_probs, y)}
         if out.aux_loss.requires_grad:
             terms["aux"] = out.aux_loss
+        if self.training and self.regularizer_weights:
+            terms.update(self.regularizer_terms(out, x, y))
         return terms
+
+    def regularizer_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Weighted regularizer terms; logs each unweighted value as ``train/reg/<name>``."""
+        values = regularizer_values(
+            self.regularizer_weights, out, y, self.temperature, self.hparams.allocation_temperature,
+            distances=lambda: self.sample_distances(x),
+            expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
+            else torch.log_softmax(self.experts(x)[0], dim=-1),
+        )
+        if self._trainer is not None:
+            logged = {f"train/reg/{k}": v.detach() for k, v in values.items()}
+            self.log_dict(logged, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        return {k: self.regularizer_weights[k] * v for k, v in values.items()}
+
+    def sample_distances(self, x: Tensor) -> Tensor:
+        """Pairwise sample distances ``[B, B]`` of the sample-similarity regularizer."""
+        return sample_distances(x, self.hparams.sample_distance)
+
+    # -------------------------------------------------------------- temperature
+    def set_temperature(self, epoch: int) -> None:
+        """Set the gate temperature of ``epoch`` from the schedule (a pure function of the epoch)."""
+        hp = self.hparams
+        self.temperature = scheduled_temperature(
+            epoch, hp.temperature, hp.temperature_decay, hp.temperature_decay_start, hp.temperature_min
+        )
+
+    def on_train_epoch_start(self) -> None:
+        self.set_temperature(self.current_epoch)
+        self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the temperature the model was last trained with (training recomputes it per epoch)."""
+        self.set_temperature(int(checkpoint.get("epoch", 0)))
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
 
     def check_labels(self, y: Tensor) -> None:
         """Raise ``ValueError`` when labels fall outside ``[0, num_classes)`` (one host sync)."""
@@ -163,7 +241,7 @@ class MoEModule(LightningModule):
         return loss, out
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
-        """Log loss, loss terms, accuracy and mean gate probability per expert."""
+        """Log loss, loss terms, accuracy, mean gate probability per expert and (val/test) the decomposition metrics."""
         on_step = stage == "train"
         opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
@@ -177,6 +255,11 @@ class MoEModule(LightningModule):
             {f"{stage}/gate_prob/expert_{i}": gate_mean[i] for i in range(self.num_experts)},
             on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train",
         )
+        if stage in self.decomposition:
+            predictions = out.chosen_expert_log_probs().argmax(-1)
+            self.decomposition[stage].update_from(out.gate_probs, y, predictions)
+            self.allocation[stage].update(out.gate_probs, y, predictions)
+            self.log_dict(self.decomposition[stage], on_step=False, on_epoch=True, batch_size=batch_size)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")[0]
@@ -197,6 +280,7 @@ class MoEModule(LightningModule):
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = class_path_of(self)
+        checkpoint[TEMPERATURE_KEY] = self.temperature
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -214,8 +298,10 @@ class MoEModule(LightningModule):
                 f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "
                 f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
             )
+        kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
         loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
         return loader(target, checkpoint_path, *args, **kwargs)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

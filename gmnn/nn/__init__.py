@@ -1,6 +1,5 @@
 """Plain ``torch.nn`` building blocks for mixtures of experts (no Lightning)."""
 
-from gmnn.nn.balance import load_balancing_loss, router_z_loss
 from gmnn.nn.combine import dense_mixture, product_of_experts, sparse_mixture, top_k_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.gates import AttentionGate
@@ -18,9 +17,7 @@ __all__ = [
     "MoEOutput",
     "build_network",
     "dense_mixture",
-    "load_balancing_loss",
     "product_of_experts",
-    "router_z_loss",
     "softmax_routing",
     "sparse_mixture",
     "top_k_routing",

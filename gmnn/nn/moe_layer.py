@@ -8,10 +8,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmnn.nn.balance import load_balancing_loss, router_z_loss
 from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
+from gmnn.nn.regularizers import router_z_loss
 from gmnn.nn.stacked import linear_grouped, linear_shared
 from gmnn.validation import check_non_negative, check_positive_int
+
+
+def routed_load_balancing_loss(router_probs: Tensor, indices: Tensor) -> Tensor:
+    """Switch load-balancing loss ``E * sum_i f_i P_i`` over the routed pairs (Fedus et al., 2021).
+
+    Unlike :func:`gmnn.nn.regularizers.load_balancing_loss` (top-1 by argmax of
+    the gate), ``f_i`` is the fraction of the actually routed (token, expert)
+    pairs sent to expert i: k per token, after router noise. ``P_i`` is the
+    mean router probability of expert i. Equals 1 under uniform routing.
+
+    Args:
+        router_probs: Softmax router probabilities ``[T, E]``.
+        indices: Routed experts ``[T, k]``.
+    """
+    flat = indices.reshape(-1)
+    counts = router_probs.new_zeros(router_probs.shape[-1])
+    fraction = counts.scatter_add(0, flat, torch.ones_like(flat, dtype=router_probs.dtype)) / flat.numel()
+    return router_probs.shape[-1] * (fraction * router_probs.mean(dim=0)).sum()
 
 
 class MoELayer(nn.Module):
@@ -31,7 +49,7 @@ class MoELayer(nn.Module):
     batched matmuls).
 
     ``forward`` returns ``(output [..., d_model], aux_loss)`` with
-    ``aux_loss = balance_weight * load_balancing_loss + z_weight * router_z_loss``.
+    ``aux_loss = balance_weight * routed_load_balancing_loss + z_weight * router_z_loss``.
 
     Args:
         d_model: Token width.
@@ -121,6 +139,6 @@ class MoELayer(nn.Module):
             out = self._with_capacity(tokens, weights, indices)
         else:
             out = self._grouped(tokens, weights, indices)
-        aux = self.balance_weight * load_balancing_loss(torch.softmax(logits, dim=-1), indices)
+        aux = self.balance_weight * routed_load_balancing_loss(torch.softmax(logits, dim=-1), indices)
         aux = aux + self.z_weight * router_z_loss(logits)
         return out.view(x.shape), aux

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from gmnn.nn import MoELayer, load_balancing_loss, router_z_loss
+from gmnn.nn import MoELayer
+from gmnn.nn.moe_layer import routed_load_balancing_loss
+from gmnn.nn.regularizers import router_z_loss
 
 
 def _dense_reference(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +49,9 @@ def test_capacity_overflow_drops_tokens_and_counts_them() -> None:
 
 def test_aux_losses_hand_computed() -> None:
     uniform = torch.full((4, 2), 0.5)
-    assert load_balancing_loss(uniform, torch.tensor([[0], [1], [0], [1]])).item() == pytest.approx(1.0)
+    assert routed_load_balancing_loss(uniform, torch.tensor([[0], [1], [0], [1]])).item() == pytest.approx(1.0)
     collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    assert load_balancing_loss(collapsed, torch.tensor([[0], [0]])).item() == pytest.approx(2.0)
+    assert routed_load_balancing_loss(collapsed, torch.tensor([[0], [0]])).item() == pytest.approx(2.0)
     assert router_z_loss(torch.zeros(3, 4)).item() == pytest.approx(math.log(4) ** 2)
     layer = MoELayer(d_model=2, hidden=3, num_experts=4, k=1, balance_weight=0.5, z_weight=0.25)
     with torch.no_grad():
