@@ -9,9 +9,10 @@ from torch import Tensor
 
 from gmnn.models.base import MoEModule
 from gmnn.nn.combine import top_k_mixture
+from gmnn.nn.dispatch import capacity_of
 from gmnn.nn.output import MoEOutput
 from gmnn.nn.routing import softmax_routing, top_k_routing
-from gmnn.validation import check_choice
+from gmnn.validation import check_choice, check_non_negative
 
 GATE_GRADIENTS = ("residual", "renormalize")
 
@@ -39,15 +40,28 @@ class TopKMoE(MoEModule):
     samples it predicts better than chance. ``"renormalize"`` trains with the
     renormalised mixture (k >= 2 only).
 
+    With ``capacity_factor > 0`` each expert takes at most
+    ``ceil(capacity_factor * B * k / E)`` (sample, expert) pairs per batch
+    (Fedus, Zoph & Shazeer, 2021, "Switch Transformers"); first choices are
+    served before second choices. A dropped pair's expert is replaced by the
+    uniform distribution over classes (the same residual that takes the
+    unselected gate mass), so the output stays a proper distribution; the
+    fraction of dropped pairs is logged as ``{stage}/overflow_fraction``.
+    The capacity path has static shapes and no host sync; without a capacity
+    the routed pairs are grouped by expert (one host sync for group sizes).
+
     Args:
         k: Experts per sample, ``1 <= k <= num_experts``.
         gate_gradient: ``"residual"`` or ``"renormalize"`` (see above).
+        capacity_factor: 0 for no capacity limit, else a factor > 0 (e.g. 1.25).
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, k: int = 1, gate_gradient: str = "residual", **kwargs: Any) -> None:
+    def __init__(self, k: int = 1, gate_gradient: str = "residual", capacity_factor: float = 0.0, **kwargs: Any) -> None:
         check_top_k(k, kwargs.get("num_experts", 4), gate_gradient)
+        check_non_negative("capacity_factor", capacity_factor)
         self.k = k
+        self.capacity_factor = float(capacity_factor)
         super().__init__(**kwargs)
 
     def forward(self, x: Tensor) -> MoEOutput:
@@ -55,7 +69,14 @@ class TopKMoE(MoEModule):
         gate_logits = self.gate_logits(x, None)
         log_gate = softmax_routing(gate_logits, self.temperature)
         _, indices = top_k_routing(gate_logits, self.k)
-        selected_log_probs = torch.log_softmax(self.experts.forward_selected(x, indices), dim=-1)
+        dropped = None
+        if self.capacity_factor > 0:
+            capacity = capacity_of(x.shape[0], self.k, self.num_experts, self.capacity_factor)
+            logits, kept = self.experts.forward_with_capacity(x, indices, capacity)
+            dropped = ~kept
+        else:
+            logits = self.experts.forward_selected(x, indices)
+        selected_log_probs = torch.log_softmax(logits, dim=-1)
         residual = self.training and self.hparams.gate_gradient == "residual"
         return MoEOutput(
             log_probs=top_k_mixture(log_gate, indices, selected_log_probs, residual),
@@ -65,4 +86,14 @@ class TopKMoE(MoEModule):
             selected=indices,
             aux_loss=x.new_zeros(()),
             selected_log_probs=selected_log_probs,
+            dropped=dropped,
         )
+
+    def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
+        """The base logging plus ``{stage}/overflow_fraction`` (dropped pairs) with a capacity."""
+        super().log_step(stage, loss, terms, out, y, batch_size)
+        if out.dropped is not None:
+            self.log(
+                f"{stage}/overflow_fraction", out.dropped.float().mean(), on_step=stage == "train", on_epoch=True,
+                batch_size=batch_size, sync_dist=stage != "train",
+            )
