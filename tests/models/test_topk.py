@@ -79,3 +79,40 @@ def test_bad_capacity_factor_names_the_parameter() -> None:
 
 def test_capacity_factor_is_a_saved_hyperparameter() -> None:
     assert TopKMoE(k=2, capacity_factor=1.5, **COMMON).hparams.capacity_factor == 1.5
+
+
+def test_stochastic_gate_gradient_trains_gate_and_routed_experts_separately() -> None:
+    from gmnn.nn.losses import per_expert_nll, stochastic_mixture_loss
+
+    model = TopKMoE(k=1, gate_gradient="stochastic", input_shape=[2], num_classes=3, num_experts=4, expert_hidden=[8])
+    model.train()
+    x, y = torch.randn(32, 2), torch.randint(0, 3, (32,))
+    out = model(x)
+    terms = model.loss_terms(out, x, y)
+    assert set(terms) == {"nll", "gate"}
+    # the gate term is the stochastic loss over every expert, and its gradient reaches only the gate
+    every = torch.log_softmax(model.experts(x)[0], -1)
+    expected = stochastic_mixture_loss(torch.log_softmax(out.gate_logits, -1), per_expert_nll(every, y))
+    torch.testing.assert_close(terms["gate"], expected)
+    params = list(model.gate.parameters()) + list(model.experts.parameters())
+    gate_grads = torch.autograd.grad(terms["gate"], params, allow_unused=True, retain_graph=True)
+    n_gate = len(list(model.gate.parameters()))
+    assert all(g is not None and g.abs().sum() > 0 for g in gate_grads[:n_gate])
+    assert all(g is None for g in gate_grads[n_gate:])
+    # the task term trains only the routed experts, not the gate (k = 1: the renormalised weight is 1)
+    model.zero_grad()
+    terms["nll"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.gate.parameters())
+    routed = set(out.selected.flatten().tolist())
+    for e in range(4):
+        grad = sum(float(p.grad.abs().sum()) for p in model.experts[e].parameters() if p.grad is not None)
+        assert (grad > 0) == (e in routed)
+    model.eval()
+    assert model(x).expert_log_probs is None and set(model.loss_terms(model(x), x, y)) == {"nll"}
+
+
+def test_attention_gate_refuses_the_stochastic_gate_gradient() -> None:
+    from gmnn.models import AttentionGateMoE
+
+    with pytest.raises(ValueError, match="gate_gradient"):
+        AttentionGateMoE(k=1, gate_gradient="stochastic", input_shape=[2], num_classes=3, num_experts=4)
