@@ -7,6 +7,7 @@ from gmnn.models.dual_temperature import DualTemperatureMoE
 from gmnn.models.expert_loss_gate import ExpertLossGateMoE
 from gmnn.models.gateless import GatelessMoE
 from gmnn.models.product import ProductOfExperts
+from gmnn.models.regression import RegressionMoE
 from gmnn.models.single import SingleModel
 from gmnn.models.stochastic import StochasticMoE
 from gmnn.models.topk import TopKMoE
@@ -19,6 +20,7 @@ __all__ = [
     "GatelessMoE",
     "MoEModule",
     "ProductOfExperts",
+    "RegressionMoE",
     "SingleModel",
     "StochasticMoE",
     "TopKMoE",

@@ -84,6 +84,8 @@ class MoEModule(LightningModule):
         freeze_experts: Keep the experts' parameters fixed (train only the gate).
     """
 
+    min_num_classes: int = 2
+
     def __init__(
         self,
         input_shape: Sequence[int] = (2,),
@@ -114,8 +116,8 @@ class MoEModule(LightningModule):
         if not self.input_shape or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be a non-empty list of positive sizes, got {list(input_shape)}")
         check_positive_int("num_classes", num_classes)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if num_classes < self.min_num_classes:
+            raise ValueError(f"num_classes must be >= {self.min_num_classes}, got {num_classes}")
         check_positive_int("num_experts", num_experts)
         check_choice("expert", expert, NETWORKS)
         check_choice("gate", gate, NETWORKS)
@@ -131,6 +133,12 @@ class MoEModule(LightningModule):
         if init_experts_from:
             load_experts(self.experts, init_experts_from)
         self.experts.requires_grad_(not freeze_experts)
+        self.build_metrics()
+
+    # ----------------------------------------------------------------- building
+    def build_metrics(self) -> None:
+        """Task metrics: accuracy per stage, decomposition metrics and allocation for val/test."""
+        num_classes, num_experts = self.num_classes, self.num_experts
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
         )
@@ -139,7 +147,6 @@ class MoEModule(LightningModule):
         )
         self.allocation = nn.ModuleDict({stage: ExpertAllocation(num_experts, num_classes) for stage in EVAL_STAGES})
 
-    # ----------------------------------------------------------------- building
     def build_expert(self) -> nn.Module:
         """A fresh expert network mapping ``x`` to ``(logits [B, C], hidden [B, H])``."""
         hp = self.hparams
@@ -242,20 +249,24 @@ class MoEModule(LightningModule):
         return loss, out
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
-        """Log loss, loss terms, accuracy, mean gate probability per expert and (val/test) the decomposition metrics."""
+        """Log loss, loss terms, mean gate probability per expert and the task metrics."""
         on_step = stage == "train"
         opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
         if len(terms) > 1:
             self.log_dict({f"{stage}/loss_{name}": value for name, value in terms.items()}, **opts)
-        accuracy = self.metrics[f"{stage}_acc"]
-        accuracy(out.log_probs, y)
-        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=batch_size)
         gate_mean = out.gate_probs.detach().mean(dim=0)
         self.log_dict(
             {f"{stage}/gate_prob/expert_{i}": gate_mean[i] for i in range(self.num_experts)},
             on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train",
         )
+        self.log_task_metrics(stage, out, y, batch_size)
+
+    def log_task_metrics(self, stage: str, out: MoEOutput, y: Tensor, batch_size: int) -> None:
+        """Update and log the metrics built by :meth:`build_metrics` (accuracy; decomposition on val/test)."""
+        accuracy = self.metrics[f"{stage}_acc"]
+        accuracy(out.log_probs, y)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=batch_size)
         if stage in self.decomposition:
             predictions = out.chosen_expert_log_probs().argmax(-1)
             self.decomposition[stage].update_from(out.gate_probs, y, predictions)
