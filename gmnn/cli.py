@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
+from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.models.base import MoEModule
+from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, resolve_last
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -23,8 +29,29 @@ class GMNNCLI(LightningCLI):
 
     Adds two checkpoint callbacks: ``checkpoint`` keeps the best model by
     ``val/loss`` (``best-epoch=N.ckpt``), ``last_checkpoint`` keeps
-    ``last.ckpt`` as the newest state for resuming.
+    ``last.ckpt`` as the newest state for resuming. ``figures`` writes the
+    decomposition figures to TensorBoard (``--figures.every_n_epochs=0``: only after testing).
+    ``--ckpt_path last`` means the newest ``last.ckpt`` of earlier runs, and
+    ``fit`` then continues in that run's folder. A ``--ckpt_path`` of another
+    variant or architecture is refused before Lightning starts.
     """
+
+    def _parse_ckpt_path(self) -> None:
+        # runs before Lightning loads the checkpoint's hyperparameters into the model config
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            resolve_last(self.config[subcommand], resume_run=subcommand == "fit")
+            check_config_fits_checkpoint(self.config[subcommand])
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand:
+            resolve_last(self.config[self.subcommand], resume_run=self.subcommand == "fit")
+
+    def _check_ckpt_path(self) -> None:
+        check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))  # e.g. num_classes from the data
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -37,12 +64,13 @@ class GMNNCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(DecompositionFigures, "figures")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
 
-def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
-    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line)."""
+def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
+    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config)."""
     return GMNNCLI(
         MoEModule,
         LightningDataModule,
@@ -51,6 +79,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"allow_abbrev": False},  # a truncated key is a typo, not an abbreviation
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -58,8 +87,33 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> GMNNCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``gmnn`` console script."""
-    make_cli(args)
+    """Entry point of the ``gmnn`` console script (``gmnn report ...`` writes the results table).
+
+    Bad input that gmnn detects (``ValueError``) and a loss that became NaN/inf
+    (``FloatingPointError``) end with a one-line message and exit status 1;
+    set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
+    (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
+    """
+    args = sys.argv[1:] if args is None else args
+    try:
+        if args and args[0] == "report":
+            from gmnn.report import main as report_main
+
+            report_main(args[1:])
+            return
+        make_cli(args)
+    except (ValueError, FloatingPointError) as error:
+        if os.environ.get("GMNN_TRACEBACK"):
+            raise
+        print(f"gmnn: error: {_root_cause(error)}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error of the same kind (jsonargparse wraps a model's ``ValueError`` in its own)."""
+    while isinstance(error.__cause__ or error.__context__, type(error)):
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
 
 
 if __name__ == "__main__":

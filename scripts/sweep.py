@@ -6,8 +6,8 @@ Example (the MNIST dense row over three seeds and two learning rates)::
         --grid model.init_args.lr=0.001,0.003 --set data.init_args.root=../shared/data --out sweeps/mnist
 
 Every run trains with ``fit`` and is then tested on the final weights; it
-lives in ``OUT/<run name>/`` (TensorBoard events, config, checkpoints) and is
-finished once ``OUT/<run name>/result.json`` exists. A second invocation
+lives in ``OUT/<configuration>/seed<s>/`` (TensorBoard events, config, checkpoints) and is
+finished once its ``result.json`` exists. A second invocation
 skips finished runs, so an interrupted sweep resumes where it stopped. At the
 end the results of every run of the sweep are written to ``OUT/results.csv``.
 """
@@ -15,7 +15,6 @@ end the results of every run of the sweep are written to ``OUT/results.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import re
@@ -43,19 +42,24 @@ class Run:
     overrides: dict[str, str] = field(default_factory=dict)
 
     @property
-    def name(self) -> str:
-        """A stable folder name: ``<dataset>-<config>__seed<s>__<key>=<value>...``."""
-        parts = [f"{self.config.parent.name}-{self.config.stem}", f"seed{self.seed}"]
+    def label(self) -> str:
+        """The configuration, a stable folder name: ``<dataset>-<config>__<key>=<value>...``."""
+        parts = [f"{self.config.parent.name}-{self.config.stem}"]
         parts += [f"{key.replace('init_args.', '')}={value}" for key, value in self.overrides.items()]
         return re.sub(r"[^A-Za-z0-9._=+-]", "_", "__".join(parts))
 
+    @property
+    def name(self) -> str:
+        """The run's folder below the sweep's: ``<label>/seed<s>`` (the results table groups by label)."""
+        return f"{self.label}/seed{self.seed}"
+
     def cli_args(self, out: Path, fixed: dict[str, str]) -> list[str]:
-        """Arguments of ``gmnn fit`` for this run, logging into ``out/<name>``."""
+        """Arguments of ``gmnn fit`` for this run, logging into ``out/<label>/seed<s>``."""
         overrides = {**fixed, **self.overrides}
         return [
             "--config", str(self.config), f"--seed_everything={self.seed}",
-            f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={self.name}",
-            "--trainer.logger.init_args.version=", *QUIET,
+            f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={self.label}",
+            f"--trainer.logger.init_args.version=seed{self.seed}", *QUIET,
             *(f"--{key}={value}" for key, value in overrides.items()),
         ]
 
@@ -91,17 +95,6 @@ def train_and_test(run: Run, out: Path, fixed: dict[str, str]) -> dict[str, floa
     cli.trainer.fit(cli.model, cli.datamodule)
     metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
     return {key: float(value) for key, value in metrics.items() if key.startswith("test/")}
-
-
-def write_results_csv(rows: list[dict[str, object]], path: Path) -> None:
-    """One row per run: its name, config, seed, overrides, wall time and final ``test/*`` metrics."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _print(message: str) -> None:
@@ -141,11 +134,12 @@ def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log: Callable[[str]
         eta = left * sum(durations) / len(durations)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test/acc", "test/loss"))
         log(f"{prefix}: done in {durations[-1]:.0f} s ({shown}); {left} left, about {eta / 60:.0f} min")
-    rows = [json.loads((out / r.name / RESULT_FILE).read_text()) for r in runs if (out / r.name / RESULT_FILE).exists()]
-    # ---- ISSUE-4 CALL SITE: replace with the results table of the metrics issue (mean ± std over seeds,
-    # ---- test error, MI, sample entropy, expert usage). Until then: a plain CSV of each run's final test/* metrics.
-    write_results_csv(rows, out / "results.csv")
-    log(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']}; table: {out / 'results.csv'}")
+    finished = sorted({str(out / r.label) for r in runs if (out / r.name / RESULT_FILE).exists()})
+    if finished:  # the results table of gmnn.report: per run and mean ± std per configuration
+        from gmnn.report import report
+
+        report(finished, out=out)
+    log(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']}; table: {out / 'results.md'}")
     return counts
 
 

@@ -22,17 +22,20 @@ def test_sweep_runs_every_combination_once_and_resumes(tmp_path: Path) -> None:
     args = ["--configs", str(ROOT / "configs/toy/dense.yaml"), "--seeds", "0", "1",
             "--grid", "model.init_args.lr=0.01,0.02", "--set", *TINY, "--out", str(tmp_path)]
     assert sweep.main(args) == {"ran": 4, "skipped": 0, "failed": 0}
-    names = sorted(p.parent.name for p in tmp_path.glob("*/result.json"))
-    assert names == sorted(f"toy-dense__seed{s}__model.lr={lr}" for lr in ("0.01", "0.02") for s in (0, 1))
+    labels = ["toy-dense__model.lr=0.01", "toy-dense__model.lr=0.02"]
+    names = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.glob("*/*/result.json"))
+    assert names == [f"{label}/seed{s}" for label in labels for s in (0, 1)]
     assert list((tmp_path / names[0]).glob("events.out.tfevents.*")), "each run logs into its own folder"
-    with open(tmp_path / "results.csv") as file:
+    with open(tmp_path / "results.csv") as file:  # gmnn.report's table: one row per run
         rows = list(csv.DictReader(file))
-    assert sorted(r["run"] for r in rows) == names
-    assert {r["model.init_args.lr"] for r in rows} == {"0.01", "0.02"}
-    assert all(0 <= float(r["test/acc"]) <= 1 and float(r["test/loss"]) > 0 for r in rows)
-    # the two seeds of one grid point are different runs
-    by_seed = {r["seed"]: r["test/loss"] for r in rows if r["model.init_args.lr"] == "0.01"}
-    assert by_seed["0"] != by_seed["1"]
+    assert sorted(r["configuration"] for r in rows) == sorted(labels * 2)
+    assert all(0 <= float(r["test_error"]) <= 1 for r in rows)
+    by_seed = [r["test_error"] + r["sample_entropy"] for r in rows if r["configuration"] == labels[0]]
+    assert by_seed[0] != by_seed[1]  # the two seeds of one grid point are different runs
+    with open(tmp_path / "results_summary.csv") as file:
+        summary = list(csv.DictReader(file))
+    assert sorted((r["configuration"], r["runs"]) for r in summary) == [(label, "2") for label in labels]
+    assert (tmp_path / "results.md").exists()
 
     assert sweep.main(args) == {"ran": 0, "skipped": 4, "failed": 0}  # second invocation runs nothing
     (tmp_path / names[2] / "result.json").unlink()  # an interrupted run is run again, alone
@@ -44,7 +47,7 @@ def test_sweep_runs_every_combination_once_and_resumes(tmp_path: Path) -> None:
 def test_grid_is_the_product_of_its_values() -> None:
     runs = sweep.plan([Path("configs/mnist/dense.yaml")], [0, 1, 2], {"a.lr": "1,2", "b.batch": "8,16,32"})
     assert len(runs) == 18 and len({r.name for r in runs}) == 18
-    assert runs[0].overrides == {"a.lr": "1", "b.batch": "8"} and runs[0].name == "mnist-dense__seed0__a.lr=1__b.batch=8"
+    assert runs[0].overrides == {"a.lr": "1", "b.batch": "8"} and runs[0].name == "mnist-dense__a.lr=1__b.batch=8/seed0"
 
 
 def test_malformed_override_is_refused(tmp_path: Path) -> None:

@@ -37,8 +37,9 @@ REGRESSION_PROBLEMS: dict[str, tuple[Generator, int]] = {"sine": (noisy_sine, 1)
 class ToyRegressionDataModule(ToyDataModule):
     """1-D regression toys generated from a seed: ``sine`` (noisy sine) and ``piecewise``.
 
-    Inputs are ``[N, 1]`` on [-1, 1], targets ``[N, 1]`` floats
-    (``output_dim = 1``). Arguments are those of
+    Inputs are ``[N, 1]`` on [-1, 1], targets ``[N, 1]`` floats;
+    ``num_classes`` is the number of targets (1), as
+    :class:`~gmnn.models.RegressionMoE` reads it. Arguments are those of
     :class:`~gmnn.data.toy.ToyDataModule` (``noise`` is the target noise's
     standard deviation); the default problem is ``sine``.
     """
@@ -48,7 +49,3 @@ class ToyRegressionDataModule(ToyDataModule):
     def __init__(self, problem: str = "sine", noise: float = 0.1, **kwargs: Any) -> None:
         super().__init__(problem=problem, noise=noise, **kwargs)
         self.input_shape = [1]
-
-    def set_sizes(self, size: int) -> None:
-        """Record the target size ``output_dim``."""
-        self.output_dim = size

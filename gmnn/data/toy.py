@@ -114,6 +114,11 @@ class ToyDataModule(SplitDataModule):
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= fraction < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {fraction}")
+            if fraction > 0 and round(num_samples * fraction) == 0:
+                raise ValueError(
+                    f"{name}={fraction} of num_samples={num_samples} is 0 samples: "
+                    f"raise num_samples or {name}, or set {name}=0 to have no such split"
+                )
         num_train = num_samples - round(num_samples * val_fraction) - round(num_samples * test_fraction)
         if num_train < 1:
             raise ValueError(f"val_fraction + test_fraction leave no training samples out of num_samples={num_samples}")

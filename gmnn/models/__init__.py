@@ -3,7 +3,25 @@
 from gmnn.models.attention import AttentionGateMoE
 from gmnn.models.base import MoEModule
 from gmnn.models.dense import DenseMoE
+from gmnn.models.dual_temperature import DualTemperatureMoE
+from gmnn.models.expert_loss_gate import ExpertLossGateMoE
+from gmnn.models.gateless import GatelessMoE
 from gmnn.models.product import ProductOfExperts
+from gmnn.models.regression import RegressionMoE
+from gmnn.models.single import SingleModel
+from gmnn.models.stochastic import StochasticMoE
 from gmnn.models.topk import TopKMoE
 
-__all__ = ["AttentionGateMoE", "DenseMoE", "MoEModule", "ProductOfExperts", "TopKMoE"]
+__all__ = [
+    "AttentionGateMoE",
+    "DenseMoE",
+    "DualTemperatureMoE",
+    "ExpertLossGateMoE",
+    "GatelessMoE",
+    "MoEModule",
+    "ProductOfExperts",
+    "RegressionMoE",
+    "SingleModel",
+    "StochasticMoE",
+    "TopKMoE",
+]

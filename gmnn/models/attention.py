@@ -34,7 +34,7 @@ class AttentionGateMoE(MoEModule):
     def __init__(self, attention_dim: int = 32, k: int = 0, gate_gradient: str = "residual", **kwargs: Any) -> None:
         check_non_negative("k", k)
         if k:
-            check_top_k(k, kwargs.get("num_experts", 4), gate_gradient)
+            check_top_k(k, kwargs.get("num_experts", 4), gate_gradient, allowed=("residual", "renormalize"))
         self.k = k
         super().__init__(**kwargs)
         self.attention = AttentionGate(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -12,15 +12,32 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmnn.metrics import DecompositionMetrics, ExpertAllocation
+from gmnn.models.checks import (
+    RNG_KEY,
+    FiniteLossGuard,
+    check_batch,
+    check_checkpoint_matches,
+    check_labels,
+    explain_overrides,
+    rng_states,
+    set_rng_states,
+)
 from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
+from gmnn.models.regularization import check_regularizers, regularizer_values
+from gmnn.models.reuse import load_experts
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.networks import NETWORKS, build_network
 from gmnn.nn.output import MoEOutput
+from gmnn.nn.regularizers import sample_distances
 from gmnn.nn.routing import softmax_routing
+from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 STAGES = ("train", "val", "test")
+EVAL_STAGES = ("val", "test")
+TEMPERATURE_KEY = "gmnn_temperature"
 SCHEDULERS = ("none", "cosine", "onecycle")
 
 
@@ -47,10 +64,31 @@ class MoEModule(LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay (L2).
         batched_experts: Evaluate experts of one architecture as one vectorised call.
+        regularizers: Weights >= 0 of gate regularizers added to the training loss, by name:
+            ``importance`` (squared CV of per-expert importance), ``similarity_same`` (beta_s)
+            and ``similarity_different`` (beta_d) of the sample-similarity loss,
+            ``load_balancing`` (Switch), ``z_loss`` (router z-loss), ``ideal_gate`` (MSE to the
+            one-hot lowest-loss expert), ``allocation`` / ``entropy_allocation`` (cross-entropy to
+            softmin(per-expert loss / output entropy over allocation_temperature): fits a gate to a
+            gate-less model's allocation).
+            Each is logged unweighted as ``train/reg/<name>``.
+        sample_distance: Distance of the sample-similarity loss on flattened inputs:
+            ``"euclidean"`` or ``"cosine"``, divided by the batch maximum (override
+            :meth:`sample_distances` to plug in e.g. features of a frozen network).
+        allocation_temperature: Temperature > 0 of the ``allocation`` regularizers' target.
+        temperature_decay: Inverse decay d >= 0 of the gate temperature:
+            ``T_{e+1} = T_e / (1 + d (e - start))`` from epoch ``temperature_decay_start``.
+        temperature_decay_start: First epoch of the decay.
+        temperature_min: Floor of the decayed temperature (<= temperature).
+        init_experts_from: Checkpoint of any gmnn variant whose experts initialise this model's
+            (same count and architecture), e.g. to train a new gate on trained experts.
+        freeze_experts: Keep the experts' parameters fixed (train only the gate).
         scheduler: Learning-rate schedule, stepped every batch: ``"none"`` (constant ``lr``),
             ``"cosine"`` (cosine decay from ``lr`` to 0) or ``"onecycle"`` (warm-up to ``lr``
             over the first 30% of steps, then cosine decay; Smith & Topin, 2019).
     """
+
+    min_num_classes: int = 2
 
     def __init__(
         self,
@@ -67,6 +105,14 @@ class MoEModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batched_experts: bool = True,
+        regularizers: Mapping[str, float] | None = None,
+        sample_distance: str | None = "euclidean",
+        allocation_temperature: float = 1.0,
+        temperature_decay: float = 0.0,
+        temperature_decay_start: int = 0,
+        temperature_min: float = 0.05,
+        init_experts_from: str | None = None,
+        freeze_experts: bool = False,
         scheduler: str = "none",
     ) -> None:
         super().__init__()
@@ -75,12 +121,13 @@ class MoEModule(LightningModule):
         if not self.input_shape or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be a non-empty list of positive sizes, got {list(input_shape)}")
         check_positive_int("num_classes", num_classes)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if num_classes < self.min_num_classes:
+            raise ValueError(f"num_classes must be >= {self.min_num_classes}, got {num_classes}")
         check_positive_int("num_experts", num_experts)
         check_choice("expert", expert, NETWORKS)
         check_choice("gate", gate, NETWORKS)
-        check_positive("temperature", temperature)
+        check_temperature_schedule(temperature, temperature_decay, temperature_decay_start, temperature_min)
+        self.regularizer_weights = check_regularizers(regularizers, sample_distance, allocation_temperature)
         check_positive("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         check_choice("scheduler", scheduler, SCHEDULERS)
@@ -89,11 +136,23 @@ class MoEModule(LightningModule):
         self.temperature = float(temperature)
         self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
         self.gate = self.build_gate()
+        if init_experts_from:
+            load_experts(self.experts, init_experts_from)
+        self.experts.requires_grad_(not freeze_experts)
+        self.build_metrics()
+
+    # ----------------------------------------------------------------- building
+    def build_metrics(self) -> None:
+        """Task metrics: accuracy per stage, decomposition metrics and allocation for val/test."""
+        num_classes, num_experts = self.num_classes, self.num_experts
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
         )
+        self.decomposition = nn.ModuleDict(
+            {stage: DecompositionMetrics(num_experts, num_classes, prefix=f"{stage}/") for stage in EVAL_STAGES}
+        )
+        self.allocation = nn.ModuleDict({stage: ExpertAllocation(num_experts, num_classes) for stage in EVAL_STAGES})
 
-    # ----------------------------------------------------------------- building
     def build_expert(self) -> nn.Module:
         """A fresh expert network mapping ``x`` to ``(logits [B, C], hidden [B, H])``."""
         hp = self.hparams
@@ -145,44 +204,80 @@ class MoEModule(LightningModule):
         terms = {"nll": F.nll_loss(out.log_probs, y)}
         if out.aux_loss.requires_grad:
             terms["aux"] = out.aux_loss
+        if self.training and self.regularizer_weights:
+            terms.update(self.regularizer_terms(out, x, y))
         return terms
 
-    def check_labels(self, y: Tensor) -> None:
-        """Raise ``ValueError`` when labels fall outside ``[0, num_classes)`` (one host sync)."""
-        if y.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
-            raise ValueError(f"labels must be an integer tensor, got dtype {y.dtype}")
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= self.num_classes:
-            raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got values in [{low}, {high}]")
+    def regularizer_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Weighted regularizer terms; logs each unweighted value as ``train/reg/<name>``."""
+        values = regularizer_values(
+            self.regularizer_weights, out, y, self.temperature, self.hparams.allocation_temperature,
+            distances=lambda: self.sample_distances(x),
+            expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
+            else torch.log_softmax(self.experts(x)[0], dim=-1),
+        )
+        if self._trainer is not None:
+            logged = {f"train/reg/{k}": v.detach() for k, v in values.items()}
+            self.log_dict(logged, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        return {k: self.regularizer_weights[k] * v for k, v in values.items()}
+
+    def sample_distances(self, x: Tensor) -> Tensor:
+        """Pairwise sample distances ``[B, B]`` of the sample-similarity regularizer."""
+        return sample_distances(x, self.hparams.sample_distance)
+
+    # -------------------------------------------------------------- temperature
+    def set_temperature(self, epoch: int) -> None:
+        """Set the gate temperature of ``epoch`` from the schedule (a pure function of the epoch)."""
+        hp = self.hparams
+        self.temperature = scheduled_temperature(
+            epoch, hp.temperature, hp.temperature_decay, hp.temperature_decay_start, hp.temperature_min
+        )
+
+    def on_train_epoch_start(self) -> None:
+        self.set_temperature(self.current_epoch)
+        self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=1)
+
+    def check_labels(self, y: Tensor, stage: str = "train") -> None:
+        """Raise ``ValueError`` when labels are not integers in ``[0, num_classes)`` (one host sync)."""
+        check_labels(y, self.num_classes, stage)
 
     # -------------------------------------------------------------------- steps
     def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, MoEOutput]:
         """Forward, loss and logging for one batch of ``stage`` (train/val/test)."""
         x, y = batch[0], batch[1]
-        if self.global_step == 0 and stage == "train" and not getattr(self, "_labels_checked", False):
-            self.check_labels(y)
-            self._labels_checked = True
+        self.check_first_batch(x, y, stage)
         out = self(x)
         terms = self.loss_terms(out, x, y)
         loss = torch.stack(list(terms.values())).sum()
+        if stage == "train":
+            self.guard_finite(terms)
         self.log_step(stage, loss, terms, out, y, batch_size=x.shape[0])
         return loss, out
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
-        """Log loss, loss terms, accuracy and mean gate probability per expert."""
+        """Log loss, loss terms, mean gate probability per expert and the task metrics."""
         on_step = stage == "train"
         opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
         if len(terms) > 1:
             self.log_dict({f"{stage}/loss_{name}": value for name, value in terms.items()}, **opts)
-        accuracy = self.metrics[f"{stage}_acc"]
-        accuracy(out.log_probs, y)
-        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=batch_size)
         gate_mean = out.gate_probs.detach().mean(dim=0)
         self.log_dict(
             {f"{stage}/gate_prob/expert_{i}": gate_mean[i] for i in range(self.num_experts)},
             on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train",
         )
+        self.log_task_metrics(stage, out, y, batch_size)
+
+    def log_task_metrics(self, stage: str, out: MoEOutput, y: Tensor, batch_size: int) -> None:
+        """Update and log the metrics built by :meth:`build_metrics` (accuracy; decomposition on val/test)."""
+        accuracy = self.metrics[f"{stage}_acc"]
+        accuracy(out.log_probs, y)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=batch_size)
+        if stage in self.decomposition:
+            predictions = out.chosen_expert_log_probs().argmax(-1)
+            self.decomposition[stage].update_from(out.gate_probs, y, predictions)
+            self.allocation[stage].update(out.gate_probs, y, predictions)
+            self.log_dict(self.decomposition[stage], on_step=False, on_epoch=True, batch_size=batch_size)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")[0]
@@ -201,8 +296,58 @@ class MoEModule(LightningModule):
         return {"probs": probs, "prediction": probs.argmax(-1), "gate_probs": out.gate_probs, "expert": out.chosen_expert}
 
     # -------------------------------------------------------------- checkpoints
+    def setup(self, stage: str) -> None:
+        self._checked_stages: set[str] = set()  # check the first batch of every stage of every run
+        if stage == "fit":
+            self._finite_guard = FiniteLossGuard()
+
+    def check_first_batch(self, x: Tensor, y: Tensor, stage: str) -> None:
+        """Check the labels of the first batch of each stage of a run (one host sync, then nothing)."""
+        checked = self.__dict__.setdefault("_checked_stages", set())
+        if stage not in checked:
+            check_batch(x, y, self.num_classes, stage)
+            checked.add(stage)
+
+    def guard_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop training with a ``FloatingPointError`` naming the term that became NaN/inf.
+
+        Recorded every step on the device; read back every step only where that
+        costs no sync (one process on CPU), else every ``log_every_n_steps`` steps
+        and at the end of the epoch (see :class:`~gmnn.models.checks.FiniteLossGuard`).
+        """
+        guard = self.__dict__.setdefault("_finite_guard", FiniteLossGuard())
+        guard.record(terms, self.global_step)
+        trainer = self._trainer
+        if trainer is None or (self.device.type == "cpu" and trainer.world_size == 1):
+            guard.check()
+        elif (self.global_step + 1) % trainer.log_every_n_steps == 0:
+            guard.check(self.all_gather if trainer.world_size > 1 else None)
+
+    def on_train_epoch_end(self) -> None:
+        guard = self.__dict__.get("_finite_guard")
+        if guard is not None:
+            guard.check(self.all_gather if self.trainer.world_size > 1 else None)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:
+            raise ValueError("the training set is empty: the train dataloader yielded 0 batches, nothing was trained")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = class_path_of(self)
+        checkpoint[TEMPERATURE_KEY] = self.temperature
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another variant or architecture; restore the temperature the model
+        was last trained with (training recomputes it per epoch) and, when resuming ``fit``, the random state.
+        """
+        trainer = self._trainer
+        source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        check_checkpoint_matches(self, checkpoint, source)
+        self.set_temperature(int(checkpoint.get("epoch", 0)))
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
+        if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -220,13 +365,18 @@ class MoEModule(LightningModule):
                 f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "
                 f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
             )
+        kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
         loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
-        return loader(target, checkpoint_path, *args, **kwargs)
+        try:
+            return loader(target, checkpoint_path, *args, **kwargs)
+        except ValueError as error:  # name the keyword arguments that made the model not fit
+            raise explain_overrides(error, checkpoint_path, kwargs) from None
 
     def configure_optimizers(self) -> Any:
-        """Adam with ``lr`` and ``weight_decay``, plus the per-step ``scheduler`` when one is set."""
+        """Adam with ``lr`` and ``weight_decay`` on the trainable parameters, plus the per-step ``scheduler``."""
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         schedule = hp.get("scheduler", "none")
         if schedule == "none":
             return optimizer

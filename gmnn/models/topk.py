@@ -9,18 +9,20 @@ from torch import Tensor
 
 from gmnn.models.base import MoEModule
 from gmnn.nn.combine import top_k_mixture
+from gmnn.nn.dispatch import capacity_of
+from gmnn.nn.losses import per_expert_nll, stochastic_mixture_loss
 from gmnn.nn.output import MoEOutput
 from gmnn.nn.routing import softmax_routing, top_k_routing
-from gmnn.validation import check_choice
+from gmnn.validation import check_choice, check_non_negative
 
-GATE_GRADIENTS = ("residual", "renormalize")
+GATE_GRADIENTS = ("residual", "renormalize", "stochastic")
 
 
-def check_top_k(k: int, num_experts: int, gate_gradient: str) -> None:
-    """Validate ``k`` against ``num_experts`` and the gate-gradient mode."""
+def check_top_k(k: int, num_experts: int, gate_gradient: str, allowed: tuple[str, ...] = GATE_GRADIENTS) -> None:
+    """Validate ``k`` against ``num_experts`` and the gate-gradient mode (one of ``allowed``)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
         raise ValueError(f"k must be an integer in [1, num_experts={num_experts}], got {k!r}")
-    check_choice("gate_gradient", gate_gradient, GATE_GRADIENTS)
+    check_choice("gate_gradient", gate_gradient, allowed)
     if k == 1 and gate_gradient == "renormalize":
         raise ValueError("gate_gradient='renormalize' with k=1 gives the gate no gradient; use 'residual' or k >= 2")
 
@@ -37,17 +39,36 @@ class TopKMoE(MoEModule):
     uniform distribution over classes. That is a proper distribution, equal to
     the dense mixture when k = E, and it raises an expert's gate weight on
     samples it predicts better than chance. ``"renormalize"`` trains with the
-    renormalised mixture (k >= 2 only).
+    renormalised mixture (k >= 2 only). ``"stochastic"`` trains the experts on
+    the renormalised mixture of the routed experts and the gate, separately,
+    with the stochastic mixture loss ``-log sum_i g_i exp(-L_i / 2)`` of
+    Jacobs et al. (1991), ``L_i`` being every expert's per-sample loss computed
+    without gradient (the paper's "top-1, gate trained with the stochastic
+    loss" row; every expert runs forward while training, only the routed ones
+    backward). The gate term is logged as ``train/loss_gate``.
+
+    With ``capacity_factor > 0`` each expert takes at most
+    ``ceil(capacity_factor * B * k / E)`` (sample, expert) pairs per batch
+    (Fedus, Zoph & Shazeer, 2021, "Switch Transformers"); first choices are
+    served before second choices. A dropped pair's expert is replaced by the
+    uniform distribution over classes (the same residual that takes the
+    unselected gate mass), so the output stays a proper distribution; the
+    fraction of dropped pairs is logged as ``{stage}/overflow_fraction``.
+    The capacity path has static shapes and no host sync; without a capacity
+    the routed pairs are grouped by expert (one host sync for group sizes).
 
     Args:
         k: Experts per sample, ``1 <= k <= num_experts``.
-        gate_gradient: ``"residual"`` or ``"renormalize"`` (see above).
+        gate_gradient: ``"residual"``, ``"renormalize"`` or ``"stochastic"`` (see above).
+        capacity_factor: 0 for no capacity limit, else a factor > 0 (e.g. 1.25).
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, k: int = 1, gate_gradient: str = "residual", **kwargs: Any) -> None:
+    def __init__(self, k: int = 1, gate_gradient: str = "residual", capacity_factor: float = 0.0, **kwargs: Any) -> None:
         check_top_k(k, kwargs.get("num_experts", 4), gate_gradient)
+        check_non_negative("capacity_factor", capacity_factor)
         self.k = k
+        self.capacity_factor = float(capacity_factor)
         super().__init__(**kwargs)
 
     def forward(self, x: Tensor) -> MoEOutput:
@@ -55,14 +76,43 @@ class TopKMoE(MoEModule):
         gate_logits = self.gate_logits(x, None)
         log_gate = softmax_routing(gate_logits, self.temperature)
         _, indices = top_k_routing(gate_logits, self.k)
-        selected_log_probs = torch.log_softmax(self.experts.forward_selected(x, indices), dim=-1)
+        dropped = None
+        if self.capacity_factor > 0:
+            capacity = capacity_of(x.shape[0], self.k, self.num_experts, self.capacity_factor)
+            logits, kept = self.experts.forward_with_capacity(x, indices, capacity)
+            dropped = ~kept
+        else:
+            logits = self.experts.forward_selected(x, indices)
+        selected_log_probs = torch.log_softmax(logits, dim=-1)
         residual = self.training and self.hparams.gate_gradient == "residual"
+        every_expert = None
+        if self.training and self.hparams.gate_gradient == "stochastic":
+            with torch.no_grad():
+                every_expert = torch.log_softmax(self.experts(x)[0], dim=-1)
         return MoEOutput(
             log_probs=top_k_mixture(log_gate, indices, selected_log_probs, residual),
             gate_probs=log_gate.exp(),
             gate_logits=gate_logits,
-            expert_log_probs=None,
+            expert_log_probs=every_expert,
             selected=indices,
             aux_loss=x.new_zeros(()),
             selected_log_probs=selected_log_probs,
+            dropped=dropped,
         )
+
+    def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The base terms, plus the gate's stochastic mixture loss ``gate`` with ``gate_gradient="stochastic"``."""
+        terms = super().loss_terms(out, x, y)
+        if out.expert_log_probs is not None and self.hparams.gate_gradient == "stochastic":
+            log_gate = softmax_routing(out.gate_logits, self.temperature)
+            terms["gate"] = stochastic_mixture_loss(log_gate, per_expert_nll(out.expert_log_probs, y))
+        return terms
+
+    def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
+        """The base logging plus ``{stage}/overflow_fraction`` (dropped pairs) with a capacity."""
+        super().log_step(stage, loss, terms, out, y, batch_size)
+        if out.dropped is not None:
+            self.log(
+                f"{stage}/overflow_fraction", out.dropped.float().mean(), on_step=stage == "train", on_epoch=True,
+                batch_size=batch_size, sync_dist=stage != "train",
+            )

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
+from gmnn.nn.dispatch import capacity_slots, gather_into_slots, group_by_expert, read_from_slots
+from gmnn.nn.stacked import stacked_forward
 from gmnn.validation import check_positive_int
 
 
@@ -27,10 +28,13 @@ def _same_architecture(modules: nn.ModuleList) -> bool:
 class Experts(nn.Module):
     """E expert networks, each mapping ``x`` to ``(logits [B, C], hidden [B, H])``.
 
-    Experts of one architecture run as one batched computation: their
-    parameters are stacked and the network is vectorised over the expert axis
-    with ``torch.func.vmap``. Experts of different architectures (or with
-    ``batched=False``) are evaluated one after the other.
+    Experts of one architecture run as one batched computation from their
+    stacked parameters (see :mod:`gmnn.nn.stacked`): the paper's MLP and conv
+    experts as wide/batched matmuls and one (grouped) convolution, any other
+    network through ``torch.func.vmap``. Experts of different architectures
+    (or with ``batched=False``) are evaluated one after the other. Each
+    expert stays a plain module (``experts[i]``, state-dict keys
+    ``experts.{i}.*``); its parameters are stacked once per forward.
 
     Args:
         factory: Called once per expert with no arguments; returns a fresh network.
@@ -52,7 +56,8 @@ class Experts(nn.Module):
     def __getitem__(self, index: int) -> nn.Module:
         return self.experts[index]
 
-    def _stacked_state(self) -> dict[str, Tensor]:
+    def stacked_state(self) -> dict[str, Tensor]:
+        """Every parameter and buffer stacked over experts: ``{name: [E, ...]}``."""
         named = [dict(m.named_parameters()) | dict(m.named_buffers()) for m in self.experts]
         return {name: torch.stack([state[name] for state in named]) for name in named[0]}
 
@@ -65,13 +70,15 @@ class Experts(nn.Module):
         if not self.batched:
             outputs = [expert(x) for expert in self.experts]
             return torch.stack([o[0] for o in outputs], 1), torch.stack([o[1] for o in outputs], 1)
-        template = self._template[0]
-
-        def run_one(state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            return functional_call(template, state, (x,))
-
-        logits, hidden = vmap(run_one, randomness="different")(self._stacked_state())
+        logits, hidden = stacked_forward(self._template[0], self.stacked_state(), x, shared=True)
         return logits.transpose(0, 1), hidden.transpose(0, 1)
+
+    def forward_grouped(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Evaluate expert e on its own rows ``x[e]``: ``x [E, N, ...]`` -> ``([E, N, C], [E, N, H])``."""
+        if not self.batched:
+            outputs = [expert(rows) for expert, rows in zip(self.experts, x)]
+            return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
+        return stacked_forward(self._template[0], self.stacked_state(), x, shared=False)
 
     def forward_expert(self, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """Evaluate expert ``index`` on the rows ``x`` only (for sparse routing)."""
@@ -80,9 +87,14 @@ class Experts(nn.Module):
     def forward_selected(self, x: Tensor, indices: Tensor) -> Tensor:
         """Conditional computation: evaluate only the routed (sample, expert) pairs.
 
-        Rows are grouped by expert, each expert runs once on its group, and
-        the results are scattered back. The group sizes are read once on the
-        host (one sync) to split the batch.
+        The pairs are grouped by expert; the group sizes are read once on the
+        host (one sync; :meth:`forward_with_capacity` has none). When the
+        routing is balanced enough (``E * largest group <= 2 * B * k``),
+        homogeneous experts run in one batched call on per-expert buffers as
+        long as the largest group, rounded up to a multiple of 16 so that
+        kernels see few distinct shapes. Otherwise each expert with a
+        non-empty group runs once on exactly its rows. Either way the work
+        is at most about ``2 * B * k`` expert evaluations, never ``B * E``.
 
         Args:
             x: Inputs ``[B, ...]``.
@@ -92,11 +104,38 @@ class Experts(nn.Module):
             Logits of the routed experts ``[B, k, C]``.
         """
         batch, k = indices.shape
-        flat = indices.reshape(-1)
-        order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        order, counts = group_by_expert(indices.reshape(-1), self.num_experts)
+        padded = -(-max(counts) // 16) * 16
+        if self.batched and self.num_experts * padded <= 2 * batch * k:
+            return self.forward_with_capacity(x, indices, padded)[0]
         groups = x.index_select(0, order // k).split(counts)
         logits = [self.experts[e](rows)[0] for e, rows in enumerate(groups) if counts[e] > 0]
         grouped = torch.cat(logits)
         scattered = grouped.new_empty(grouped.shape).index_copy(0, order, grouped)
         return scattered.view(batch, k, -1)
+
+    def forward_with_capacity(self, x: Tensor, indices: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+        """Conditional computation with ``capacity`` slots per expert (no host sync).
+
+        Every expert runs once on a buffer of ``capacity`` rows (one batched
+        call for homogeneous experts). First choices (``indices[:, 0]``) take
+        slots before second choices, earlier samples before later ones; pairs
+        that find their expert full are dropped: their logits are zeros, i.e.
+        the uniform distribution over classes.
+
+        Args:
+            x: Inputs ``[B, ...]``.
+            indices: Routed experts ``[B, k]``.
+            capacity: Slots per expert >= 1.
+
+        Returns:
+            ``(logits [B, k, C], kept [B, k] bool)``.
+        """
+        check_positive_int("capacity", capacity)
+        batch, k = indices.shape
+        slots, kept = capacity_slots(indices.t().reshape(-1), self.num_experts, capacity)
+        pair_token = torch.arange(batch, device=x.device).repeat(k)
+        rows = gather_into_slots(x, pair_token, slots, self.num_experts * capacity)
+        logits, _ = self.forward_grouped(rows.view(self.num_experts, capacity, *x.shape[1:]))
+        pair_logits = read_from_slots(logits.reshape(self.num_experts * capacity, -1), slots)
+        return pair_logits.view(k, batch, -1).transpose(0, 1), kept.view(k, batch).t()

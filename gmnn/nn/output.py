@@ -22,6 +22,8 @@ class MoEOutput:
         aux_loss: Scalar auxiliary loss added to the training loss (0 when unused).
         selected_log_probs: Log-probabilities of the routed experts ``[B, k, C]``
             for sparse variants, else ``None``.
+        dropped: ``[B, k]`` bool, the routed pairs dropped by an expert's
+            capacity (top-k with a capacity factor), else ``None``.
     """
 
     log_probs: Tensor
@@ -31,6 +33,7 @@ class MoEOutput:
     selected: Tensor | None
     aux_loss: Tensor
     selected_log_probs: Tensor | None = None
+    dropped: Tensor | None = None
 
     @property
     def chosen_expert(self) -> Tensor:

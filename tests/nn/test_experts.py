@@ -90,3 +90,97 @@ def test_experts_state_dict_is_plain_modules() -> None:
     assert sorted(experts.state_dict()) == sorted(
         f"experts.{i}.{name}" for i in range(2) for name in ("body.0.weight", "body.0.bias", "head.weight", "head.bias")
     )
+
+
+# ----------------------------------------------------------- batched kernels
+class _TanhExpert(torch.nn.Module):
+    """Not an MLP/ConvNet: runs through the generic vmap path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(6, 5)
+        self.head = torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.tanh(self.body(x.flatten(1)))
+        return self.head(hidden), hidden
+
+
+FACTORIES = {
+    "mlp": (lambda: MLP(6, 3, [8, 5]), (6,)),
+    "mlp_no_head": (lambda: MLP(6, None, [7]), (6,)),
+    "conv": (lambda: ConvNet((2, 9, 9), 4, channels=3, hidden_dims=[5]), (2, 9, 9)),
+    "vmap": (_TanhExpert, (6,)),
+}
+
+
+def _loop(experts: Experts, x: torch.Tensor, grouped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    outputs = [e(x[i] if grouped else x) for i, e in enumerate(experts.experts)]
+    dim = 0 if grouped else 1
+    return torch.stack([o[0] for o in outputs], dim), torch.stack([o[1] for o in outputs], dim)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("grouped", [False, True], ids=["shared", "grouped"])
+def test_stacked_kernels_match_the_loop_outputs_and_gradients(name: str, grouped: bool) -> None:
+    factory, shape = FACTORIES[name]
+    experts = Experts(factory, 3)
+    assert experts.batched
+    x = torch.randn(3, 5, *shape) if grouped else torch.randn(5, *shape)
+    logits, hidden = experts.forward_grouped(x) if grouped else experts(x)
+    loop_logits, loop_hidden = _loop(experts, x, grouped)
+    assert logits.shape == loop_logits.shape and hidden.shape == loop_hidden.shape
+    torch.testing.assert_close(logits, loop_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden, loop_hidden, atol=1e-5, rtol=1e-5)
+    w_out, w_hidden = torch.randn_like(logits), torch.randn_like(hidden)
+    params = list(experts.parameters())
+    grads = torch.autograd.grad((logits * w_out).sum() + (hidden * w_hidden).sum(), params)
+    loop_grads = torch.autograd.grad((loop_logits * w_out).sum() + (loop_hidden * w_hidden).sum(), params)
+    for a, b in zip(grads, loop_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_heterogeneous_grouped_forward_uses_the_loop() -> None:
+    widths = iter([4, 9])
+    experts = Experts(lambda: MLP(3, 2, [next(widths), 5]), 2)
+    assert not experts.batched
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(experts.forward_grouped(x)[0], _loop(experts, x, True)[0])
+
+
+# ------------------------------------------------------------ with capacity
+def test_capacity_drops_the_late_pairs_and_gives_them_zero_logits() -> None:
+    experts = Experts(lambda: MLP(5, 3, [8]), 2)
+    x = torch.randn(3, 5)
+    # first choices: s0->0, s1->1, s2->0; second choices: s0->1, s1->0 (3rd pair of expert 0), s2->1 (3rd of expert 1)
+    indices = torch.tensor([[0, 1], [1, 0], [0, 1]])
+    logits, kept = experts.forward_with_capacity(x, indices, capacity=2)
+    assert kept.tolist() == [[True, True], [True, False], [True, False]]
+    full, _ = experts(x)
+    expected = full.gather(1, indices.unsqueeze(-1).expand(-1, -1, 3)) * kept.unsqueeze(-1)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_large_capacity_equals_forward_selected() -> None:
+    experts = Experts(lambda: ConvNet((1, 8, 8), 3, hidden_dims=[4]), 4)
+    x = torch.randn(10, 1, 8, 8)
+    indices = torch.randint(0, 4, (10, 2))
+    logits, kept = experts.forward_with_capacity(x, indices, capacity=20)
+    assert kept.all()
+    torch.testing.assert_close(logits, experts.forward_selected(x, indices), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="capacity"):
+        experts.forward_with_capacity(x, indices, capacity=0)
+
+
+@pytest.mark.parametrize(("balanced", "batched_call"), [(True, True), (False, False)])
+def test_forward_selected_batches_balanced_routing_and_loops_otherwise(balanced: bool, batched_call: bool, monkeypatch) -> None:
+    experts = Experts(lambda: ConvNet((1, 6, 6), 3, hidden_dims=[4]), 4)
+    x = torch.randn(64, 1, 6, 6)
+    indices = (torch.arange(128).view(64, 2) % 4) if balanced else torch.zeros(64, 1, dtype=torch.long)
+    calls = []
+    original = experts.forward_with_capacity
+    monkeypatch.setattr(experts, "forward_with_capacity", lambda *a: calls.append(a[2]) or original(*a))
+    selected = experts.forward_selected(x, indices)
+    assert calls == ([32] if batched_call else [])
+    full, _ = experts(x)
+    torch.testing.assert_close(selected, full.gather(1, indices.unsqueeze(-1).expand(-1, -1, 3)), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,1 @@
+"""Naive reference implementations for ``scripts/bench.py`` (not part of the package)."""

@@ -1,0 +1,196 @@
+"""Run-time checks of a MoE LightningModule: first batches, finite losses, checkpoints.
+
+Kept out of ``base.py`` so that the training loop stays short: the module calls
+:func:`check_batch` once per stage, feeds every training loss to a
+:class:`FiniteLossGuard`, and calls :func:`check_checkpoint_matches` before a
+checkpoint's weights are loaded.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gmnn.models.loading import CLASS_KEY
+
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+NEVER = torch.iinfo(torch.int64).max
+RNG_KEY = "gmnn_rng_states"
+TASK_TERMS = ("nll", "experts")  # the task loss; "experts": the experts' loss of dual-temperature training
+
+
+def check_batch(x: Tensor, y: Tensor, num_classes: int, stage: str) -> None:
+    """Raise ``ValueError`` when a batch's labels do not fit the model (one host sync for their range).
+
+    The inputs' shape is checked by the model's ``forward`` on every call (no sync needed).
+
+    Args:
+        x: Inputs ``[B, ...]``.
+        y: Labels, expected integers ``[B]`` in ``[0, num_classes)``.
+        num_classes: The model's number of classes.
+        stage: ``"train"``, ``"val"`` or ``"test"``, named in the message.
+    """
+    if tuple(y.shape) != (x.shape[0],):
+        raise ValueError(f"{stage} batch: labels must have shape [{x.shape[0]}] (one per input), got {list(y.shape)}")
+    check_labels(y, num_classes, stage)
+
+
+def check_labels(y: Tensor, num_classes: int, stage: str) -> None:
+    """Raise ``ValueError`` unless ``y`` holds integers in ``[0, num_classes)`` (one host sync)."""
+    if y.dtype not in INTEGER_DTYPES:
+        raise ValueError(f"{stage} batch: labels must be an integer tensor, got dtype {y.dtype}")
+    if y.numel():
+        low, high = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{stage} batch: labels must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]"
+            )
+
+
+class FiniteLossGuard:
+    """Stops training with a clear error when a loss term becomes NaN or inf.
+
+    :meth:`record` notes, on the device and without a host sync, the first
+    step at which each named term was non-finite. :meth:`check` reads those
+    steps back (one small sync, and one ``all_gather`` across processes so
+    that every rank raises together) and raises ``FloatingPointError`` naming
+    the term(s) and the step. The module calls :meth:`check` every step when
+    that is free (one process on CPU, where tensors already live on the host)
+    and otherwise every ``log_every_n_steps`` steps, when Lightning syncs to
+    log anyway, and at the end of each training epoch, before ``last.ckpt``
+    is written.
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.first: Tensor | None = None  # [len(names)] first non-finite step per term, NEVER if none
+
+    @property
+    def first_bad(self) -> dict[str, Tensor]:
+        """The first non-finite step of every term seen (``NEVER`` when it stayed finite)."""
+        return dict(zip(self.names, self.first)) if self.first is not None else {}
+
+    def record(self, terms: Mapping[str, Tensor], step: int) -> None:
+        """Remember ``step`` for every term that is non-finite now and was finite so far (a few tiny kernels)."""
+        values = torch.stack([value.detach() for value in terms.values()])  # scalar terms, as the loss sums them
+        names = tuple(terms)
+        if names != self.names:  # first step, or the set of terms changed: carry the record over
+            known = self.first_bad
+            never = values.new_full((), NEVER, dtype=torch.int64)
+            self.first = torch.stack([known.get(name, never).to(values.device) for name in names])
+            self.names = names
+        self.first = torch.minimum(self.first, torch.where(torch.isfinite(values), NEVER, step))
+
+    def check(self, gather: Callable[[Tensor], Tensor] | None = None, task_terms: tuple[str, ...] = TASK_TERMS) -> None:
+        """Raise ``FloatingPointError`` if any recorded term went non-finite (on any process).
+
+        Args:
+            gather: ``LightningModule.all_gather`` under several processes, else ``None``.
+            task_terms: Names of task losses; the other terms are regularizers.
+        """
+        if self.first is None:
+            return
+        names, steps = list(self.names), self.first
+        if gather is not None:
+            gathered = gather(steps)
+            steps = gathered.min(dim=0).values if gathered.dim() > 1 else gathered
+        steps_list = steps.tolist()
+        first = min(steps_list)
+        if first == NEVER:
+            return
+        culprits = [name for name, step in zip(names, steps_list) if step == first]
+        described = ", ".join(
+            f"the task loss '{name}'" if name in task_terms else f"the regularizer '{name}'" for name in culprits
+        )
+        raise FloatingPointError(
+            f"training loss became NaN or inf at global step {first}: {described} went non-finite. "
+            "Lower the learning rate or the regularizer's weight, check the inputs for NaN/inf, "
+            "or resume from an earlier checkpoint."
+        )
+
+
+def _shapes(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, Tensor)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def check_checkpoint_matches(model: torch.nn.Module, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Raise ``ValueError`` when ``checkpoint`` was written by another variant or another architecture.
+
+    Args:
+        model: The module the checkpoint is about to be loaded into.
+        checkpoint: The loaded checkpoint dictionary.
+        source: How to name the checkpoint in the message (e.g. its path).
+    """
+    own = f"{type(model).__module__}.{type(model).__qualname__}"
+    saved = checkpoint.get(CLASS_KEY)
+    if saved and saved != own:
+        raise ValueError(
+            f"{source} holds a {saved.rpartition('.')[2]} ({saved}), but the model is a {type(model).__name__}: "
+            f"use --model={saved} (or {saved.rpartition('.')[2]}.load_from_checkpoint / MoEModule.load_from_checkpoint)"
+        )
+    state = checkpoint.get("state_dict")
+    if state is None:
+        return
+    theirs, ours = _shapes(state), _shapes(model.state_dict())
+    if theirs == ours:
+        return
+    saved_hp = checkpoint.get("hyper_parameters", {})
+    hparams = getattr(model, "hparams", {})
+    differences = [
+        f"{name}={_plain(saved_hp[name])!r} in the checkpoint but {_plain(hparams[name])!r} in the model"
+        for name in hparams
+        if name in saved_hp and _plain(saved_hp[name]) != _plain(hparams[name])
+    ]
+    if not differences:
+        changed = sorted(set(theirs) ^ set(ours) | {k for k in theirs.keys() & ours.keys() if theirs[k] != ours[k]})
+        differences = [f"parameters that differ: {', '.join(changed[:5])}"]
+    raise ValueError(
+        f"{source} does not fit this {type(model).__name__}: {'; '.join(differences)}. "
+        "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
+    )
+
+
+def explain_overrides(error: ValueError, checkpoint_path: Any, overrides: Mapping[str, Any]) -> ValueError:
+    """``error`` restated with the ``load_from_checkpoint`` keyword arguments that differ from the checkpoint."""
+    if not overrides or "does not fit" not in str(error) or hasattr(checkpoint_path, "read"):
+        return error
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    changed = [
+        f"{name}={_plain(saved[name])!r} in the checkpoint but {name}={_plain(value)!r} was passed to load_from_checkpoint"
+        for name, value in overrides.items()
+        if name in saved and _plain(saved[name]) != _plain(value)
+    ]
+    if not changed:
+        return error
+    return ValueError(f"checkpoint {checkpoint_path} does not fit: {'; '.join(changed)}")
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states (torch, CUDA, NumPy, Python) to store in a checkpoint."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
+    # tensors and plain Python values only, so that torch.load(weights_only=True) accepts the checkpoint
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore the states of :func:`rng_states` (CUDA only when present on both sides)."""
+    torch.set_rng_state(states["torch"].cpu())
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])

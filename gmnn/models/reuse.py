@@ -1,0 +1,38 @@
+"""Reusing the experts of a trained checkpoint in a new model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PREFIX = "experts."
+
+
+def load_experts(experts: nn.Module, checkpoint_path: str) -> None:
+    """Copy the expert weights of a gmnn checkpoint (any variant) into ``experts``.
+
+    Raises:
+        ValueError: The file is missing or holds no experts, or its experts
+            differ from ``experts`` in number or architecture (parameter names or shapes).
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise ValueError(f"init_experts_from must be an existing checkpoint file, got {checkpoint_path!r}")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    source = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    target = experts.state_dict()
+    if not source:
+        raise ValueError(f"init_experts_from={checkpoint_path!r} holds no expert weights (no '{PREFIX}*' keys)")
+    mismatched = sorted(set(source) ^ set(target)) + sorted(
+        k for k in set(source) & set(target) if source[k].shape != target[k].shape
+    )
+    if mismatched:
+        theirs = len({k.split(".")[1] for k in source})
+        ours = len({k.split(".")[1] for k in target})
+        raise ValueError(
+            f"init_experts_from={checkpoint_path!r} has experts of another count or architecture "
+            f"({theirs} experts there, {ours} here; differing parameters: {mismatched[:4]})"
+        )
+    experts.load_state_dict(source)

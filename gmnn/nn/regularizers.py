@@ -1,0 +1,119 @@
+"""Regularizers of the gate: pure functions of gate probabilities, logits and losses.
+
+Each returns an unweighted scalar; the caller multiplies by its weight. Gate
+tensors may be ``[B, E]`` or ``[..., E]`` (leading axes are treated as the
+batch), so sparse layers can import them too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gmnn.validation import check_choice
+
+DISTANCES = ("euclidean", "cosine")
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def importance_loss(gate_probs: Tensor) -> Tensor:
+    """Squared coefficient of variation of per-expert importance (Shazeer et al., 2017).
+
+    Importance of expert e is ``sum_batch g_e``; the loss is
+    ``var(importance) / mean(importance)^2`` with the population variance
+    (0 for a uniform gate, ``E - 1`` when every sample goes to one expert).
+    """
+    importance = _flat(gate_probs).sum(0)
+    return importance.var(correction=0) / importance.mean().pow(2).clamp_min(1e-12)
+
+
+def sample_distances(x: Tensor, metric: str = "euclidean") -> Tensor:
+    """Pairwise sample distances ``[B, B]`` on flattened inputs, divided by the batch maximum.
+
+    Args:
+        x: Inputs or features ``[B, ...]``.
+        metric: ``"euclidean"`` or ``"cosine"`` (1 - cosine similarity).
+    """
+    check_choice("metric", metric, DISTANCES)
+    flat = x.flatten(1).float()
+    if metric == "euclidean":
+        distances = torch.cdist(flat, flat)
+    else:
+        unit = F.normalize(flat, dim=-1)
+        distances = (1 - unit @ unit.T).clamp_min(0)
+    return distances / distances.max().clamp_min(1e-12)
+
+
+def sample_similarity_terms(gate_probs: Tensor, distances: Tensor) -> tuple[Tensor, Tensor]:
+    """The two terms of the sample-similarity loss (Krishnamurthy, Watkins & Gaertner, 2023).
+
+    same = ``sum_ij (sum_e g_ie g_je / E) D_ij``;
+    different = ``sum_ij (sum_{e != f} g_ie g_jf / (E^2 - E)) D_ij / B^2`` (0 when E = 1).
+    The loss is ``beta_s * same - beta_d * different``: dissimilar samples
+    sharing an expert are penalised, dissimilar samples on different experts
+    rewarded. O(B^2 E) with two matrix products.
+
+    Args:
+        gate_probs: ``[B, E]``.
+        distances: ``[B, B]``.
+
+    Returns:
+        ``(same, different)`` scalars.
+    """
+    g = _flat(gate_probs)
+    batch, experts = g.shape
+    shared = g @ g.T  # [B, B]: sum_e g_ie g_je
+    same = (shared * distances).sum() / experts
+    if experts == 1:
+        return same, same.new_zeros(())
+    totals = g.sum(-1)
+    crossed = totals.unsqueeze(1) * totals.unsqueeze(0) - shared  # sum_{e != f} g_ie g_jf
+    different = (crossed * distances).sum() / (experts * experts - experts) / batch**2
+    return same, different
+
+
+def load_balancing_loss(gate_probs: Tensor) -> Tensor:
+    """Switch Transformer load-balancing loss ``E * sum_e f_e P_e`` (Fedus et al., 2021).
+
+    ``f_e`` is the fraction of samples whose top-1 expert is e (no gradient),
+    ``P_e`` the mean gate probability of e. Equals 1 for a perfectly balanced gate.
+    """
+    g = _flat(gate_probs)
+    experts = g.shape[-1]
+    fraction = F.one_hot(g.argmax(-1), experts).to(g.dtype).mean(0)
+    return experts * (fraction * g.mean(0)).sum()
+
+
+def router_z_loss(gate_logits: Tensor) -> Tensor:
+    """Router z-loss ``mean (logsumexp gate_logits)^2`` (Zoph et al., 2022, ST-MoE)."""
+    return torch.logsumexp(_flat(gate_logits).float(), dim=-1).pow(2).mean()
+
+
+def ideal_gate_loss(gate_probs: Tensor, expert_losses: Tensor) -> Tensor:
+    """MSE between the gate and the one-hot of each sample's lowest-loss expert.
+
+    Args:
+        gate_probs: ``[B, E]``.
+        expert_losses: Per-sample loss of every expert ``[B, E]`` (not differentiated).
+    """
+    target = F.one_hot(expert_losses.detach().argmin(-1), gate_probs.shape[-1]).to(gate_probs.dtype)
+    return F.mse_loss(gate_probs, target)
+
+
+def allocation_loss(log_gate: Tensor, scores: Tensor, temperature: float) -> Tensor:
+    """Cross-entropy from the soft-min allocation ``softmin(s / T)`` to the gate.
+
+    Fits a gate to reproduce a gate-less allocation (see :func:`gmnn.nn.losses.softmin_allocation`).
+
+    Args:
+        log_gate: Log gate probabilities ``[B, E]``.
+        scores: Per-sample score of every expert ``[B, E]``, lower is better:
+            its loss or its output entropy (not differentiated).
+        temperature: T > 0 of the target allocation.
+    """
+    target = torch.softmax(-scores.detach() / temperature, dim=-1)
+    return -(target * log_gate).sum(-1).mean()

@@ -1,0 +1,104 @@
+"""Evaluate E networks of one architecture from their stacked parameters.
+
+``state`` maps each parameter/buffer name of one network to the E stacked
+copies ``[E, ...]``. Two input layouts:
+
+* shared: one input ``[N, ...]`` for every expert (the dense mixture). The
+  first layer of all experts runs as one wide matmul / convolution.
+* grouped: one input per expert ``[E, N, ...]`` (conditional computation).
+  Linear layers run as ``baddbmm``, convolutions as one grouped convolution.
+
+:class:`~gmnn.nn.networks.MLP` and :class:`~gmnn.nn.networks.ConvNet` have
+hand-written kernels; any other module is vectorised with ``torch.func.vmap``.
+Every function returns ``(output [E, N, O], hidden [E, N, H])``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from gmnn.nn.networks import MLP, ConvNet
+
+
+def linear_shared(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """E linear layers on one input: ``x [N, I]``, ``weight [E, O, I]`` -> ``[E, N, O]``."""
+    experts, out, width = weight.shape
+    y = x @ weight.reshape(experts * out, width).t()
+    if bias is not None:
+        y = y + bias.reshape(-1)
+    return y.view(x.shape[0], experts, out).transpose(0, 1)
+
+
+def linear_grouped(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """E linear layers, one input each: ``x [E, N, I]``, ``weight [E, O, I]`` -> ``[E, N, O]``."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def mlp_stacked(template: MLP, state: dict[str, Tensor], x: Tensor, shared: bool, prefix: str = "") -> tuple[Tensor, Tensor]:
+    """E copies of ``template`` (an :class:`MLP`) from stacked parameters."""
+    h = x.flatten(1) if shared else x.flatten(2)
+    for i, layer in enumerate(template.body):
+        if isinstance(layer, nn.Linear):
+            weight, bias = state[f"{prefix}body.{i}.weight"], state.get(f"{prefix}body.{i}.bias")
+            h = linear_shared(h, weight, bias) if shared else linear_grouped(h, weight, bias)
+            shared = False
+        else:
+            h = layer(h)
+    if isinstance(template.head, nn.Linear):
+        return linear_grouped(h, state[f"{prefix}head.weight"], state.get(f"{prefix}head.bias")), h
+    return h, h
+
+
+def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
+    """E copies of ``template`` (a :class:`ConvNet`): one (grouped) convolution, then the MLPs.
+
+    The max-pool runs before the ReLU (they commute; the ReLU then touches a
+    quarter of the elements).
+    """
+    conv, pool = template.features[0], template.features[2]
+    weight, bias = state["features.0.weight"], state.get("features.0.bias")
+    experts = weight.shape[0]
+    flat_bias = None if bias is None else bias.reshape(-1)
+    if shared:
+        n, groups = x.shape[0], 1
+    else:
+        n, groups = x.shape[1], experts
+        x = x.transpose(0, 1).flatten(1, 2)  # [N, E * C_in, H, W]
+    y = F.conv2d(x, weight.flatten(0, 1), flat_bias, conv.stride, conv.padding, conv.dilation, groups)
+    y = F.relu(pool(y)).reshape(n, experts, -1).transpose(0, 1)  # [E, N, c * h * w]
+    return mlp_stacked(template.mlp, state, y, shared=False, prefix="mlp.")
+
+
+def _has_conv_kernel(template: nn.Module) -> bool:
+    if type(template) is not ConvNet:
+        return False
+    conv, activation, pool = template.features[0], template.features[1], template.features[2]
+    return (
+        conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(activation, nn.ReLU)
+        and isinstance(pool, nn.MaxPool2d)
+    )
+
+
+def stacked_forward(template: nn.Module, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
+    """E networks shaped like ``template`` with parameters ``state``: ``(output, hidden)``, each ``[E, N, ...]``.
+
+    Args:
+        template: One network (its parameters are not used; may live on the meta device).
+        state: Stacked parameters and buffers ``{name: [E, ...]}``.
+        x: ``[N, ...]`` when ``shared``, else ``[E, N, ...]``.
+        shared: Whether every expert reads the same input.
+    """
+    if type(template) is MLP:
+        return mlp_stacked(template, state, x, shared)
+    if _has_conv_kernel(template):
+        return convnet_stacked(template, state, x, shared)  # type: ignore[arg-type]
+
+    def run_one(one_state: dict[str, Tensor], one_x: Tensor) -> tuple[Tensor, Tensor]:
+        return functional_call(template, one_state, (one_x,))
+
+    return vmap(run_one, in_dims=(0, None if shared else 0), randomness="different")(state, x)

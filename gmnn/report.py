@@ -1,0 +1,172 @@
+"""The results table of finished runs: ``gmnn report RUN_DIRS... [--out DIR] [--retest]``.
+
+Reads each run's TensorBoard scalars (the last value of each tag), or with
+``--retest`` tests the run's ``checkpoints/last.ckpt`` when it logged no test
+metrics, and writes the paper-style table per run and as mean ± std per
+configuration to ``results.csv``, ``results.md`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+COLUMNS: dict[str, str] = {
+    "train_error": "train error",
+    "test_error": "test error",
+    "mutual_information": "MI (bits)",
+    "sample_entropy": "sample entropy",
+    "expert_usage": "expert usage",
+    "per_task_entropy": "per-task entropy",
+}
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories (those holding TensorBoard event files) at or below ``paths``, sorted."""
+    runs: set[Path] = set()
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise ValueError(f"RUN_DIRS: {path} is not a directory")
+        runs.update(event.parent for event in path.rglob("events.out.tfevents.*"))
+    return sorted(runs)
+
+
+def read_scalars(run_dir: Path) -> dict[str, float]:
+    """The last logged value of every scalar tag of a run (all its event files)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[str, tuple[float, float]] = {}
+    for event_file in sorted(run_dir.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(event_file), size_guidance={"scalars": 0}).Reload()
+        for tag in events.Tags()["scalars"]:
+            last = events.Scalars(tag)[-1]
+            if tag not in values or last.wall_time >= values[tag][0]:
+                values[tag] = (last.wall_time, last.value)
+    return {tag: value for tag, (_, value) in values.items()}
+
+
+def retest(run_dir: Path) -> dict[str, float]:
+    """Test ``run_dir/checkpoints/last.ckpt`` with the run's ``config.yaml``; the test metrics by name."""
+    from gmnn.cli import make_cli
+
+    config, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not config.exists() or not checkpoint.exists():
+        raise ValueError(f"--retest needs {config} and {checkpoint}")
+    settings = yaml.safe_load(config.read_text())
+    for key in ("ckpt_path", "weights_only"):  # arguments of the `fit` subcommand, not of the CLI
+        settings.pop(key, None)
+    settings["trainer"].update(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir))
+    with warnings.catch_warnings():  # we pass a config dict on purpose while sys.argv holds `report ...`
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = make_cli(settings, run=False)
+    return cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
+
+
+def run_row(run_dir: Path, scalars: dict[str, float]) -> dict[str, object]:
+    """One table row: run, configuration (the run folder's parent name) and the columns (NaN when missing)."""
+    row: dict[str, object] = {"run": str(run_dir), "configuration": run_dir.parent.name}
+    for stage in ("train", "test"):
+        accuracy = scalars.get(f"{stage}/acc", scalars.get(f"{stage}/acc_epoch"))
+        row[f"{stage}_error"] = 1.0 - accuracy if accuracy is not None else math.nan
+    for name in list(COLUMNS)[2:]:
+        row[name] = scalars.get(f"test/{name}", math.nan)
+    return row
+
+
+def summarise(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Mean and sample standard deviation (0 for a single run) of every column per configuration."""
+    groups: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        groups.setdefault(str(row["configuration"]), []).append(row)
+    summary = []
+    for name, members in groups.items():
+        entry: dict[str, object] = {"configuration": name, "runs": len(members)}
+        for column in COLUMNS:
+            values = [float(m[column]) for m in members if not math.isnan(float(m[column]))]
+            entry[f"{column}_mean"] = statistics.fmean(values) if values else math.nan
+            entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else math.nan)
+        summary.append(entry)
+    return summary
+
+
+def _fmt(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
+def markdown(rows: Sequence[dict[str, object]], summary: Sequence[dict[str, object]]) -> str:
+    """The per-configuration (mean ± std) and per-run tables as Markdown."""
+    head = " | ".join(COLUMNS.values())
+    lines = ["| configuration | runs | " + head + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for entry in summary:
+        cells = [f"{_fmt(float(entry[c + '_mean']))} ± {_fmt(float(entry[c + '_std']))}" for c in COLUMNS]
+        lines.append(f"| {entry['configuration']} | {entry['runs']} | " + " | ".join(cells) + " |")
+    lines += ["", "| run | configuration | " + head + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append(f"| {row['run']} | {row['configuration']} | " + " | ".join(_fmt(float(row[c])) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(summary: Sequence[dict[str, object]], path: Path) -> None:
+    """Bar charts of test error and mutual information (mean ± std) per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [str(s["configuration"]) for s in summary]
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * len(names), 3.2))
+    for ax, column in zip(axes, ("test_error", "mutual_information")):
+        means = [float(s[f"{column}_mean"]) for s in summary]
+        stds = [float(s[f"{column}_std"]) for s in summary]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3)
+        ax.set(title=COLUMNS[column], xticks=range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(paths: Sequence[str | Path], out: str | Path = ".", retest_missing: bool = False) -> list[dict[str, object]]:
+    """Write ``results.csv`` (per run), ``results_summary.csv``, ``results.md`` and ``results.png`` to ``out``."""
+    runs = find_runs(paths)
+    if not runs:
+        raise ValueError(f"RUN_DIRS: no TensorBoard event files under {[str(p) for p in paths]}")
+    rows = []
+    for run_dir in runs:
+        scalars = read_scalars(run_dir)
+        if retest_missing and "test/acc" not in scalars:
+            scalars.update(retest(run_dir))
+        rows.append(run_row(run_dir, scalars))
+    summary = summarise(rows)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows)
+    write_csv(out / "results_summary.csv", summary)
+    (out / "results.md").write_text(markdown(rows, summary))
+    plot(summary, out / "results.png")
+    return rows
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """``gmnn report``: parse the command line and write the results table."""
+    parser = argparse.ArgumentParser(prog="gmnn report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", help="run folders (runs/NAME/version_N), or folders above them")
+    parser.add_argument("--out", default=".", help="folder for results.csv/.md/.png (default: .)")
+    parser.add_argument("--retest", action="store_true", help="test last.ckpt of runs that logged no test metrics")
+    options = parser.parse_args(args)
+    report(options.run_dirs, options.out, options.retest)
+    print((Path(options.out) / "results.md").read_text())

@@ -1,0 +1,94 @@
+"""The TensorBoard figures callback: which figures, when, and skipping without TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from gmnn.callbacks import DecompositionFigures
+from gmnn.callbacks.figures import decision_regions_figure
+from gmnn.models import DenseMoE, TopKMoE
+from tests.conftest import tiny_trainer
+
+
+def _loader(n: int = 64, dim: int = 2) -> torch.utils.data.DataLoader:
+    x = torch.randn(n, dim)
+    y = (x[:, 0] > 0).long()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+
+
+def _tags(log_dir: str, kind: str = "images") -> dict[str, int]:
+    events = EventAccumulator(log_dir, size_guidance={kind: 0}).Reload()
+    read = events.Images if kind == "images" else events.Histograms
+    return {tag: len(read(tag)) for tag in events.Tags()[kind]}
+
+
+def test_writes_every_figure_each_validation_epoch_and_after_testing(tmp_path: Path) -> None:
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=3)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = tiny_trainer(max_epochs=2, logger=logger, callbacks=[DecompositionFigures(grid_size=20, max_points=50)])
+    trainer.fit(model, _loader(), _loader())
+    trainer.test(model, _loader(), verbose=False)
+    tags = _tags(logger.log_dir)
+    assert tags == {"val/decomposition": 2, "val/decision_regions": 2, "test/decomposition": 1, "test/decision_regions": 1}
+    histograms = _tags(logger.log_dir, "histograms")  # two validation epochs (not the sanity check), one test
+    assert histograms == {f"{stage}/gate_probs/expert_{e}": n for stage, n in (("val", 2), ("test", 1)) for e in range(3)}
+
+
+def test_no_decision_regions_for_images_and_every_n_epochs(tmp_path: Path) -> None:
+    model = TopKMoE(k=1, input_shape=[3], num_classes=2, num_experts=2)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = tiny_trainer(max_epochs=3, logger=logger, callbacks=[DecompositionFigures(every_n_epochs=2)])
+    trainer.fit(model, _loader(dim=3), _loader(dim=3))
+    assert _tags(logger.log_dir) == {"val/decomposition": 1}
+
+
+def test_skipped_cleanly_without_tensorboard(tmp_path: Path) -> None:
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=2)
+    callback = DecompositionFigures()
+    trainer = tiny_trainer(max_epochs=1, logger=CSVLogger(tmp_path), callbacks=[callback])
+    trainer.fit(model, _loader(), _loader())
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+    tiny_trainer(max_epochs=1, callbacks=[callback]).fit(model, _loader(), _loader())  # logger=False
+
+
+def test_allocation_is_reset_each_epoch(tmp_path: Path) -> None:
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=2)
+    trainer = tiny_trainer(max_epochs=3, logger=TensorBoardLogger(tmp_path), callbacks=[DecompositionFigures(grid_size=10)])
+    trainer.fit(model, _loader(), _loader(n=40))
+    assert int(model.allocation["val"].class_counts.sum()) == 40
+
+
+def test_histograms_hold_the_gate_probabilities(tmp_path: Path) -> None:
+    from gmnn.callbacks.figures import write_histograms
+
+    writer = SummaryWriter(str(tmp_path))
+    write_histograms(writer, "val/gate_probs", torch.tensor([[2, 0, 0, 1], [0, 0, 0, 0]]), step=3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+    assert events.Tags()["histograms"] == ["val/gate_probs/expert_0"]  # expert 1 saw no samples
+    (event,) = events.Histograms("val/gate_probs/expert_0")
+    value = event.histogram_value
+    assert event.step == 3 and value.num == 3 and value.min == 0.0 and value.max == 1.0
+    assert list(value.bucket) == [2, 0, 0, 1] and value.sum == pytest.approx(2 * 0.125 + 0.875)
+
+
+def test_decision_regions_show_the_gate_each_expert_and_the_model() -> None:
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=3).eval()
+    fig = decision_regions_figure(model, torch.randn(30, 2), torch.randint(0, 2, (30,)), size=10)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    plt.close(fig)
+    assert titles == ["gate: chosen expert", "expert 0: class", "expert 1: class", "expert 2: class", "model: class"]
+
+
+def test_bad_arguments_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        DecompositionFigures(every_n_epochs=-1)
+    with pytest.raises(ValueError, match="grid_size"):
+        DecompositionFigures(grid_size=0)

@@ -1,0 +1,48 @@
+"""The benchmark's naive references compute the same math, and ``scripts/bench.py --quick`` runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.naive import NAIVE
+from gmnn.models import AttentionGateMoE, DenseMoE, ProductOfExperts, TopKMoE
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = dict(input_shape=[1, 8, 8], num_classes=3, num_experts=4, expert="conv", expert_hidden=[5, 6],
+              gate="conv", gate_hidden=[7])
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra"), [(DenseMoE, {}), (TopKMoE, {"k": 2}), (ProductOfExperts, {}), (AttentionGateMoE, {})],
+    ids=["dense", "top2", "product", "attention"],
+)
+def test_naive_reference_matches_the_package(cls: type, extra: dict) -> None:
+    model = cls(**COMMON, **extra).train()
+    naive = NAIVE[cls](**COMMON, **extra).train()
+    naive.load_state_dict(model.state_dict())
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    out, ref = model(x), naive(x)
+    torch.testing.assert_close(out.log_probs, ref.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.gate_probs, ref.gate_probs, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(torch.nn.functional.nll_loss(out.log_probs, y), list(model.parameters()), allow_unused=True)
+    ref_grads = torch.autograd.grad(torch.nn.functional.nll_loss(ref.log_probs, y), list(naive.parameters()), allow_unused=True)
+    for a, b in zip(grads, ref_grads):
+        if a is not None and b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_quick_benchmark_writes_its_tables(tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--quick", "--json", str(path)],
+                            capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "| DenseMoE |" in result.stdout and "| 8 | top-2 |" in result.stdout
+    data = json.loads(path.read_text())
+    assert {r["model"] for r in data["training_rows"]} == {"DenseMoE", "TopKMoE k=1", "TopKMoE k=2", "TopKMoE k=1 cf1.25",
+                                                   "ProductOfExperts", "AttentionGateMoE"}
+    assert len(data["layer_rows"]) == 2 * 5 and all(r["ms"] > 0 and r["saved_mib"] > 0 for r in data["layer_rows"])
