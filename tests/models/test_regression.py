@@ -90,3 +90,17 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 def test_integer_targets_are_a_clear_error() -> None:
     with pytest.raises(ValueError, match="regression targets must be floats"):
         RegressionMoE(**COMMON).check_first_batch(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), "train")
+
+
+def test_regression_config_fits_from_the_command_line(tmp_path: Path) -> None:
+    from gmnn.cli import make_cli
+
+    root = Path(__file__).resolve().parents[2]
+    cli = make_cli(
+        ["fit", "--config", str(root / "configs/regression/piecewise.yaml"), "--trainer.max_epochs=2",
+         "--data.init_args.num_samples=400", "--model.init_args.k=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+         "--trainer.enable_progress_bar=false"]
+    )
+    metrics = cli.trainer.callback_metrics
+    assert {"val/mse", "val/sample_entropy", "val/expert_usage", "train/loss_gate"} <= set(metrics)
+    assert (Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt").exists()
