@@ -89,7 +89,8 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``gmnn`` console script (``gmnn report ...`` writes the results table).
 
-    Bad input that gmnn detects (``ValueError``) and a loss that became NaN/inf
+    Bad input that gmnn detects (``ValueError``), missing dataset files
+    (``FileNotFoundError``) and a loss that became NaN/inf
     (``FloatingPointError``) end with a one-line message and exit status 1;
     set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
     (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
@@ -102,7 +103,7 @@ def main(args: list[str] | None = None) -> None:
             report_main(args[1:])
             return
         make_cli(args)
-    except (ValueError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
         if os.environ.get("GMNN_TRACEBACK"):
             raise
         print(f"gmnn: error: {_root_cause(error)}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)

@@ -139,3 +139,13 @@ def test_an_empty_training_set_is_an_error_not_a_silent_no_op() -> None:
     empty = _loader(torch.randn(0, 2), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="the training set is empty"):
         tiny_trainer(max_epochs=1).fit(DenseMoE(**COMMON), empty)
+
+
+def test_a_missing_data_root_names_the_folder_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs/mnist/dense.yaml"), f"--data.init_args.root={tmp_path}",
+              "--trainer.logger=false"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"MNIST files missing in {tmp_path / 'MNIST' / 'raw'}" in err and "train-images-idx3-ubyte" in err
+    assert "download=True" in err and "Traceback" not in err
