@@ -139,9 +139,43 @@ def plot(summary: Sequence[dict[str, object]], path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+# The paper's MNIST table (Krishnamurthy, Watkins & Gaertner, 2023; 5 experts, 20 epochs), by config name.
+PAPER_MNIST: dict[str, dict[str, float]] = {
+    "single": {"test_error": 0.096},
+    "dense": {"test_error": 0.038, "mutual_information": 2.022, "sample_entropy": 0.092, "expert_usage": 2.172},
+    "importance": {"test_error": 0.032, "mutual_information": 2.262, "sample_entropy": 0.061, "expert_usage": 2.320},
+    "sample_similarity": {"test_error": 0.029, "mutual_information": 2.244, "sample_entropy": 0.051, "expert_usage": 2.246},
+    "attention_importance": {"test_error": 0.030, "mutual_information": 2.301, "sample_entropy": 0.036, "expert_usage": 2.320},
+    "attention_similarity": {"test_error": 0.028, "mutual_information": 2.191, "sample_entropy": 0.056, "expert_usage": 2.319},
+    "top1_stochastic": {"test_error": 0.066, "mutual_information": 1.107, "expert_usage": 1.265},
+    "stochastic": {"test_error": 0.112, "mutual_information": 0.323, "expert_usage": 1.609},
+}
+REFERENCES = {"mnist": PAPER_MNIST}
+COMPARED = ("test_error", "mutual_information", "sample_entropy", "expert_usage")
+
+
+def comparison_markdown(summary: Sequence[dict[str, object]], reference: dict[str, dict[str, float]]) -> str:
+    """Mean ± std per configuration next to a published reference, matched by the name after the last ``-``.
+
+    A configuration ``mnist-dense`` is compared with ``reference["dense"]``.
+    """
+    head = " | ".join(f"{COLUMNS[c]} | paper" for c in COMPARED)
+    lines = [f"| configuration | runs | {head} |", "|---|---|" + "---|---|" * len(COMPARED)]
+    for entry in summary:
+        paper = reference.get(str(entry["configuration"]).rsplit("-", 1)[-1], {})
+        cells = [
+            f"{_fmt(float(entry[c + '_mean']))} ± {_fmt(float(entry[c + '_std']))} | {_fmt(paper.get(c, math.nan))}"
+            for c in COMPARED
+        ]
+        lines.append(f"| {entry['configuration']} | {entry['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
 
 def report(paths: Sequence[str | Path], out: str | Path = ".", retest_missing: bool = False) -> list[dict[str, object]]:
-    """Write ``results.csv`` (per run), ``results_summary.csv``, ``results.md`` and ``results.png`` to ``out``."""
+    """Write ``results.csv`` (per run), ``results_summary.csv``, ``results.md`` and ``results.png`` to ``out``.
+
+    Returns the per-run rows; :func:`summarise` gives the per-configuration summary.
+    """
     runs = find_runs(paths)
     if not runs:
         raise ValueError(f"RUN_DIRS: no TensorBoard event files under {[str(p) for p in paths]}")

@@ -53,3 +53,18 @@ def test_grid_is_the_product_of_its_values() -> None:
 def test_malformed_override_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         sweep.main(["--configs", str(ROOT / "configs/toy/dense.yaml"), "--grid", "lr", "--out", str(tmp_path)])
+
+
+def test_results_md_sets_the_sweep_beside_the_papers_table(tmp_path: Path) -> None:
+    out, results = tmp_path / "sweep", tmp_path / "RESULTS.md"
+    args = ["--configs", str(ROOT / "configs/toy/dense.yaml"), "--seeds", "0", "1", "--set", *TINY,
+            "--out", str(out), "--reference", "mnist", "--results-md", str(results)]
+    assert sweep.main(args) == {"ran": 2, "skipped": 0, "failed": 0}
+    text = results.read_text()
+    assert "python scripts/sweep.py --configs" in text and "2 runs, seeds [0, 1]" in text
+    row = next(line for line in text.splitlines() if line.startswith("| toy-dense |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and cells[3] == "0.038" and cells[5] == "2.022"  # ours, then the paper's dense row
+    assert "±" in cells[2]
+    with pytest.raises(SystemExit):
+        sweep.main(["--configs", str(ROOT / "configs/toy/dense.yaml"), "--out", str(out), "--results-md", str(results)])
