@@ -162,6 +162,8 @@ class DecompositionFigures(Callback):
     def figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, plt.Figure]:
         """The figures of ``stage`` (``"val"`` or ``"test"``) as ``{tag: figure}``."""
         result = {key: value.cpu() for key, value in pl_module.allocation[stage].compute().items()}
+        for key in ("expert_accuracy", "routed", "usage"):  # torchmetrics squeezes one-element results (E = 1)
+            result[key] = result[key].reshape(-1)
         routed_fraction = result["routed"] / result["class_counts"].sum().clamp_min(1)
         figures = {
             f"{stage}/decomposition": decomposition_figure(

@@ -92,3 +92,13 @@ def test_bad_arguments_name_the_parameter() -> None:
         DecompositionFigures(every_n_epochs=-1)
     with pytest.raises(ValueError, match="grid_size"):
         DecompositionFigures(grid_size=0)
+
+
+def test_a_single_expert_model_gets_its_figures(tmp_path: Path) -> None:
+    from gmnn.models import SingleModel
+
+    model = SingleModel(input_shape=[3], num_classes=2)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = tiny_trainer(max_epochs=1, logger=logger, callbacks=[DecompositionFigures()])
+    trainer.fit(model, _loader(dim=3), _loader(dim=3))
+    assert _tags(logger.log_dir) == {"val/decomposition": 1}
