@@ -12,6 +12,7 @@ from torchmetrics import MeanSquaredError
 
 from gmnn.metrics import ExpertUsage, SampleEntropy
 from gmnn.models.base import EVAL_STAGES, STAGES, MoEModule
+from gmnn.models.topk import check_top_k
 from gmnn.nn.losses import stochastic_mixture_loss
 from gmnn.nn.routing import softmax_routing
 from gmnn.validation import check_non_negative, check_positive
@@ -88,10 +89,9 @@ class RegressionMoE(MoEModule):
 
     def __init__(self, k: int = 0, init_sigma: float = 1.0, **kwargs: Any) -> None:
         check_non_negative("k", k)
+        if k:  # the k = 1 gate learns from the stochastic mixture loss (see loss_terms)
+            check_top_k(k, kwargs.get("num_experts", 4), gate_gradient="stochastic")
         check_positive("init_sigma", init_sigma)
-        num_experts = kwargs.get("num_experts", 4)
-        if isinstance(k, bool) or not isinstance(k, int) or k > num_experts:
-            raise ValueError(f"k must be 0 (dense) or an integer in [1, num_experts={num_experts}], got {k!r}")
         unsupported = set(kwargs.get("regularizers") or {}) - set(GATE_ONLY_REGULARIZERS)
         if unsupported:
             raise ValueError(f"regularizers of RegressionMoE must be among {GATE_ONLY_REGULARIZERS}, got {sorted(unsupported)}")
