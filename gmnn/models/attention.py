@@ -49,6 +49,10 @@ class AttentionGateMoE(MoEModule):
     def gate_logits(self, x: Tensor, expert_hidden: Tensor) -> Tensor:
         return self.attention(self.gate(x)[0], expert_hidden)
 
+    def expert_logit_layer(self) -> None:
+        """None: the logits are attention scores, not rows of the gate's output layer."""
+        return None
+
     def combine(self, log_gate: Tensor, expert_log_probs: Tensor) -> Tensor:
         if not self.k:
             return super().combine(log_gate, expert_log_probs)

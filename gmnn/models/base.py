@@ -26,6 +26,7 @@ from gmnn.models.checks import (
 from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
 from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.reuse import load_experts
+from gmnn.models.revival import output_layer, revival_of, split_expert
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.networks import NETWORKS, build_network
@@ -62,7 +63,10 @@ class MoEModule(LightningModule):
         gate_channels: Convolution filters of a ``"conv"`` gate.
         temperature: Gate softmax temperature T > 0.
         lr: Adam learning rate.
-        weight_decay: Adam weight decay (L2).
+        weight_decay: Adam weight decay.
+        decoupled_weight_decay: Decay the weights directly (AdamW, Loshchilov & Hutter 2019) instead of
+            adding ``weight_decay * w`` to the gradient (L2). With L2, Adam shrinks the weights of an
+            expert whose loss gradient is small by about ``lr`` per step, whatever ``weight_decay`` is.
         batched_experts: Evaluate experts of one architecture as one vectorised call.
         regularizers: Weights >= 0 of gate regularizers added to the training loss, by name:
             ``importance`` (squared CV of per-expert importance), ``similarity_same`` (beta_s)
@@ -80,6 +84,11 @@ class MoEModule(LightningModule):
             ``T_{e+1} = T_e / (1 + d (e - start))`` from epoch ``temperature_decay_start``.
         temperature_decay_start: First epoch of the decay.
         temperature_min: Floor of the decayed temperature (<= temperature).
+        revive_below: 0 never revives experts. A threshold in (0, 1 / num_experts): at the end of
+            each of the first ``revive_epochs`` training epochs, every expert whose mean gate
+            probability over the epoch is below it is replaced by a noisy copy of the busiest expert,
+            which shares that expert's gate mass (:mod:`gmnn.models.revival`).
+        revive_epochs: Number of first epochs after which dead experts are revived.
         init_experts_from: Checkpoint of any gmnn variant whose experts initialise this model's
             (same count and architecture), e.g. to train a new gate on trained experts.
         freeze_experts: Keep the experts' parameters fixed (train only the gate).
@@ -104,6 +113,7 @@ class MoEModule(LightningModule):
         temperature: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
         batched_experts: bool = True,
         regularizers: Mapping[str, float] | None = None,
         sample_distance: str | None = "euclidean",
@@ -111,6 +121,8 @@ class MoEModule(LightningModule):
         temperature_decay: float = 0.0,
         temperature_decay_start: int = 0,
         temperature_min: float = 0.05,
+        revive_below: float = 0.0,
+        revive_epochs: int = 5,
         init_experts_from: str | None = None,
         freeze_experts: bool = False,
         scheduler: str = "none",
@@ -136,6 +148,7 @@ class MoEModule(LightningModule):
         self.temperature = float(temperature)
         self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
         self.gate = self.build_gate()
+        self.revival = revival_of(num_experts, revive_below, revive_epochs)
         if init_experts_from:
             load_experts(self.experts, init_experts_from)
         self.experts.requires_grad_(not freeze_experts)
@@ -280,7 +293,10 @@ class MoEModule(LightningModule):
             self.log_dict(self.decomposition[stage], on_step=False, on_epoch=True, batch_size=batch_size)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "train")[0]
+        loss, out = self.shared_step(batch, "train")
+        if self.revival is not None and self.current_epoch < self.hparams.revive_epochs:
+            self.revival.record(out.gate_probs)
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "val")[0]
@@ -327,6 +343,29 @@ class MoEModule(LightningModule):
         guard = self.__dict__.get("_finite_guard")
         if guard is not None:
             guard.check(self.all_gather if self.trainer.world_size > 1 else None)
+        self.revive_dead_experts()
+
+    def expert_logit_layer(self) -> nn.Linear | None:
+        """The gate's output layer when its outputs are the expert logits (row i scores expert i), else ``None``."""
+        return None if self.gate is None else output_layer(self.gate)
+
+    def revive_dead_experts(self) -> list[tuple[int, int]]:
+        """Split the busiest expert into every dead one (``revive_below``); returns the ``(busiest, dead)`` pairs."""
+        usage = None if self.revival is None else self.revival.mean_usage()
+        if usage is None:
+            return []
+        self.revival.reset()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            usage = self.trainer.strategy.reduce(usage, reduce_op="mean")
+        pairs = self.revival.plan(usage)
+        optimizers = self.optimizers() if self._trainer is not None else []
+        optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
+        generator = torch.Generator().manual_seed(self.current_epoch)  # the same on every process
+        for source, target in pairs:
+            split_expert(self.experts, source, target, self.expert_logit_layer(), optimizers, self.revival.noise, generator)
+        if self._trainer is not None:
+            self.log("train/revived_experts", float(len(pairs)), on_step=False, on_epoch=True, batch_size=1)
+        return pairs
 
     def on_fit_end(self) -> None:
         if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:
@@ -373,10 +412,11 @@ class MoEModule(LightningModule):
             raise explain_overrides(error, checkpoint_path, kwargs) from None
 
     def configure_optimizers(self) -> Any:
-        """Adam with ``lr`` and ``weight_decay`` on the trainable parameters, plus the per-step ``scheduler``."""
+        """Adam with ``lr`` and (optionally decoupled) ``weight_decay`` on the trainable parameters, plus the per-step ``scheduler``."""
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        decoupled = bool(hp.get("decoupled_weight_decay", False))
+        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, decoupled_weight_decay=decoupled)
         schedule = hp.get("scheduler", "none")
         if schedule == "none":
             return optimizer

@@ -1,0 +1,117 @@
+"""Reviving dead experts by splitting the busiest one.
+
+An expert that the gate stops choosing early in training gets almost no
+gradient and never recovers ("dead expert"). At the end of an early epoch,
+:class:`ExpertRevival` replaces each expert whose mean gate probability fell
+below a threshold by a copy of the busiest expert (parameters and Adam
+state, with small multiplicative noise), and halves the gate mass of the
+pair: the copy gets the busiest expert's gate row and both get its bias
+minus log 2. The mixture computes the same function right after the split;
+the noise lets the two copies divide the busiest expert's inputs between
+them, as the split step of split-and-merge EM (Ueda et al., 2000).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gmnn.nn.experts import Experts
+
+
+class ExpertRevival:
+    """Accumulates the gate's mean probability per expert over an epoch and splits experts.
+
+    Args:
+        num_experts: E.
+        threshold: Revive experts whose mean gate probability is below this (0 < threshold < 1 / E).
+        noise: Std of the multiplicative noise on the copied parameters.
+    """
+
+    def __init__(self, num_experts: int, threshold: float, noise: float = 0.05) -> None:
+        self.threshold, self.noise = threshold, noise
+        self.usage: Tensor | None = None
+        self.count = 0
+
+    def record(self, gate_probs: Tensor) -> None:
+        """Add a batch of gate probabilities ``[B, E]`` (stays on the device)."""
+        total = gate_probs.detach().sum(dim=0)
+        self.usage = total if self.usage is None else self.usage + total
+        self.count += gate_probs.shape[0]
+
+    def mean_usage(self) -> Tensor | None:
+        """Mean gate probability per expert since the last :meth:`reset`, or ``None``."""
+        return None if self.usage is None or self.count == 0 else self.usage / self.count
+
+    def reset(self) -> None:
+        self.usage, self.count = None, 0
+
+    def plan(self, usage: Tensor) -> list[tuple[int, int]]:
+        """``(busiest, dead)`` pairs to split, each dead expert once, halving the busiest's usage each time."""
+        usage = usage.detach().double().cpu().clone()
+        pairs = []
+        for dead in torch.nonzero(usage < self.threshold).flatten().tolist():
+            busiest = int(usage.argmax())
+            if busiest == dead or usage[busiest] < 2 * self.threshold:
+                break
+            usage[busiest] /= 2
+            usage[dead] = usage[busiest]
+            pairs.append((busiest, dead))
+        return pairs
+
+
+def output_layer(network: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of ``network`` (its output layer).
+
+    Raises:
+        ValueError: ``network`` has no ``nn.Linear``.
+    """
+    layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError(f"the gate has no linear output layer: {type(network).__name__}")
+    return layers[-1]
+
+
+@torch.no_grad()
+def split_expert(
+    experts: Experts, source: int, target: int, gate_head: nn.Linear | None,
+    optimizers: Sequence[torch.optim.Optimizer], noise: float, generator: torch.Generator,
+) -> None:
+    """Make expert ``target`` a noisy copy of expert ``source`` and split their gate mass.
+
+    Args:
+        experts: The experts.
+        source: The busiest expert.
+        target: The dead expert, overwritten.
+        gate_head: The gate's output layer (row e scores expert e), or ``None`` to leave the gate alone.
+        optimizers: Optimizers whose state of ``source``'s parameters is copied to ``target``'s.
+        noise: Std of the multiplicative Gaussian noise on the copied parameters (0: exact copy).
+        generator: Random generator of the noise.
+    """
+    for src, dst in zip(experts[source].parameters(), experts[target].parameters()):
+        scale = 1 + noise * torch.randn(src.shape, generator=generator).to(src)
+        dst.copy_(src * scale)
+        for optimizer in optimizers:
+            if src in optimizer.state:
+                optimizer.state[dst] = {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[src].items()}
+    if gate_head is not None:
+        gate_head.weight[target] = gate_head.weight[source]
+        if gate_head.bias is not None:
+            gate_head.bias[source] -= math.log(2)
+            gate_head.bias[target] = gate_head.bias[source]
+
+
+def revival_of(num_experts: int, threshold: float, epochs: int) -> ExpertRevival | None:
+    """An :class:`ExpertRevival` for ``revive_below=threshold``, or ``None`` when it is 0.
+
+    Raises:
+        ValueError: ``threshold`` is outside ``[0, 1 / num_experts)`` or ``epochs`` is not an integer >= 0.
+    """
+    if not 0 <= threshold < 1 / num_experts:
+        raise ValueError(f"revive_below must be in [0, 1 / num_experts = {1 / num_experts:.4g}), got {threshold}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"revive_epochs must be an integer >= 0, got {epochs!r}")
+    return ExpertRevival(num_experts, threshold) if threshold > 0 else None
