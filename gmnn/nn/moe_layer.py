@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
+from gmnn.nn.grouped import can_group, grouped_linear
 from gmnn.nn.regularizers import router_z_loss
 from gmnn.nn.stacked import linear_grouped, linear_shared
 from gmnn.validation import check_non_negative, check_positive_int
@@ -40,7 +41,9 @@ class MoELayer(nn.Module):
     ``d_model -> hidden -> d_model`` (GELU); the output is the sum of the
     routed experts' outputs weighted by the router softmax renormalised over
     the k. Only routed (token, expert) pairs are computed: grouped by expert
-    (exact, one host sync) or, with ``capacity_factor > 0``, in fixed
+    (exact; with ``torch._grouped_mm`` where this PyTorch build supports it,
+    without a loop over experts or a host sync, else a loop over the
+    non-empty groups after one host sync) or, with ``capacity_factor > 0``, in fixed
     per-expert buffers of ``ceil(capacity_factor * T * k / E)`` rows (no host
     sync, ``torch.compile`` friendly). A pair beyond its expert's capacity is
     dropped: it adds nothing, so a surrounding residual connection carries the
@@ -105,10 +108,19 @@ class MoELayer(nn.Module):
         return torch.einsum("te,etd->td", weights, outputs)
 
     def _grouped(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
-        order, counts = group_by_expert(indices.reshape(-1), self.num_experts)
-        token = order // self.k
-        groups = x.index_select(0, token).split(counts)
-        outputs = torch.cat([self.expert(e, rows) for e, rows in enumerate(groups) if counts[e] > 0])
+        flat = indices.reshape(-1)
+        if can_group(x, self.d_model, self.w1.shape[1]):  # no loop over experts, no host sync
+            order = flat.argsort(stable=True)
+            expert = flat.index_select(0, order)
+            offsets = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+            token = order // self.k
+            hidden = F.gelu(grouped_linear(x.index_select(0, token), self.w1, self.b1, offsets, expert))
+            outputs = grouped_linear(hidden, self.w2, self.b2, offsets, expert)
+        else:  # one group per expert: the group sizes are read on the host
+            order, counts = group_by_expert(flat, self.num_experts)
+            token = order // self.k
+            groups = x.index_select(0, token).split(counts)
+            outputs = torch.cat([self.expert(e, rows) for e, rows in enumerate(groups) if counts[e] > 0])
         outputs = outputs * weights.reshape(-1, 1).index_select(0, order)
         return x.new_zeros(x.shape).index_add(0, token, outputs)
 

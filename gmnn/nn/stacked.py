@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from gmnn.nn.conv_pool import conv_maxpool2, is_plain_conv_pool
 from gmnn.nn.networks import MLP, ConvNet
 
 
@@ -55,12 +56,11 @@ def mlp_stacked(template: MLP, state: dict[str, Tensor], x: Tensor, shared: bool
 
 
 def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
-    """E copies of ``template`` (a :class:`ConvNet`): one (grouped) convolution, then the MLPs.
+    """E copies of ``template`` (a :class:`ConvNet`): one (grouped) convolution + max-pool, then the MLPs.
 
-    The max-pool runs before the ReLU (they commute; the ReLU then touches a
-    quarter of the elements).
+    The convolution and the max-pool run as one strided convolution
+    (:func:`~gmnn.nn.conv_pool.conv_maxpool2`), before the ReLU (they commute).
     """
-    conv, pool = template.features[0], template.features[2]
     weight, bias = state["features.0.weight"], state.get("features.0.bias")
     experts = weight.shape[0]
     flat_bias = None if bias is None else bias.reshape(-1)
@@ -69,8 +69,8 @@ def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shar
     else:
         n, groups = x.shape[1], experts
         x = x.transpose(0, 1).flatten(1, 2)  # [N, E * C_in, H, W]
-    y = F.conv2d(x, weight.flatten(0, 1), flat_bias, conv.stride, conv.padding, conv.dilation, groups)
-    y = F.relu(pool(y)).reshape(n, experts, -1).transpose(0, 1)  # [E, N, c * h * w]
+    y = conv_maxpool2(x, weight.flatten(0, 1), flat_bias, groups)
+    y = F.relu(y).reshape(n, experts, -1).transpose(0, 1)  # [E, N, c * h * w]
     return mlp_stacked(template.mlp, state, y, shared=False, prefix="mlp.")
 
 
@@ -78,10 +78,7 @@ def _has_conv_kernel(template: nn.Module) -> bool:
     if type(template) is not ConvNet:
         return False
     conv, activation, pool = template.features[0], template.features[1], template.features[2]
-    return (
-        conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(activation, nn.ReLU)
-        and isinstance(pool, nn.MaxPool2d)
-    )
+    return conv.groups == 1 and type(activation) is nn.ReLU and is_plain_conv_pool(conv, pool)
 
 
 def stacked_forward(template: nn.Module, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,76 @@
+"""Linear layers over rows grouped by expert, without a Python loop over the groups.
+
+Rows are sorted by expert and split by ``offsets`` (the cumulative group
+sizes, kept on the device: no host sync). :func:`grouped_linear` runs expert
+e's linear layer on its rows with ``torch._grouped_mm`` in the forward and the
+backward pass; :func:`grouped_mm_works` says whether this build of PyTorch
+supports it on a device and dtype (callers fall back to a loop over groups).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+
+class _GroupedLinear(torch.autograd.Function):
+    """``y[rows of e] = x[rows of e] @ weight[e].T`` for every group e, via ``torch._grouped_mm``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, offsets: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight, offsets)
+        return torch._grouped_mm(x, weight.transpose(1, 2), offs=offsets)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        x, weight, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch._grouped_mm(grad, weight, offs=offsets)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch._grouped_mm(grad.t(), x, offs=offsets)
+        return grad_x, grad_w, None
+
+
+@functools.cache
+def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` runs forward and backward on this device type and dtype."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        x = torch.randn(6, 8, device=device_type, dtype=dtype, requires_grad=True)
+        w = torch.randn(2, 4, 8, device=device_type, dtype=dtype, requires_grad=True)
+        offsets = torch.tensor([2, 6], device=device_type, dtype=torch.int32)
+        y = _GroupedLinear.apply(x, w, offsets)
+        y.backward(torch.ones_like(y))
+        reference = torch.cat([x[:2] @ w[0].t(), x[2:] @ w[1].t()])
+        return bool(torch.allclose(y, reference, atol=1e-3, rtol=1e-3))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def can_group(x: Tensor, *widths: int) -> bool:
+    """Whether :func:`grouped_linear` runs on rows like ``x`` with these layer widths.
+
+    ``torch._grouped_mm`` must work on the device and dtype, and every width
+    must be a multiple of 16 bytes (its stride requirement).
+    """
+    aligned = all(width * x.element_size() % 16 == 0 for width in widths)
+    return aligned and grouped_mm_works(x.device.type, x.dtype)
+
+
+def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, offsets: Tensor, group: Tensor) -> Tensor:
+    """Linear layer ``e`` on the rows of group ``e``: ``[N, I] -> [N, O]`` (needs :func:`can_group`).
+
+    Args:
+        x: Rows sorted by group ``[N, I]``.
+        weight: One weight per group ``[E, O, I]``.
+        bias: One bias per group ``[E, O]`` or ``None``.
+        offsets: End of each group in ``x`` ``[E]`` (int32 cumulative sizes; groups may be empty).
+        group: Group of every row ``[N]`` (selects the bias).
+    """
+    y = _GroupedLinear.apply(x, weight, offsets)
+    return y if bias is None else y + bias.index_select(0, group)

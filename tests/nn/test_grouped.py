@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from gmnn.nn import MoELayer
+from gmnn.nn import moe_layer as moe_layer_module
+from gmnn.nn.grouped import can_group, grouped_linear, grouped_mm_works
+
+needs_grouped_mm = pytest.mark.skipif(not grouped_mm_works("cpu", torch.float32), reason="no torch._grouped_mm on CPU")
+
+
+@needs_grouped_mm
+def test_grouped_linear_matches_a_loop_over_groups_with_an_empty_group() -> None:
+    torch.manual_seed(0)
+    counts = [3, 0, 5, 4]
+    x = torch.randn(sum(counts), 8, requires_grad=True)
+    weight = torch.randn(4, 16, 8, requires_grad=True)
+    bias = torch.randn(4, 16, requires_grad=True)
+    group = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    offsets = torch.tensor(counts).cumsum(0).to(torch.int32)
+    out = grouped_linear(x, weight, bias, offsets, group)
+    expected = torch.cat([rows @ weight[e].t() + bias[e] for e, rows in enumerate(x.split(counts))])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad((out * upstream).sum(), (x, weight, bias))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (x, weight, bias))
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert grads[1][1].abs().sum() == 0  # the empty group's weight gets no gradient
+
+
+def test_widths_that_break_the_stride_rule_are_not_grouped() -> None:
+    x = torch.randn(4, 6)
+    assert not can_group(x, 6, 10)
+
+
+@needs_grouped_mm
+@pytest.mark.parametrize("k", [1, 2])
+def test_layer_without_host_sync_matches_the_loop_fallback(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    layer = MoELayer(d_model=8, hidden=16, num_experts=6, k=k)
+    x = torch.randn(5, 7, 8)
+    assert can_group(x, 8, 16)
+    out, _ = layer(x)
+    grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+    monkeypatch.setattr(moe_layer_module, "can_group", lambda *args: False)
+    loop_out, _ = layer(x)
+    loop_grads = torch.autograd.grad(loop_out.square().sum(), list(layer.parameters()))
+    torch.testing.assert_close(out, loop_out, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, loop_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
