@@ -362,7 +362,10 @@ class MoEModule(LightningModule):
         optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
         generator = torch.Generator().manual_seed(self.current_epoch)  # the same on every process
         for source, target in pairs:
-            split_expert(self.experts, source, target, self.expert_logit_layer(), optimizers, self.revival.noise, generator)
+            split_expert(
+                self.experts, source, target, self.expert_logit_layer(), optimizers, self.revival.noise, generator,
+                self.revival.gate_noise,
+            )
         if self._trainer is not None:
             self.log("train/revived_experts", float(len(pairs)), on_step=False, on_epoch=True, batch_size=1)
         return pairs
@@ -411,12 +414,21 @@ class MoEModule(LightningModule):
         except ValueError as error:  # name the keyword arguments that made the model not fit
             raise explain_overrides(error, checkpoint_path, kwargs) from None
 
+    def make_adam(self, params: Sequence[nn.Parameter]) -> torch.optim.Adam:
+        """Adam with ``lr``, ``weight_decay`` and ``decoupled_weight_decay``; the fused kernel where it exists."""
+        hp = self.hparams
+        params = list(params)
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(
+            params, lr=hp.lr, weight_decay=hp.weight_decay,
+            decoupled_weight_decay=bool(hp.get("decoupled_weight_decay", False)), fused=fused or None,
+        )
+
     def configure_optimizers(self) -> Any:
         """Adam with ``lr`` and (optionally decoupled) ``weight_decay`` on the trainable parameters, plus the per-step ``scheduler``."""
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        decoupled = bool(hp.get("decoupled_weight_decay", False))
-        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, decoupled_weight_decay=decoupled)
+        optimizer = self.make_adam(params)
         schedule = hp.get("scheduler", "none")
         if schedule == "none":
             return optimizer

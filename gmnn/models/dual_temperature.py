@@ -87,8 +87,4 @@ class DualTemperatureMoE(MoEModule):
         """Two Adams: ``[gate (every non-expert parameter), experts]``."""
         expert_ids = {id(p) for p in self.experts.parameters()}
         gate_params = [p for p in self.parameters() if id(p) not in expert_ids and p.requires_grad]
-        hp = self.hparams
-        return [
-            torch.optim.Adam(gate_params, lr=hp.lr, weight_decay=hp.weight_decay),
-            torch.optim.Adam(self.experts.parameters(), lr=hp.lr, weight_decay=hp.weight_decay),
-        ]
+        return [self.make_adam(gate_params), self.make_adam(self.experts.parameters())]

@@ -5,10 +5,11 @@ gradient and never recovers ("dead expert"). At the end of an early epoch,
 :class:`ExpertRevival` replaces each expert whose mean gate probability fell
 below a threshold by a copy of the busiest expert (parameters and Adam
 state, with small multiplicative noise), and halves the gate mass of the
-pair: the copy gets the busiest expert's gate row and both get its bias
-minus log 2. The mixture computes the same function right after the split;
-the noise lets the two copies divide the busiest expert's inputs between
-them, as the split step of split-and-merge EM (Ueda et al., 2000).
+pair: both get the busiest expert's gate row, offset in opposite random
+directions, and its bias minus log 2. Without the offsets the mixture
+computes the same function right after the split; the offsets make the two
+copies divide the busiest expert's inputs between them along a random
+direction, as the split step of split-and-merge EM (Ueda et al., 2000).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ class ExpertRevival:
         num_experts: E.
         threshold: Revive experts whose mean gate probability is below this (0 < threshold < 1 / E).
         noise: Std of the multiplicative noise on the copied parameters.
+        gate_noise: Relative offset of the pair's gate rows (see :func:`split_expert`).
     """
 
-    def __init__(self, num_experts: int, threshold: float, noise: float = 0.05) -> None:
-        self.threshold, self.noise = threshold, noise
+    def __init__(self, num_experts: int, threshold: float, noise: float = 0.05, gate_noise: float = 0.5) -> None:
+        self.threshold, self.noise, self.gate_noise = threshold, noise, gate_noise
         self.usage: Tensor | None = None
         self.count = 0
 
@@ -78,7 +80,7 @@ def output_layer(network: nn.Module) -> nn.Linear:
 @torch.no_grad()
 def split_expert(
     experts: Experts, source: int, target: int, gate_head: nn.Linear | None,
-    optimizers: Sequence[torch.optim.Optimizer], noise: float, generator: torch.Generator,
+    optimizers: Sequence[torch.optim.Optimizer], noise: float, generator: torch.Generator, gate_noise: float = 0.0,
 ) -> None:
     """Make expert ``target`` a noisy copy of expert ``source`` and split their gate mass.
 
@@ -90,6 +92,9 @@ def split_expert(
         optimizers: Optimizers whose state of ``source``'s parameters is copied to ``target``'s.
         noise: Std of the multiplicative Gaussian noise on the copied parameters (0: exact copy).
         generator: Random generator of the noise.
+        gate_noise: Length of ``±offset`` added to the two gate rows, relative to the row's norm: the
+            pair then splits ``source``'s inputs along a random direction of the gate's hidden layer
+            (0: identical rows, the split is left to the noise on the experts).
     """
     for src, dst in zip(experts[source].parameters(), experts[target].parameters()):
         scale = 1 + noise * torch.randn(src.shape, generator=generator).to(src)
@@ -98,7 +103,11 @@ def split_expert(
             if src in optimizer.state:
                 optimizer.state[dst] = {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[src].items()}
     if gate_head is not None:
-        gate_head.weight[target] = gate_head.weight[source]
+        row = gate_head.weight[source].clone()
+        direction = torch.randn(row.shape, generator=generator).to(row)
+        offset = gate_noise * row.norm() * direction / direction.norm().clamp_min(1e-12)
+        gate_head.weight[source] = row - offset
+        gate_head.weight[target] = row + offset
         if gate_head.bias is not None:
             gate_head.bias[source] -= math.log(2)
             gate_head.bias[target] = gate_head.bias[source]
