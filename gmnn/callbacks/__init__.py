@@ -1,6 +1,7 @@
-"""Lightning callbacks: checkpoints and TensorBoard figures."""
+"""Lightning callbacks: checkpoints, TensorBoard figures and the initialisation search."""
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
+from gmnn.callbacks.init_search import InitSearch
 
-__all__ = ["DecompositionFigures", "LastCheckpoint"]
+__all__ = ["DecompositionFigures", "InitSearch", "LastCheckpoint"]
