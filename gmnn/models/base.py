@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,15 +18,17 @@ from gmnn.models.checks import (
     FiniteLossGuard,
     check_batch,
     check_checkpoint_matches,
+    check_input_shape,
     check_labels,
     explain_overrides,
     rng_states,
     set_rng_states,
 )
-from gmnn.models.loading import CLASS_KEY, class_path_of, saved_class
+from gmnn.models.loading import CLASS_KEY, class_path_of, variant_of_checkpoint
 from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.reuse import load_experts
-from gmnn.models.revival import output_layer, revival_of, split_expert
+from gmnn.models.optim import adam, check_optimizer_args, with_schedule
+from gmnn.models.revival import output_layer, revival_of
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.networks import NETWORKS, build_network
@@ -34,12 +36,11 @@ from gmnn.nn.output import MoEOutput
 from gmnn.nn.regularizers import sample_distances
 from gmnn.nn.routing import softmax_routing
 from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
-from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
+from gmnn.validation import check_choice, check_positive_int
 
 STAGES = ("train", "val", "test")
 EVAL_STAGES = ("val", "test")
 TEMPERATURE_KEY = "gmnn_temperature"
-SCHEDULERS = ("none", "cosine", "onecycle")
 
 
 class MoEModule(LightningModule):
@@ -129,9 +130,7 @@ class MoEModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        if not self.input_shape or min(self.input_shape) < 1:
-            raise ValueError(f"input_shape must be a non-empty list of positive sizes, got {list(input_shape)}")
+        self.input_shape = check_input_shape(input_shape)
         check_positive_int("num_classes", num_classes)
         if num_classes < self.min_num_classes:
             raise ValueError(f"num_classes must be >= {self.min_num_classes}, got {num_classes}")
@@ -140,11 +139,8 @@ class MoEModule(LightningModule):
         check_choice("gate", gate, NETWORKS)
         check_temperature_schedule(temperature, temperature_decay, temperature_decay_start, temperature_min)
         self.regularizer_weights = check_regularizers(regularizers, sample_distance, allocation_temperature)
-        check_positive("lr", lr)
-        check_non_negative("weight_decay", weight_decay)
-        check_choice("scheduler", scheduler, SCHEDULERS)
-        self.num_classes = num_classes
-        self.num_experts = num_experts
+        check_optimizer_args(lr, weight_decay, scheduler)
+        self.num_classes, self.num_experts = num_classes, num_experts
         self.temperature = float(temperature)
         self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
         self.gate = self.build_gate()
@@ -351,24 +347,7 @@ class MoEModule(LightningModule):
 
     def revive_dead_experts(self) -> list[tuple[int, int]]:
         """Split the busiest expert into every dead one (``revive_below``); returns the ``(busiest, dead)`` pairs."""
-        usage = None if self.revival is None else self.revival.mean_usage()
-        if usage is None:
-            return []
-        self.revival.reset()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            usage = self.trainer.strategy.reduce(usage, reduce_op="mean")
-        pairs = self.revival.plan(usage)
-        optimizers = self.optimizers() if self._trainer is not None else []
-        optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
-        generator = torch.Generator().manual_seed(self.current_epoch)  # the same on every process
-        for source, target in pairs:
-            split_expert(
-                self.experts, source, target, self.expert_logit_layer(), optimizers, self.revival.noise, generator,
-                self.revival.gate_noise,
-            )
-        if self._trainer is not None:
-            self.log("train/revived_experts", float(len(pairs)), on_step=False, on_epoch=True, batch_size=1)
-        return pairs
+        return [] if self.revival is None else self.revival.revive(self)
 
     def on_fit_end(self) -> None:
         if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:
@@ -401,12 +380,7 @@ class MoEModule(LightningModule):
         top-k checkpoint; ``DenseMoE.load_from_checkpoint`` on a checkpoint of
         another variant raises a ``ValueError`` naming both classes.
         """
-        target = saved_class(checkpoint_path) or cls
-        if not issubclass(target, cls):
-            raise ValueError(
-                f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "
-                f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
-            )
+        target = variant_of_checkpoint(cls, checkpoint_path)
         kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
         loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
         try:
@@ -414,27 +388,14 @@ class MoEModule(LightningModule):
         except ValueError as error:  # name the keyword arguments that made the model not fit
             raise explain_overrides(error, checkpoint_path, kwargs) from None
 
-    def make_adam(self, params: Sequence[nn.Parameter]) -> torch.optim.Adam:
-        """Adam with ``lr``, ``weight_decay`` and ``decoupled_weight_decay``; the fused kernel where it exists."""
+    def make_adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
+        """Adam with ``lr``, ``weight_decay`` and ``decoupled_weight_decay`` (:func:`gmnn.models.optim.adam`)."""
         hp = self.hparams
-        params = list(params)
-        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(
-            params, lr=hp.lr, weight_decay=hp.weight_decay,
-            decoupled_weight_decay=bool(hp.get("decoupled_weight_decay", False)), fused=fused or None,
-        )
+        return adam(params, hp.lr, hp.weight_decay, bool(hp.get("decoupled_weight_decay", False)))
 
     def configure_optimizers(self) -> Any:
-        """Adam with ``lr`` and (optionally decoupled) ``weight_decay`` on the trainable parameters, plus the per-step ``scheduler``."""
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.make_adam(params)
-        schedule = hp.get("scheduler", "none")
-        if schedule == "none":
-            return optimizer
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        if schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        else:
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=0.3)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """Adam on the trainable parameters, plus the per-step ``scheduler``."""
+        optimizer = self.make_adam(p for p in self.parameters() if p.requires_grad)
+        schedule = self.hparams.get("scheduler", "none")
+        steps = self.trainer.estimated_stepping_batches if schedule != "none" else 1
+        return with_schedule(optimizer, schedule, self.hparams.lr, steps)

@@ -9,7 +9,7 @@ checkpoint's weights are loaded.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,3 +194,11 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """``input_shape`` as a tuple; ``ValueError`` unless it is a non-empty list of positive sizes."""
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"input_shape must be a non-empty list of positive sizes, got {list(input_shape)}")
+    return shape

@@ -44,3 +44,18 @@ def saved_class(checkpoint_path: str | Path | IO[bytes]) -> type | None:
             "import the module that defines it before loading"
         )
     return found
+
+
+def variant_of_checkpoint(cls: type, checkpoint_path: str | Path | IO[bytes]) -> type:
+    """The class that wrote ``checkpoint_path`` (``cls`` when it is not recorded).
+
+    Raises:
+        ValueError: The checkpoint holds a class that is not ``cls`` or a subclass of it.
+    """
+    target = saved_class(checkpoint_path) or cls
+    if not issubclass(target, cls):
+        raise ValueError(
+            f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "
+            f"load it with {target.__name__}.load_from_checkpoint or MoEModule.load_from_checkpoint"
+        )
+    return target

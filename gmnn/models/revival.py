@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,29 @@ class ExpertRevival:
 
     def reset(self) -> None:
         self.usage, self.count = None, 0
+
+    def revive(self, module: Any) -> list[tuple[int, int]]:
+        """Split experts of ``module`` (a :class:`~gmnn.models.MoEModule`) by the usage recorded this epoch.
+
+        Returns the ``(busiest, dead)`` pairs; logs their number as ``train/revived_experts``.
+        """
+        usage = self.mean_usage()
+        if usage is None:
+            return []
+        self.reset()
+        trainer = module._trainer
+        if trainer is not None and trainer.world_size > 1:
+            usage = trainer.strategy.reduce(usage, reduce_op="mean")
+        pairs = self.plan(usage)
+        optimizers = module.optimizers() if trainer is not None else []
+        optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
+        generator = torch.Generator().manual_seed(module.current_epoch)  # the same on every process
+        for source, target in pairs:
+            split_expert(module.experts, source, target, module.expert_logit_layer(), optimizers, self.noise, generator,
+                         self.gate_noise)
+        if trainer is not None:
+            module.log("train/revived_experts", float(len(pairs)), on_step=False, on_epoch=True, batch_size=1)
+        return pairs
 
     def plan(self, usage: Tensor) -> list[tuple[int, int]]:
         """``(busiest, dead)`` pairs to split, each dead expert once, halving the busiest's usage each time."""
