@@ -112,7 +112,8 @@ class MoELayer(nn.Module):
         if can_group(x, self.d_model, self.w1.shape[1]):  # no loop over experts, no host sync
             order = flat.argsort(stable=True)
             expert = flat.index_select(0, order)
-            offsets = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+            counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
+            offsets = counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32)).cumsum(0, dtype=torch.int32)
             token = order // self.k
             hidden = F.gelu(grouped_linear(x.index_select(0, token), self.w1, self.b1, offsets, expert))
             outputs = grouped_linear(hidden, self.w2, self.b2, offsets, expert)
