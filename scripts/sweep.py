@@ -106,7 +106,8 @@ def write_results_md(path: Path, runs: list[Run], out: Path, reference: str, com
     from gmnn.report import REFERENCES, comparison_markdown, find_runs, read_scalars, run_row, summarise
 
     records = [json.loads((out / r.name / RESULT_FILE).read_text()) for r in runs if (out / r.name / RESULT_FILE).exists()]
-    rows = [run_row(d, read_scalars(d)) for d in find_runs(sorted({str(out / r.label) for r in runs}))]
+    done = sorted(str(out / r.name) for r in runs if (out / r.name / RESULT_FILE).exists())
+    rows = [run_row(d, read_scalars(d)) for d in find_runs(done)]  # only this sweep's runs, not others in OUT
     seeds = sorted({int(r["seed"]) for r in records})
     wall = sum(float(r["wall_s"]) for r in records)
     path.write_text(
@@ -151,8 +152,8 @@ def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log: Callable[[str]
         eta = left * sum(durations) / len(durations)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test/acc", "test/loss"))
         log(f"{prefix}: done in {durations[-1]:.0f} s ({shown}); {left} left, about {eta / 60:.0f} min")
-    finished = sorted({str(out / r.label) for r in runs if (out / r.name / RESULT_FILE).exists()})
-    if finished:  # the results table of gmnn.report: per run and mean ± std per configuration
+    finished = sorted(str(out / r.name) for r in runs if (out / r.name / RESULT_FILE).exists())
+    if finished:  # the results table of gmnn.report for this sweep's runs: per run and mean ± std per configuration
         from gmnn.report import report
 
         report(finished, out=out)

@@ -68,3 +68,14 @@ def test_results_md_sets_the_sweep_beside_the_papers_table(tmp_path: Path) -> No
     assert "±" in cells[2]
     with pytest.raises(SystemExit):
         sweep.main(["--configs", str(ROOT / "configs/toy/dense.yaml"), "--out", str(out), "--results-md", str(results)])
+
+
+def test_tables_hold_only_the_sweeps_own_runs(tmp_path: Path) -> None:
+    """Runs of other seeds in the same folder (e.g. a later, longer sweep) stay out of this sweep's tables."""
+    base = ["--configs", str(ROOT / "configs/toy/dense.yaml"), "--set", *TINY, "--out", str(tmp_path)]
+    assert sweep.main([*base, "--seeds", "0", "1"])["ran"] == 2
+    assert sweep.main([*base, "--seeds", "0", "--results-md", str(tmp_path / "R.md"), "--reference", "mnist"])["skipped"] == 1
+    with open(tmp_path / "results.csv") as file:
+        assert [r["run"].rsplit("/", 1)[-1] for r in csv.DictReader(file)] == ["seed0"]
+    assert "1 runs, seeds [0]" in (tmp_path / "R.md").read_text()
+    assert "| toy-dense | 1 |" in (tmp_path / "R.md").read_text()
