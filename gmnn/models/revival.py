@@ -28,13 +28,12 @@ class ExpertRevival:
     """Accumulates the gate's mean probability per expert over an epoch and splits experts.
 
     Args:
-        num_experts: E.
         threshold: Revive experts whose mean gate probability is below this (0 < threshold < 1 / E).
         noise: Std of the multiplicative noise on the copied parameters.
         gate_noise: Relative offset of the pair's gate rows (see :func:`split_expert`).
     """
 
-    def __init__(self, num_experts: int, threshold: float, noise: float = 0.05, gate_noise: float = 0.5) -> None:
+    def __init__(self, threshold: float, noise: float = 0.05, gate_noise: float = 0.5) -> None:
         self.threshold, self.noise, self.gate_noise = threshold, noise, gate_noise
         self.usage: Tensor | None = None
         self.count = 0
@@ -147,4 +146,4 @@ def revival_of(num_experts: int, threshold: float, epochs: int) -> ExpertRevival
         raise ValueError(f"revive_below must be in [0, 1 / num_experts = {1 / num_experts:.4g}), got {threshold}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"revive_epochs must be an integer >= 0, got {epochs!r}")
-    return ExpertRevival(num_experts, threshold) if threshold > 0 else None
+    return ExpertRevival(threshold) if threshold > 0 else None

@@ -14,13 +14,13 @@ from tests.conftest import tiny_trainer
 
 
 def test_plan_splits_the_busiest_expert_into_each_dead_one() -> None:
-    revival = ExpertRevival(5, threshold=0.05)
+    revival = ExpertRevival(threshold=0.05)
     assert revival.plan(torch.tensor([0.5, 0.3, 0.0, 0.19, 0.01])) == [(0, 2), (1, 4)]
     assert revival.plan(torch.tensor([0.25, 0.25, 0.2, 0.15, 0.15])) == []
 
 
 def test_usage_is_the_mean_gate_probability_over_recorded_batches() -> None:
-    revival = ExpertRevival(2, threshold=0.1)
+    revival = ExpertRevival(threshold=0.1)
     revival.record(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     revival.record(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
     torch.testing.assert_close(revival.mean_usage(), torch.tensor([0.75, 0.25]))
