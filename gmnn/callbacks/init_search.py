@@ -14,7 +14,7 @@ from gmnn.validation import check_positive, check_positive_int
 
 
 class InitSearch(L.Callback):
-    """Try several random initialisations briefly; train the one with the lowest validation NLL.
+    """Try several random initialisations briefly; train the one with the lowest validation loss.
 
     How a mixture of experts splits a task is decided early: the validation
     loss after the first epoch predicts the final test error and the mutual
@@ -23,7 +23,9 @@ class InitSearch(L.Callback):
     Before the first training step, this callback trains ``candidates`` fresh
     initialisations of the model (the model's own initial weights are
     candidate 0) for ``steps`` steps each, with Adam at a constant ``lr``,
-    scores each by its mean ``nll`` over the validation set, and loads the
+    scores each by its task loss (the model's ``nll`` term: the mixture's
+    negative log-likelihood for classification and regression) over the
+    validation set, and loads the
     best, as trained, into the model; training then starts from step 0 as
     usual (fresh optimizer state and schedule). The search uses the training
     and validation data only; the candidates' seeds are drawn from the global
@@ -110,7 +112,9 @@ class InitSearch(L.Callback):
                 break
             batch = trainer.strategy.batch_to_device(batch)
             x, y = batch[0], batch[1]
-            total += torch.nn.functional.nll_loss(module(x).log_probs, y, reduction="sum")
+            terms = module.loss_terms(module(x), x, y)  # eval mode: the task loss, no regularizers
+            loss = terms["nll"] if "nll" in terms else torch.stack(list(terms.values())).sum()
+            total += loss * y.shape[0]
             count += y.shape[0]
         module.train()
         return (total / max(count, 1)).item()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -72,3 +74,14 @@ def test_without_validation_data_the_search_is_a_clear_error() -> None:
 def test_bad_arguments_name_the_parameter(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         InitSearch(**kwargs)
+
+
+def test_regression_models_are_scored_by_their_own_nll() -> None:
+    from gmnn.data import ToyRegressionDataModule
+    from gmnn.models import RegressionMoE
+
+    torch.manual_seed(0)
+    search = InitSearch(candidates=2, steps=5)
+    data = ToyRegressionDataModule("sine", num_samples=400, batch_size=64)
+    tiny_trainer(max_steps=1, limit_val_batches=1.0, callbacks=[search]).fit(RegressionMoE(input_shape=[1], num_classes=1, num_experts=2), data)
+    assert len(search.scores) == 2 and all(map(math.isfinite, search.scores))
