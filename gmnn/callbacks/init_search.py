@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gmnn.models.optim import adam
 from gmnn.validation import check_positive, check_positive_int
 
 
@@ -66,7 +67,7 @@ class InitSearch(L.Callback):
             self.scores.append(score)
             if score < best_score:
                 best_state, best_score = _copy_state(module), score
-        module.load_state_dict(initial if best_score == math.inf else best_state)
+        module.load_state_dict(best_state)
         if trainer.world_size > 1:
             module.load_state_dict(trainer.strategy.broadcast(_copy_state(module), src=0))
         module.log("train/init_search_best_nll", best_score, on_step=False, on_epoch=True, batch_size=1, rank_zero_only=True)
@@ -77,9 +78,8 @@ class InitSearch(L.Callback):
 
     def _train(self, trainer: L.Trainer, module: Any) -> None:
         hp = module.hparams
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=hp.get("weight_decay", 0.0),
-                                     decoupled_weight_decay=bool(hp.get("decoupled_weight_decay", False)))
+        params = (p for p in module.parameters() if p.requires_grad)
+        optimizer = adam(params, self.lr, hp.get("weight_decay", 0.0), bool(hp.get("decoupled_weight_decay", False)))
         steps = self.steps if self.steps is not None else int(min(trainer.num_training_batches, 10**9))
         module.train()
         loader = trainer.train_dataloader
