@@ -6,9 +6,9 @@ import os
 import sys
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning import LightningDataModule
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
@@ -17,7 +17,7 @@ from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, resolve_l
 
 TRAINER_DEFAULTS = {
     "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "gmnn"},
     },
     "enable_progress_bar": True,

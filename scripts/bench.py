@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--skip", choices=["training", "layer"], help="skip one part")
     args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     if args.quick:
         train = dict(batch=16, steps=2, rounds=1)

@@ -20,9 +20,9 @@ import argparse
 import tempfile
 import time
 
-import lightning as L
+import pytorch_lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.datasets import MNIST
 
 from gmnn.callbacks import DecompositionFigures

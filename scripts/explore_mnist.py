@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

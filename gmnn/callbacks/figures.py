@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from gmnn.validation import check_positive_int  # noqa: E402

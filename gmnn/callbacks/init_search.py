@@ -6,7 +6,7 @@ import itertools
 import math
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch import Tensor
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule
+from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 

@@ -8,7 +8,7 @@ from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
