@@ -48,29 +48,36 @@ def group_by_expert(flat_experts: Tensor, num_experts: int) -> tuple[Tensor, lis
     return order, counts
 
 
-def capacity_slots(flat_experts: Tensor, num_experts: int, capacity: int) -> tuple[Tensor, Tensor]:
+def capacity_slots(flat_experts: Tensor, num_experts: int, capacity: int,
+                   valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Give every pair a slot ``expert * capacity + position`` in its expert's buffer.
 
     Pairs earlier in ``flat_experts`` get the earlier slots (put all first
     choices before second choices to give them priority). Pairs whose position
-    reaches ``capacity`` are dropped and get the overflow slot ``E * capacity``.
+    reaches ``capacity`` are dropped and get the overflow slot ``E * capacity``;
+    so are pairs outside ``valid`` (padding), which take no slot.
 
     Args:
         flat_experts: Expert of every pair ``[N]``.
         num_experts: E.
         capacity: Slots per expert.
+        valid: ``[N]`` bool, the pairs that may take a slot, or ``None`` (all).
 
     Returns:
         ``(slots [N] in [0, E * capacity], kept [N] bool)``.
     """
     n = flat_experts.shape[0]
+    if valid is not None:  # padding pairs queue behind a virtual expert E
+        flat_experts = torch.where(valid, flat_experts, num_experts)
     order = flat_experts.argsort(stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat_experts.device)
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=flat_experts.device)
     counts = counts.scatter_add(0, flat_experts, torch.ones_like(flat_experts))
     starts = counts.cumsum(0) - counts
     sorted_position = torch.arange(n, device=flat_experts.device) - starts[flat_experts[order]]
     position = torch.empty_like(sorted_position).scatter(0, order, sorted_position)
     kept = position < capacity
+    if valid is not None:
+        kept = kept & valid
     slots = torch.where(kept, flat_experts * capacity + position, num_experts * capacity)
     return slots, kept
 

@@ -2,156 +2,293 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
-from gmnn.nn.grouped import can_group, grouped_linear
-from gmnn.nn.regularizers import router_z_loss
-from gmnn.nn.stacked import linear_grouped, linear_shared
-from gmnn.validation import check_non_negative, check_positive_int
+from gmnn.nn.regularizers import importance_loss, router_z_loss
+from gmnn.nn.moe_experts import MLPExperts, SharedExperts
+from gmnn.nn.routers import Route, Router, SoftmaxTopKRouter
+from gmnn.nn.routing_record import Routing
+from gmnn.validation import check_choice, check_non_negative
+
+__all__ = ["MoELayer", "importance_of_weights", "masked_z_loss", "routed_load_balancing_loss"]
 
 
-def routed_load_balancing_loss(router_probs: Tensor, indices: Tensor) -> Tensor:
+def routed_load_balancing_loss(router_probs: Tensor, indices: Tensor, mask: Tensor | None = None,
+                               global_counts: bool = False) -> Tensor:
     """Switch load-balancing loss ``E * sum_i f_i P_i`` over the routed pairs (Fedus et al., 2021).
 
     Unlike :func:`gmnn.nn.regularizers.load_balancing_loss` (top-1 by argmax of
     the gate), ``f_i`` is the fraction of the actually routed (token, expert)
-    pairs sent to expert i: k per token, after router noise. ``P_i`` is the
-    mean router probability of expert i. Equals 1 under uniform routing.
+    pairs sent to expert i: k per token, after router noise, over the whole
+    batch. ``P_i`` is the mean router probability of expert i. Equals 1 under
+    uniform routing. Tokens outside ``mask`` and slots ``-1`` do not count.
 
     Args:
-        router_probs: Softmax router probabilities ``[T, E]``.
-        indices: Routed experts ``[T, k]``.
+        router_probs: Router probabilities ``[T, E]``.
+        indices: Routed experts ``[T, k]`` (``-1``: empty slot).
+        mask: ``[T]`` bool, the tokens that count, or ``None``.
+        global_counts: Sum the counts ``f`` over the ranks of ``torch.distributed``
+            (Qwen's global-batch balancing; ``P`` stays local, so the gradient
+            needs no collective). Every rank must call it in step.
     """
-    flat = indices.reshape(-1)
-    counts = router_probs.new_zeros(router_probs.shape[-1])
-    fraction = counts.scatter_add(0, flat, torch.ones_like(flat, dtype=router_probs.dtype)) / flat.numel()
-    return router_probs.shape[-1] * (fraction * router_probs.mean(dim=0)).sum()
+    valid = indices >= 0
+    if mask is not None:
+        valid = valid & mask.unsqueeze(-1)
+    ones = valid.to(router_probs.dtype)
+    counts = router_probs.new_zeros(router_probs.shape[-1]).scatter_add(0, indices.clamp_min(0).reshape(-1), ones.reshape(-1))
+    if global_counts and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        counts = counts.detach().clone()
+        dist.all_reduce(counts)
+    fraction = counts / counts.sum().clamp_min(1)
+    if mask is None:
+        mean_probs = router_probs.mean(dim=0)
+    else:
+        weight = mask.to(router_probs.dtype).unsqueeze(-1)
+        mean_probs = (router_probs * weight).sum(0) / weight.sum().clamp_min(1)
+    return router_probs.shape[-1] * (fraction.detach() * mean_probs).sum()
+
+
+def importance_of_weights(routing: Routing) -> Tensor:
+    """Importance loss (Shazeer et al., 2017): squared CV of the per-expert sums of the combine weights.
+
+    Uses the sparse combine weights of ``routing`` (the probabilities for Soft MoE); padding counts zero.
+    """
+    if routing.selected is None or routing.weights is None:
+        gates = routing.probs
+    else:
+        gates = torch.zeros_like(routing.probs).scatter_add(-1, routing.selected.clamp_min(0), routing.weights)
+    if routing.mask is not None:
+        gates = gates * routing.mask.unsqueeze(-1).to(gates.dtype)
+    return importance_loss(gates)
+
+
+def masked_z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Router z-loss ``mean (logsumexp logits)^2`` (Zoph et al., 2022) over the tokens in ``mask``."""
+    if mask is None:
+        return router_z_loss(logits)
+    z = torch.logsumexp(logits.float(), dim=-1).pow(2)
+    return (z * mask.to(z.dtype)).sum() / mask.sum().clamp_min(1)
 
 
 class MoELayer(nn.Module):
     """Sparse mixture-of-experts feed-forward layer (Shazeer et al., 2017; Fedus et al., 2021).
 
-    Replaces a transformer FFN: tokens ``[..., d_model]`` are routed by a
-    linear router to their top-``k`` experts, each an MLP
-    ``d_model -> hidden -> d_model`` (GELU); the output is the sum of the
-    routed experts' outputs weighted by the router softmax renormalised over
-    the k. Only routed (token, expert) pairs are computed: grouped by expert
-    (exact; with ``torch._grouped_mm`` where this PyTorch build supports it,
-    without a loop over experts or a host sync, else a loop over the
-    non-empty groups after one host sync) or, with ``capacity_factor > 0``, in fixed
-    per-expert buffers of ``ceil(capacity_factor * T * k / E)`` rows (no host
-    sync, ``torch.compile`` friendly). A pair beyond its expert's capacity is
-    dropped: it adds nothing, so a surrounding residual connection carries the
-    token; ``dropped_fraction`` holds the fraction dropped in the last call.
-    With ``k == num_experts`` the layer is the dense mixture (all experts as
-    batched matmuls).
+    Replaces a transformer FFN: tokens ``[..., d_model]`` go through a
+    ``router`` (:mod:`gmnn.nn.routers`) to ``experts``
+    (:mod:`gmnn.nn.moe_experts`), plus optional ``shared`` experts every token
+    uses. Either give ``router=`` and ``experts=`` modules (YAML:
+    ``class_path`` / ``init_args``), or the sizes: ``MoELayer(d_model, hidden,
+    num_experts, k)`` builds softmax top-k routing (router with a bias) over
+    GELU MLP experts.
 
-    ``forward`` returns ``(output [..., d_model], aux_loss)`` with
-    ``aux_loss = balance_weight * routed_load_balancing_loss + z_weight * router_z_loss``.
+    Top-1 (``k=1``) scales the expert output by the router probability
+    (Switch Transformers): the router gets a gradient from the task loss.
+    (Before, the single weight was renormalised to 1 and the router learnt
+    only from the aux loss.) For ``k > 1`` the k weights are renormalised.
+
+    How the experts run, by router kind:
+
+    * token choice, exact (default, dropless): the routed (token, expert)
+      pairs are sorted by expert and both expert layers run as grouped matrix
+      products (``torch._grouped_mm``; no loop over experts, no host sync);
+      where this PyTorch build lacks it for the device and dtype, or a width is
+      not a multiple of 16 bytes, a loop over the non-empty groups after one
+      host sync (the documented fallback). ``k == num_experts``: every expert
+      on every token, as batched matmuls (the dense mixture).
+    * token choice with ``capacity_factor > 0``: fixed buffers of
+      ``ceil(capacity_factor * T * k / E)`` rows per expert (static shapes,
+      ``torch.compile(fullgraph=True)``). A pair beyond its expert's capacity
+      is dropped (adds nothing; the residual carries the token);
+      ``dropped_fraction`` holds the fraction dropped in the last call.
+    * expert choice and Soft MoE: fixed ``[E, c, d_model]`` buffers, static shapes.
+
+    ``forward(x, mask=None, return_routing=False)`` returns ``(output, aux_loss)``
+    (and the live :class:`~gmnn.nn.routing_record.Routing` with
+    ``return_routing=True``). ``aux_loss = balance_weight * balance +
+    importance_weight * importance + z_weight * z``; the unweighted terms of
+    the last call are in ``last_losses`` (and ``last_routing.losses``), the
+    detached routing in ``last_routing``. ``mask [...]`` (bool, ``True`` for
+    tokens that count) excludes padding from the losses, the capacity buffers,
+    expert choice and the aux-loss-free load; padding tokens get no routed output.
 
     Args:
-        d_model: Token width.
-        hidden: Hidden width of each expert.
-        num_experts: Number of experts E.
-        k: Experts per token, ``1 <= k <= num_experts``.
-        noise_std: Std of Gaussian noise added to the router logits while training (0: none).
-        capacity_factor: 0 for no capacity limit, else a factor > 0 (e.g. 1.25).
-        balance_weight: Weight of the Switch load-balancing loss.
-        z_weight: Weight of the router z-loss.
+        d_model: Token width (taken from ``router`` when it is given).
+        hidden: Hidden width of each default expert.
+        num_experts: Number of experts E (taken from ``router`` when it is given).
+        k: Experts per token of the default router.
+        noise_std: Std of Gaussian noise on the default router's logits while training.
+        capacity_factor: 0 for dropless token choice, else a factor > 0 (e.g. 1.25).
+        balance_weight: Weight of the Switch load-balancing loss (token choice only).
+        z_weight: Weight of the router z-loss (Zoph et al., 2022).
+        router: A :class:`~gmnn.nn.routers.Router`.
+        experts: A :class:`~gmnn.nn.moe_experts.MLPExperts` (or subclass).
+        shared: Optional :class:`~gmnn.nn.moe_experts.SharedExperts`.
+        importance_weight: Weight of the importance loss (Shazeer et al., 2017) on the combine weights.
+        balance_scope: ``"local"`` or ``"global"``: count the expert loads of the
+            balance loss over all ranks of ``torch.distributed`` (every rank must
+            then call forward in step).
     """
 
     def __init__(
         self,
-        d_model: int,
-        hidden: int,
-        num_experts: int,
+        d_model: int | None = None,
+        hidden: int | None = None,
+        num_experts: int | None = None,
         k: int = 2,
         noise_std: float = 0.0,
         capacity_factor: float = 0.0,
         balance_weight: float = 1e-2,
         z_weight: float = 1e-3,
+        *,
+        router: Router | None = None,
+        experts: MLPExperts | None = None,
+        shared: SharedExperts | None = None,
+        importance_weight: float = 0.0,
+        balance_scope: str = "local",
     ) -> None:
         super().__init__()
-        check_positive_int("d_model", d_model)
-        check_positive_int("hidden", hidden)
-        check_positive_int("num_experts", num_experts)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
-            raise ValueError(f"k must be an integer in [1, num_experts={num_experts}], got {k!r}")
         for name, value in [("noise_std", noise_std), ("capacity_factor", capacity_factor),
-                            ("balance_weight", balance_weight), ("z_weight", z_weight)]:
+                            ("balance_weight", balance_weight), ("z_weight", z_weight),
+                            ("importance_weight", importance_weight)]:
             check_non_negative(name, value)
-        self.d_model, self.num_experts, self.k = d_model, num_experts, k
-        self.noise_std, self.capacity_factor = float(noise_std), float(capacity_factor)
+        check_choice("balance_scope", balance_scope, ("local", "global"))
+        if router is None:
+            if d_model is None or num_experts is None:
+                raise ValueError("d_model and num_experts are required when no router is given")
+            router = SoftmaxTopKRouter(d_model, num_experts, k, noise_std=noise_std, bias=True)
+        elif noise_std:
+            raise ValueError("noise_std applies to the default router only: give it to the router")
+        if experts is None:
+            if hidden is None:
+                raise ValueError("hidden is required when no experts module is given")
+            experts = MLPExperts(router.d_model, hidden, router.num_experts)
+        for name, value in [("d_model", d_model), ("num_experts", num_experts)]:
+            if value is not None and value != getattr(router, name):
+                raise ValueError(f"{name}={value} differs from the router's {getattr(router, name)}")
+            if getattr(experts, name) != getattr(router, name):
+                raise ValueError(f"experts.{name}={getattr(experts, name)} differs from the router's {getattr(router, name)}")
+        if capacity_factor > 0 and router.kind != "token":
+            raise ValueError(f"capacity_factor applies to token-choice routers, not to kind {router.kind!r}")
+        self.router, self.experts, self.shared = router, experts, shared
+        self.d_model, self.num_experts, self.k = router.d_model, router.num_experts, router.k
+        self.capacity_factor = float(capacity_factor)
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
-        self.router = nn.Linear(d_model, num_experts)
-        self.w1 = nn.Parameter(torch.empty(num_experts, hidden, d_model))
-        self.b1 = nn.Parameter(torch.empty(num_experts, hidden))
-        self.w2 = nn.Parameter(torch.empty(num_experts, d_model, hidden))
-        self.b2 = nn.Parameter(torch.empty(num_experts, d_model))
-        for weight, bias, fan_in in [(self.w1, self.b1, d_model), (self.w2, self.b2, hidden)]:
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(weight, -bound, bound)
-            nn.init.uniform_(bias, -bound, bound)
+        self.importance_weight, self.balance_scope = float(importance_weight), balance_scope
         self.dropped_fraction: Tensor | None = None
+        self.last_routing: Routing | None = None
+        self.last_losses: dict[str, Tensor] = {}
 
     def expert(self, index: int, x: Tensor) -> Tensor:
-        """Expert ``index`` on rows ``x [N, d_model]``."""
-        return F.linear(F.gelu(F.linear(x, self.w1[index], self.b1[index])), self.w2[index], self.b2[index])
-
-    def _dense(self, x: Tensor, weights: Tensor) -> Tensor:
-        outputs = linear_grouped(F.gelu(linear_shared(x, self.w1, self.b1)), self.w2, self.b2)  # [E, T, D]
-        return torch.einsum("te,etd->td", weights, outputs)
+        """Routed expert ``index`` on rows ``x [N, d_model]``."""
+        return self.experts.expert(index, x)
 
     def _grouped(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
         flat = indices.reshape(-1)
-        if can_group(x, self.d_model, self.w1.shape[1]):  # no loop over experts, no host sync
+        k = indices.shape[-1]
+        if self.experts.can_group(x):  # no loop over experts, no host sync
             order = flat.argsort(stable=True)
-            expert = flat.index_select(0, order)
             counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
             offsets = counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32)).cumsum(0, dtype=torch.int32)
-            token = order // self.k
-            hidden = F.gelu(grouped_linear(x.index_select(0, token), self.w1, self.b1, offsets, expert))
-            outputs = grouped_linear(hidden, self.w2, self.b2, offsets, expert)
+            token = order // k
+            outputs = self.experts.grouped(x.index_select(0, token), offsets, flat.index_select(0, order))
         else:  # one group per expert: the group sizes are read on the host
             order, counts = group_by_expert(flat, self.num_experts)
-            token = order // self.k
+            token = order // k
             groups = x.index_select(0, token).split(counts)
             outputs = torch.cat([self.expert(e, rows) for e, rows in enumerate(groups) if counts[e] > 0])
         outputs = outputs * weights.reshape(-1, 1).index_select(0, order)
         return x.new_zeros(x.shape).index_add(0, token, outputs)
 
-    def _with_capacity(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
-        tokens = x.shape[0]
-        capacity = capacity_of(tokens, self.k, self.num_experts, self.capacity_factor)
-        slots, kept = capacity_slots(indices.t().reshape(-1), self.num_experts, capacity)
-        pair_token = torch.arange(tokens, device=x.device).repeat(self.k)
+    def _with_capacity(self, x: Tensor, routing: Routing) -> Tensor:
+        tokens, k = routing.selected.shape
+        capacity = capacity_of(tokens, k, self.num_experts, self.capacity_factor)
+        valid = None if routing.mask is None else routing.mask.repeat(k)
+        slots, kept = capacity_slots(routing.selected.t().reshape(-1), self.num_experts, capacity, valid)
+        pair_token = torch.arange(tokens, device=x.device).repeat(k)
         rows = gather_into_slots(x, pair_token, slots, self.num_experts * capacity).view(self.num_experts, capacity, -1)
-        outputs = linear_grouped(F.gelu(linear_grouped(rows, self.w1, self.b1)), self.w2, self.b2)
-        pair_outputs = read_from_slots(outputs.reshape(self.num_experts * capacity, -1), slots)  # [k * T, D]
-        self.dropped_fraction = 1 - kept.float().mean()
-        return (pair_outputs.view(self.k, tokens, -1) * weights.t().unsqueeze(-1)).sum(0)
+        outputs = self.experts.batched(rows).reshape(self.num_experts * capacity, -1)
+        pair_outputs = read_from_slots(outputs, slots)  # [k * T, D]
+        dropped = ~kept if valid is None else valid & ~kept
+        routing.dropped = dropped.view(k, tokens).t()
+        counted = dropped.numel() if valid is None else valid.sum().clamp_min(1)
+        self.dropped_fraction = dropped.sum() / counted
+        return (pair_outputs.view(k, tokens, -1) * routing.weights.t().unsqueeze(-1)).sum(0)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Route tokens ``x [..., d_model]``; returns ``(output [..., d_model], aux_loss)``."""
+    def _expert_choice(self, x: Tensor, route: Route) -> Tensor:
+        tokens = route.expert_tokens  # [E, c]
+        rows = x.index_select(0, tokens.reshape(-1)).view(*tokens.shape, -1)
+        outputs = self.experts.batched(rows) * route.expert_gates.unsqueeze(-1)
+        return x.new_zeros(x.shape).index_add(0, tokens.reshape(-1), outputs.reshape(-1, x.shape[-1]))
+
+    def _soft(self, x: Tensor, route: Route) -> Tensor:
+        batch, seq_len, slots = route.dispatch.shape
+        inputs = torch.einsum("bnm,bnd->bmd", route.dispatch, x.view(batch, seq_len, -1))  # [B, E * S, D]
+        per_expert = inputs.view(batch, self.num_experts, -1, x.shape[-1]).transpose(0, 1)  # [E, B, S, D]
+        outputs = self.experts.batched(per_expert.reshape(self.num_experts, -1, x.shape[-1]))
+        outputs = outputs.view(self.num_experts, batch, -1, x.shape[-1]).transpose(0, 1).reshape(batch, slots, -1)
+        return torch.einsum("bnm,bmd->bnd", route.combine, outputs).reshape(x.shape)
+
+    def _run(self, x: Tensor, route: Route) -> Tensor:
+        routing = route.routing
+        if self.router.kind == "soft":
+            return self._soft(x, route)
+        if self.router.kind == "expert":
+            return self._expert_choice(x, route)
+        if self.capacity_factor > 0:
+            return self._with_capacity(x, routing)
+        if self.k == self.num_experts:
+            dense = torch.zeros_like(routing.probs).scatter(-1, routing.selected, routing.weights)
+            return torch.einsum("te,etd->td", dense, self.experts.dense(x))
+        return self._grouped(x, routing.weights, routing.selected)
+
+    def losses(self, routing: Routing) -> dict[str, Tensor]:
+        """The unweighted balancing terms of a routing (those with a weight > 0, ``balance`` for token choice only)."""
+        out = {}
+        if self.balance_weight > 0 and self.router.kind == "token":
+            out["balance"] = routed_load_balancing_loss(routing.probs, routing.selected, routing.mask,
+                                                        self.balance_scope == "global")
+        if self.importance_weight > 0:
+            out["importance"] = importance_of_weights(routing)
+        if self.z_weight > 0 and routing.logits is not None:
+            out["z"] = masked_z_loss(routing.logits, routing.mask)
+        return out
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_routing: bool = False):
+        """Route tokens ``x [..., d_model]``; returns ``(output [..., d_model], aux_loss)`` (``, routing``).
+
+        Args:
+            x: Tokens ``[..., d_model]`` (Soft MoE: ``[..., seq_len, d_model]``, mixed per sequence).
+            mask: ``x.shape[:-1]`` bool, ``True`` for the tokens that count (``None``: all).
+            return_routing: Also return the call's :class:`Routing` with gradients.
+        """
         if x.dim() < 1 or x.shape[-1] != self.d_model:
             raise ValueError(f"input must have shape [..., d_model={self.d_model}], got {list(x.shape)}")
+        if mask is not None and mask.shape != x.shape[:-1]:
+            raise ValueError(f"mask must have shape {list(x.shape[:-1])}, got {list(mask.shape)}")
         tokens = x.reshape(-1, self.d_model)
-        logits = self.router(tokens)
-        noisy = logits + self.noise_std * torch.randn_like(logits) if self.training and self.noise_std > 0 else logits
-        top_logits, indices = noisy.topk(self.k, dim=-1)
-        weights = torch.softmax(top_logits, dim=-1)
+        flat_mask = None if mask is None else mask.reshape(-1).bool()
         self.dropped_fraction = None
-        if self.k == self.num_experts:
-            out = self._dense(tokens, torch.softmax(noisy, dim=-1))
-        elif self.capacity_factor > 0:
-            out = self._with_capacity(tokens, weights, indices)
-        else:
-            out = self._grouped(tokens, weights, indices)
-        aux = self.balance_weight * routed_load_balancing_loss(torch.softmax(logits, dim=-1), indices)
-        aux = aux + self.z_weight * router_z_loss(logits)
+        route = self.router(tokens, flat_mask, x.shape[-2] if x.dim() > 1 else 1)
+        out = self._run(tokens, route)
+        if self.shared is not None:
+            out = out + self.shared(tokens)
+        losses = self.losses(route.routing)
+        weight = {"balance": self.balance_weight, "importance": self.importance_weight, "z": self.z_weight}
+        aux = sum((weight[name] * value for name, value in losses.items()), tokens.new_zeros(()))
+        route.routing.losses = losses
+        self.last_losses = {name: value.detach() for name, value in losses.items()}
+        self.last_routing = _detached(route.routing, self.last_losses)
+        if return_routing:
+            return out.view(x.shape), aux, route.routing
         return out.view(x.shape), aux
+
+
+def _detached(routing: Routing, losses: dict[str, Tensor]) -> Routing:
+    fields = {f.name: getattr(routing, f.name) for f in dataclasses.fields(routing)}
+    fields = {name: value.detach() if isinstance(value, Tensor) else value for name, value in fields.items()}
+    return Routing(**{**fields, "losses": losses})

@@ -25,6 +25,7 @@ class Routing:
         logits: Raw router logits ``[T, E]`` before any bias or noise, or ``None``.
         dropped: ``[T, k]`` bool, pairs dropped by a capacity limit, or ``None``.
         mask: ``[T]`` bool, the tokens that count (``False`` for padding), or ``None`` (all count).
+        losses: The call's unweighted balancing terms by name (``balance``, ``importance``, ``z``), or ``None``.
     """
 
     probs: Tensor
@@ -33,6 +34,7 @@ class Routing:
     logits: Tensor | None = None
     dropped: Tensor | None = None
     mask: Tensor | None = None
+    losses: dict[str, Tensor] | None = None
 
     @property
     def num_experts(self) -> int:
