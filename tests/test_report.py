@@ -10,7 +10,10 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from gmnn.cli import main, make_cli
+from gmnn.data import ToyDataModule
+from gmnn.models import MoEModule
 from gmnn.report import report
+from tests.conftest import tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,17 +49,30 @@ def test_two_fake_runs_give_rows_and_mean_std(tmp_path: Path, capsys: pytest.Cap
     assert (out / "results.png").stat().st_size > 0
 
 
-def test_retest_fills_in_test_metrics_of_a_fit_only_run(tmp_path: Path) -> None:
-    make_cli(
-        ["fit", "--config", str(ROOT / "configs/toy/dense.yaml"), "--trainer.max_epochs=1",
-         "--data.init_args.num_samples=300", f"--trainer.logger.init_args.save_dir={tmp_path}",
-         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+def test_retest_fills_in_the_test_metrics_of_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = {"problem": "gaussian_clusters", "num_samples": 600, "batch_size": 32}
+    make_cli(  # the shipped defaults: progress bar, summary, figures, TensorBoard run folder
+        ["fit", "--config", str(ROOT / "configs/toy/dense.yaml"), "--trainer.max_epochs=2",
+         f"--trainer.logger.init_args.save_dir={tmp_path}", *(f"--data.init_args.{k}={v}" for k, v in data.items())]
     )
     (row,) = report([tmp_path], tmp_path / "out")
-    assert math.isnan(row["test_error"]) and 0 <= row["train_error"] <= 1
-    (row,) = report([tmp_path], tmp_path / "out", retest_missing=True)
-    assert 0 <= row["test_error"] <= 1
-    assert 0 <= row["mutual_information"] <= 2 and 0 <= row["per_task_entropy"] <= 2
+    assert math.isnan(row["test_error"]) and math.isnan(row["mutual_information"])  # fit only: no test metrics
+
+    main(["report", str(tmp_path), "--out", str(tmp_path / "out"), "--retest"])
+    (row,) = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert "retest" not in capsys.readouterr().err
+    # the same numbers as testing the run's last.ckpt by hand ...
+    checkpoint = tmp_path / "gmnn" / "version_0" / "checkpoints" / "last.ckpt"
+    trained = MoEModule.load_from_checkpoint(checkpoint)
+    (expected,) = tiny_trainer().test(trained, datamodule=ToyDataModule(**data), verbose=False)
+    assert float(row["test_error"]) == pytest.approx(1 - expected["test/acc"], abs=1e-6)
+    for name in ("mutual_information", "sample_entropy", "expert_usage", "per_task_entropy"):
+        assert float(row[name]) == pytest.approx(expected[f"test/{name}"], abs=1e-5), name
+    # ... and not those of the same model untrained
+    untrained = type(trained)(**{**trained.hparams, "init_experts_from": None})
+    (chance,) = tiny_trainer().test(untrained, datamodule=ToyDataModule(**data), verbose=False)
+    assert 1 - chance["test/acc"] - float(row["test_error"]) > 0.2
+    assert abs(chance["test/sample_entropy"] - float(row["sample_entropy"])) > 0.05
 
 
 def test_no_runs_is_an_error(tmp_path: Path) -> None:

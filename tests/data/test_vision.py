@@ -107,17 +107,21 @@ def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
 
 
 def test_class_imbalanced_training_subset(tmp_path: Path) -> None:
-    write_idx(tmp_path, train=200, test=12)
-    fractions = [1.0, 0.5, 0.25, 0.1, 1.0, 1.0, 1.0, 1.0, 1.0, 0.05]
-    full = MNISTDataModule(root=str(tmp_path), val_size=50)
-    dm = MNISTDataModule(root=str(tmp_path), val_size=50, class_fractions=fractions)
-    full.setup()
+    write_idx(tmp_path, train=200, test=12)  # labels i % 10: 20 training images per class
+    fractions = [1.0, 0.5, 0.33, 0.1, 1.0, 0.01, 1.0, 1.0, 0.77, 0.05]
+    dm = MNISTDataModule(root=str(tmp_path), val_size=0, class_fractions=fractions)
     dm.setup()
-    before = torch.bincount(full.splits["train"].tensors[1], minlength=10)
-    after = torch.bincount(dm.splits["train"].tensors[1], minlength=10)
-    expected = torch.tensor([max(1, round(f * n)) for f, n in zip(fractions, before.tolist())])
-    assert torch.equal(after, expected)
-    assert torch.equal(dm.splits["val"].tensors[1], full.splits["val"].tensors[1])  # validation untouched
+    # 20 x fraction, to the nearest integer, at least one: 6.6 -> 7, 0.2 -> 1, 15.4 -> 15, 1.0 -> 1
+    expected = [20, 10, 7, 2, 20, 1, 20, 20, 15, 1]
+    assert torch.bincount(dm.splits["train"].tensors[1], minlength=10).tolist() == expected
+    ids = pixel_ids(dm.splits["train"].tensors[0], dm.mean[0], dm.std[0])
+    assert torch.equal(ids % 10, dm.splits["train"].tensors[1]) and len(set(ids.tolist())) == sum(expected)
+    full = MNISTDataModule(root=str(tmp_path), val_size=50)
+    subset = MNISTDataModule(root=str(tmp_path), val_size=50, class_fractions=fractions)
+    full.setup()
+    subset.setup()
+    assert torch.equal(subset.splits["val"].tensors[1], full.splits["val"].tensors[1])  # validation untouched
+    assert len(subset.splits["train"]) < len(full.splits["train"]) == 150
 
 
 @pytest.mark.parametrize(

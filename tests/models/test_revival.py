@@ -71,9 +71,29 @@ def test_fit_revives_an_expert_the_gate_has_shut_out() -> None:
         assert model(torch.randn(256, 2)).gate_probs.mean(0)[2] > 0.05
 
 
-def test_attention_gate_revival_leaves_the_gate_alone() -> None:
-    model = AttentionGateMoE(input_shape=[2], num_classes=2, num_experts=2)
-    assert model.expert_logit_layer() is None
+def test_attention_gate_revival_copies_the_busiest_expert_and_leaves_the_gate_alone() -> None:
+    torch.manual_seed(0)
+    model = AttentionGateMoE(input_shape=[2], num_classes=2, num_experts=4, revive_below=0.05)
+    assert model.expert_logit_layer() is None  # the logits are attention scores: no gate row to split
+    x = torch.randn(256, 2)
+    with torch.no_grad():
+        before = model(x)
+    gate = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("gate.", "attention."))}
+    dead_before = [p.clone() for p in model.experts[2].parameters()]
+    model.revival.record(torch.tensor([[0.6, 0.3, 0.01, 0.09], [0.6, 0.3, 0.01, 0.09]]))  # expert 2 below 0.05
+    assert model.revive_dead_experts() == [(0, 2)]
+    assert model.revival.mean_usage() is None
+    for dead, busiest, old in zip(model.experts[2].parameters(), model.experts[0].parameters(), dead_before):
+        assert not torch.equal(dead, old)  # expert 2 is now a copy of expert 0, up to 5% multiplicative noise
+        torch.testing.assert_close(dead, busiest, rtol=0.25, atol=1e-6)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in gate.items())
+    with torch.no_grad():
+        after = model(x)
+    # its key is now (almost) the busiest expert's, so the attention gate scores the two alike
+    gap_before = (before.gate_logits[:, 2] - before.gate_logits[:, 0]).abs().mean()
+    gap_after = (after.gate_logits[:, 2] - after.gate_logits[:, 0]).abs().mean()
+    assert gap_after < 0.2 * gap_before
+    torch.testing.assert_close(after.expert_log_probs[:, 2], after.expert_log_probs[:, 0], atol=0.2, rtol=0)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -140,12 +140,32 @@ def test_stacked_kernels_match_the_loop_outputs_and_gradients(name: str, grouped
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_heterogeneous_grouped_forward_uses_the_loop() -> None:
+def _mlp_float64(mlp: MLP, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, last hidden layer)`` of an MLP, by hand in float64 from its weights: relu(W h + b) per hidden layer."""
+    *hidden_layers, head = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    h = x.double()
+    for layer in hidden_layers:
+        h = torch.relu(h @ layer.weight.double().T + layer.bias.double())
+    return h @ head.weight.double().T + head.bias.double(), h
+
+
+def test_heterogeneous_experts_run_one_after_the_other_and_match_float64() -> None:
     widths = iter([4, 9])
     experts = Experts(lambda: MLP(3, 2, [next(widths), 5]), 2)
     assert not experts.batched
-    x = torch.randn(2, 5, 3)
-    torch.testing.assert_close(experts.forward_grouped(x)[0], _loop(experts, x, True)[0])
+    x = torch.randn(2, 5, 3)  # grouped: expert e on its own rows x[e]
+    logits, hidden = experts.forward_grouped(x)
+    assert logits.shape == (2, 5, 2) and hidden.shape == (2, 5, 5)
+    for e in range(2):
+        ref_logits, ref_hidden = _mlp_float64(experts[e], x[e])
+        torch.testing.assert_close(logits[e].double(), ref_logits, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(hidden[e].double(), ref_hidden, atol=1e-6, rtol=1e-6)
+    logits, hidden = experts(x[0])  # shared: every expert on every row
+    assert logits.shape == (5, 2, 2) and hidden.shape == (5, 2, 5)
+    for e in range(2):
+        ref_logits, ref_hidden = _mlp_float64(experts[e], x[0])
+        torch.testing.assert_close(logits[:, e].double(), ref_logits, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(hidden[:, e].double(), ref_hidden, atol=1e-6, rtol=1e-6)
 
 
 # ------------------------------------------------------------ with capacity
