@@ -3,6 +3,7 @@
 from gmnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from gmnn.data.mnist import FashionMNISTDataModule, FashionMNISTMNISTDataModule, MNISTDataModule
 from gmnn.data.regression import REGRESSION_PROBLEMS, ToyRegressionDataModule
+from gmnn.data.text import MixedSourceTextDataModule
 from gmnn.data.toy import PROBLEMS, ToyDataModule
 from gmnn.data.vision import ImageDataModule
 
@@ -13,6 +14,7 @@ __all__ = [
     "FashionMNISTMNISTDataModule",
     "ImageDataModule",
     "MNISTDataModule",
+    "MixedSourceTextDataModule",
     "PROBLEMS",
     "REGRESSION_PROBLEMS",
     "ToyDataModule",

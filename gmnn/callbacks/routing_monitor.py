@@ -1,0 +1,267 @@
+"""RoutingMonitor: how the MoE layers of any LightningModule route, per layer, every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchmetrics import Metric  # noqa: E402
+
+from gmnn.analysis import RoutingCapture, RoutingStats  # noqa: E402
+from gmnn.callbacks.figures import tensorboard_writer  # noqa: E402
+from gmnn.validation import check_choice, check_non_negative  # noqa: E402
+
+STAGES = ("train", "val", "test")
+#: the scalars logged per layer and stage, as ``{stage}/routing/{layer}/{name}``
+SERIES = ("usage", "imbalance", "dead_experts", "dropped", "router_z", "mutual_information", "label_entropy")
+
+
+def routing_figure(matrices: dict[str, Tensor], label_names: Sequence[str] | None = None, title: str = "",
+                   stability: Sequence[float] | None = None) -> plt.Figure:
+    """Panels of one layer: expert x label heatmap (each label's top-1 expert distribution), usage
+    bars (share of routed token-expert pairs), co-activation (fraction of tokens routed to both
+    experts) and, when given, the stability history (fraction of probe tokens whose top-1 expert changed)."""
+    joint, load, coactivation = (matrices[key].double().cpu() for key in ("joint", "load", "coactivation"))
+    experts = joint.shape[0]
+    has_labels = joint.sum() > 0
+    panels = (1 if has_labels else 0) + 2 + (1 if stability else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), dpi=80, squeeze=False)
+    axes = list(axes[0])
+    if has_labels:
+        ax = axes.pop(0)
+        per_label = joint / joint.sum(0, keepdim=True).clamp_min(1e-12)
+        ax.imshow(per_label.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        names = list(label_names) if label_names and len(label_names) == joint.shape[1] else range(joint.shape[1])
+        ax.set(title="top-1 expert per label", xticks=range(joint.shape[1]), yticks=range(experts), ylabel="expert")
+        ax.set_xticklabels(names, rotation=30, fontsize="small")
+    ax = axes.pop(0)
+    ax.bar(range(experts), (load / load.sum().clamp_min(1e-12)).numpy())
+    ax.axhline(1 / experts, color="grey", linestyle=":")
+    ax.set(title="usage (share of routed pairs)", xlabel="expert", xticks=range(experts))
+    ax = axes.pop(0)
+    tokens = coactivation.diagonal().sum().clamp_min(1e-12)
+    ax.imshow((coactivation / tokens).numpy(), cmap="magma", aspect="auto")
+    ax.set(title="co-activation", xlabel="expert", ylabel="expert", xticks=range(experts), yticks=range(experts))
+    if stability:
+        ax = axes.pop(0)
+        ax.plot(range(1, len(stability) + 1), list(stability), marker="o")
+        ax.set(title="top-1 changed on probe", xlabel="epoch", ylim=(0, 1))
+    fig.suptitle(title, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+class RoutingMonitor(Callback):
+    """Logs how every MoE layer routes tokens, per layer, and draws TensorBoard figures.
+
+    Finds gmnn ``MoELayer``s, Hugging Face MoE blocks (through their router's
+    output) or, for gmnn's image variants, the model's gate
+    (:func:`gmnn.analysis.find_moe_layers`); forward hooks keep each layer's
+    last routing, so nothing runs the router twice. Per stage in ``stages`` and
+    layer it accumulates :class:`gmnn.analysis.RoutingStats` (torchmetrics
+    sums) over the epoch and at the epoch's end (a hook every rank reaches in
+    the same order: the states are synced there) logs
+    ``{stage}/routing/{layer}/{name}`` for ``usage``, ``imbalance``,
+    ``dead_experts``, ``dropped``, ``router_z`` and, when batches carry a label
+    per token, ``mutual_information`` (bits, I(top-1 expert; label)) and
+    ``label_entropy``. Routing stability (Zoph et al., 2022, discuss
+    late-changing routes): the fraction of tokens of a fixed probe (the first
+    ``probe_size`` sequences of the first training batch) whose top-1 expert
+    changed since the previous training epoch (the first epoch compares with
+    the routing before training), logged as ``train/routing/{layer}/stability``.
+    Figures (global rank zero, after the sync; only with a TensorBoard
+    logger), ``{stage}/routing/{layer}``: expert x label heatmap, usage bars,
+    co-activation matrix and the stability history.
+
+    Args:
+        stages: Stages to monitor, from ``train``, ``val``, ``test``.
+        label_index: Index of the per-token label in a batch tuple (default the last entry:
+            the source of ``MixedSourceTextDataModule``, an image model's class); ``None``: no labels.
+        num_labels: Label values; 0 takes the data module's ``num_labels`` (else ``num_classes``, else the model's).
+        dead_fraction: An expert is dead below this fraction of the fair share 1/E of routed pairs.
+        probe_size: Sequences (samples) in the stability probe (0: no stability).
+        figures_every_n_epochs: Draw figures every n-th epoch (0: never).
+    """
+
+    def __init__(self, stages: Sequence[str] = ("train", "val"), label_index: int | None = -1, num_labels: int = 0,
+                 dead_fraction: float = 0.1, probe_size: int = 16, figures_every_n_epochs: int = 1) -> None:
+        super().__init__()
+        for stage in stages:
+            check_choice("stages", stage, STAGES)
+        for name, value in [("num_labels", num_labels), ("dead_fraction", dead_fraction), ("probe_size", probe_size),
+                            ("figures_every_n_epochs", figures_every_n_epochs)]:
+            check_non_negative(name, value)
+        self.stages, self.label_index, self.num_labels = tuple(stages), label_index, int(num_labels)
+        self.dead_fraction, self.probe_size = float(dead_fraction), int(probe_size)
+        self.figures_every_n_epochs = int(figures_every_n_epochs)
+        self.capture: RoutingCapture | None = None
+        self.stats: dict[str, dict[str, RoutingStats]] = {}
+        self.label_names: list[str] | None = None
+        self.probe: Tensor | None = None
+        self.probe_top1: dict[str, Tensor] = {}
+        self.stability: dict[str, list[float]] = {}
+        self.stability_stats: dict[str, _ChangedFraction] = {}
+
+    # ------------------------------------------------------------------ set up
+    def _num_labels(self, trainer: Trainer, pl_module: LightningModule) -> int:
+        if self.label_index is None:
+            return 0
+        if self.num_labels:
+            return self.num_labels
+        data = getattr(trainer, "datamodule", None)
+        for source in (data, pl_module):
+            for name in ("num_labels", "num_classes"):
+                if isinstance(getattr(source, name, None), int):
+                    return getattr(source, name)
+        return 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.capture is not None:
+            return
+        self.capture = RoutingCapture(pl_module)
+        labels = self._num_labels(trainer, pl_module)
+        self.label_names = getattr(getattr(trainer, "datamodule", None), "label_names", None)
+        self.stats = {
+            stage_name: {name: RoutingStats(experts, labels, self.dead_fraction)
+                         for name, (_, experts) in self.capture.layers.items()}
+            for stage_name in self.stages
+        }
+        self.stability_stats = {name: _ChangedFraction() for name in self.capture.layers}
+
+    def _to_device(self, pl_module: LightningModule) -> None:
+        metrics = [*self.stability_stats.values(), *(m for stage in self.stats.values() for m in stage.values())]
+        for metric in metrics:  # setup runs before the strategy moves the model
+            metric.to(pl_module.device)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._to_device(pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._to_device(pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._to_device(pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.capture is not None:
+            self.capture.remove()
+            self.capture = None
+
+    # --------------------------------------------------------------- per batch
+    def _labels(self, batch: Any) -> Tensor | None:
+        if self.label_index is None or not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            return None
+        return batch[self.label_index]
+
+    def _update(self, stage: str, batch: Any) -> None:
+        if self.capture is None or stage not in self.stats:
+            return
+        labels = self._labels(batch)
+        for name, routing in self.capture.records.items():
+            tokens = routing.probs.shape[0]
+            fits = labels is not None and labels.numel() == tokens
+            self.stats[stage][name].update(routing, labels.reshape(-1) if fits else None)
+        self.capture.clear()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.probe is None and self.probe_size > 0 and isinstance(batch, (list, tuple)) and isinstance(batch[0], Tensor):
+            self.probe = batch[0][: self.probe_size].detach().clone()
+            self.probe_top1 = self._probe_routing(pl_module)
+            self.stability = {name: [] for name in self.probe_top1}
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._update("train", batch)
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update("val", batch)
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update("test", batch)
+
+    # --------------------------------------------------------------- per epoch
+    @torch.no_grad()
+    def _probe_routing(self, pl_module: LightningModule) -> dict[str, Tensor]:
+        was_training = pl_module.training
+        pl_module.eval()
+        self.capture.clear()
+        pl_module(self.probe.to(pl_module.device))
+        top1 = {name: routing.top1.clone() for name, routing in self.capture.records.items()}
+        self.capture.clear()
+        pl_module.train(was_training)
+        return top1
+
+    def _log_stability(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.probe is None:
+            return
+        now = self._probe_routing(pl_module)
+        for name, top1 in now.items():
+            metric = self.stability_stats[name]
+            if name in self.probe_top1:
+                metric.update(top1 != self.probe_top1[name])
+            value = metric.compute()  # synced over ranks: every rank runs this hook in the same order
+            metric.reset()
+            self.stability.setdefault(name, []).append(float(value))
+            pl_module.log(f"train/routing/{name}/stability", value, on_epoch=True, batch_size=1)
+        self.probe_top1 = now
+
+    def _finish(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage not in self.stats or self.capture is None:
+            return
+        computed = {}
+        for name in self.capture.layers:
+            metric = self.stats[stage][name]
+            values = metric.compute()  # the collective: every rank reaches this hook in the same order
+            computed[name] = metric.matrices()
+            metric.reset()
+            pl_module.log_dict({f"{stage}/routing/{name}/{key}": value for key, value in values.items()
+                                if key in SERIES}, on_epoch=True, batch_size=1)
+        due = self.figures_every_n_epochs > 0 and (trainer.current_epoch + 1) % self.figures_every_n_epochs == 0
+        writer = tensorboard_writer(trainer)
+        if trainer.is_global_zero and writer is not None and (due or stage == "test"):
+            for name, matrices in computed.items():
+                history = self.stability.get(name) if stage == "train" else None
+                fig = routing_figure(matrices, self.label_names, f"{stage} {name}", history)
+                writer.add_figure(f"{stage}/routing/{name}", fig, global_step=trainer.global_step, close=True)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log_stability(trainer, pl_module)
+        self._finish(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            for metric in self.stats["val"].values() if "val" in self.stats else ():
+                metric.reset()
+            return
+        self._finish(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish(trainer, pl_module, "test")
+
+
+class _ChangedFraction(Metric):
+    """Fraction of ``True`` over all updates (exact under DDP)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("changed", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, changed: Tensor) -> None:
+        self.changed += changed.double().sum()
+        self.total += changed.numel()
+
+    def compute(self) -> Tensor:
+        return (self.changed / self.total.clamp_min(1)).float()
