@@ -261,3 +261,28 @@ def test_readme_transformer_block_example_runs() -> None:
     assert namespace["y"].shape == (2, 10, 32) and namespace["aux_loss"].item() > 0
     ffn = namespace["block"].ffn
     assert ffn.experts.w1.grad.abs().sum() > 0 and ffn.router.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["capacity", "aux-free-capacity", "expert-choice", "soft"])
+def test_static_shape_paths_compile_into_one_graph(name: str) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = {
+        "capacity": lambda: MoELayer(d_model=8, hidden=16, num_experts=4, k=2, capacity_factor=1.25),
+        "aux-free-capacity": lambda: MoELayer(router=SigmoidRouter(8, 4, 2, balance_rate=1e-3),
+                                              experts=SwiGLUExperts(8, 16, 4), capacity_factor=1.25),
+        "expert-choice": lambda: MoELayer(router=ExpertChoiceRouter(8, 4), experts=SwiGLUExperts(8, 16, 4)),
+        "soft": lambda: MoELayer(router=SoftMoERouter(8, 4, slots=2), experts=MLPExperts(8, 16, 4)),
+    }[name]()
+    x = torch.randn(2, 6, 8)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    layer.eval()  # no bias update: both calls see the same router
+    out, aux = compiled(x)
+    (out.sum() + aux).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    eager_out, eager_aux = layer(x)
+    (eager_out.sum() + eager_aux).backward()
+    torch.testing.assert_close(out, eager_out)
+    for a, b in zip(grads, [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b)
