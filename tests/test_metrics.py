@@ -155,27 +155,58 @@ def test_bad_shapes_name_the_input() -> None:
         MutualInformation(E, 2).update(torch.rand(3, E), torch.zeros(4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("variant", ["DenseMoE", "TopKMoE", "ProductOfExperts", "AttentionGateMoE"])
-def test_every_variant_logs_the_metrics_on_val_and_test(variant: str) -> None:
+def _hand_set_model(variant: str):
+    """2 experts, 2 classes. Input A = (1, 0) gets gate [3/4, 1/4], input B = (0, 1) gets [1/4, 3/4];
+    expert 0 always predicts [0.8, 0.2], expert 1 [0.3, 0.7]."""
     import gmnn.models
+
+    kwargs = dict(input_shape=[2], num_classes=2, num_experts=2, expert_hidden=[2], gate_hidden=[2])
+    model = getattr(gmnn.models, variant)(**kwargs, **({"attention_dim": 1} if variant == "AttentionGateMoE" else {}))
+    with torch.no_grad():
+        model.gate.body[0].weight.copy_(torch.eye(2)), model.gate.body[0].bias.zero_()  # gate hidden = x
+        for e, (probs, hidden) in enumerate(zip([[0.8, 0.2], [0.3, 0.7]], torch.eye(2))):
+            expert = model.experts[e]
+            expert.body[0].weight.zero_(), expert.body[0].bias.copy_(hidden)  # expert e's hidden: one-hot e
+            expert.head.weight.zero_(), expert.head.bias.copy_(torch.tensor(probs).log())
+        half_log3 = math.log(3) / 2
+        if variant == "AttentionGateMoE":  # logit_e = q k_e: q = +1 (A) / -1 (B), k = [+log 3 / 2, -log 3 / 2]
+            model.attention.query.weight.copy_(torch.tensor([[1.0, -1.0]]))
+            model.attention.key.weight.copy_(torch.tensor([[half_log3, -half_log3]]))
+        else:
+            model.gate.head.weight.copy_(torch.tensor([[half_log3, -half_log3], [-half_log3, half_log3]]))
+            model.gate.head.bias.zero_()
+    return model
+
+
+def _h(*p: float) -> float:
+    return -sum(q * math.log2(q) for q in p)
+
+
+@pytest.mark.parametrize("variant", ["DenseMoE", "TopKMoE", "ProductOfExperts", "AttentionGateMoE"])
+def test_every_variant_logs_the_hand_computed_metrics_on_val_and_test(variant: str) -> None:
     from tests.conftest import tiny_trainer
 
-    model = getattr(gmnn.models, variant)(input_shape=[2], num_classes=3, num_experts=E)
-    x, y = torch.randn(48, 2), torch.arange(3).repeat(16)
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
-    trainer = tiny_trainer(max_epochs=1, limit_train_batches=1)
-    trainer.fit(model, data, data)
-    names = ("mutual_information", "mutual_information_label", "sample_entropy", "expert_usage", "per_task_entropy")
-    for name in names:
-        assert math.isfinite(float(trainer.callback_metrics[f"val/{name}"])), name
-    trainer.test(model, data, verbose=False)
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-    expected = DecompositionMetrics(E, 3)
-    expected.update_from(out.gate_probs, y, out.chosen_expert_log_probs().argmax(-1))
-    for name, value in expected.compute().items():  # keys carry no prefix
-        assert float(trainer.callback_metrics[f"test/{name}"]) == pytest.approx(float(value), abs=1e-5), name
+    model = _hand_set_model(variant)
+    x, y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0, 1, 0])
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    trainer = tiny_trainer()
+    # A -> expert 0, which predicts 0; B -> expert 1, which predicts 1. Counts (expert, prediction) [[2, 0], [0, 2]],
+    # (expert, label) [[2, 0], [1, 1]]. Class 0 (A, A, B) has mean gate [7/12, 5/12], class 1 (B) [1/4, 3/4].
+    expected = {
+        "mutual_information": 1.0,
+        "mutual_information_label": 0.5 * math.log2(4 / 3) + 0.25 * math.log2(2 / 3) + 0.25 * math.log2(2),
+        "sample_entropy": _h(0.75, 0.25),
+        "expert_usage": 1.0,
+        "per_task_entropy": (_h(7 / 12, 5 / 12) + _h(0.25, 0.75)) / 2,
+        "importance_cv": 0.0,
+        "acc": 0.75,  # every variant predicts [0, 0, 1, 1] (the dense mixture: [0.675, 0.325] on A, [0.425, 0.575] on B)
+    }
+    if variant in ("DenseMoE", "AttentionGateMoE"):
+        expected["loss"] = -(2 * math.log(0.675) + math.log(0.575) + math.log(0.425)) / 4
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        (logged,) = run(model, data, verbose=False)
+        for name, value in expected.items():
+            assert logged[f"{stage}/{name}"] == pytest.approx(value, abs=1e-5), f"{stage}/{name}"
 
 
 def test_gate_histogram_and_usage_of_the_allocation_metric() -> None:
@@ -188,3 +219,35 @@ def test_gate_histogram_and_usage_of_the_allocation_metric() -> None:
     torch.testing.assert_close(result["expert_accuracy"], torch.tensor([0.5, 1.0]))
     with pytest.raises(ValueError, match="bins"):
         ExpertAllocation(2, 2, bins=0)
+
+
+@pytest.mark.parametrize("name", ["MutualInformation", "SampleEntropy", "ExpertUsage", "ImportanceCV", "PerTaskEntropy",
+                                  "ExpertAllocation"])
+def test_two_processes_synced_equal_one_process_on_all_the_data(name: str) -> None:
+    """A DDP sync, emulated: rank 0's compute() all-gathers its states with rank 1's (torchmetrics' own sync path)."""
+    import gmnn.metrics
+
+    cls = getattr(gmnn.metrics, name)
+    args = {"MutualInformation": (E, 3), "PerTaskEntropy": (E, 3), "ExpertAllocation": (E, 3)}.get(name, (E,))
+    gate = torch.softmax(torch.randn(30, E) * 3, -1)
+    labels, predictions = torch.randint(0, 3, (30,)), torch.randint(0, 3, (30,))
+    inputs = {"MutualInformation": (gate, labels), "PerTaskEntropy": (gate, labels),
+              "ExpertAllocation": (gate, labels, predictions)}.get(name, (gate,))
+
+    def gather(tensor: torch.Tensor, group: object = None) -> list[torch.Tensor]:
+        (state,) = [s for s in rank0._defaults if getattr(rank0, s) is tensor]
+        return [tensor, getattr(rank1, state)]
+
+    rank0 = cls(*args, dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    rank1, whole = cls(*args), cls(*args)
+    rank0.update(*(t[:13] for t in inputs))
+    rank1.update(*(t[13:] for t in inputs))
+    whole.update(*inputs)
+    synced, expected = rank0.compute(), whole.compute()
+    for key, value in (synced.items() if isinstance(synced, dict) else [("value", synced)]):
+        reference = expected[key] if isinstance(expected, dict) else expected
+        torch.testing.assert_close(value, reference, equal_nan=True, msg=f"{name} {key}")
+    unsynced = cls(*args)
+    unsynced.update(*(t[:13] for t in inputs))
+    assert not torch.allclose(unsynced.compute()["usage"] if name == "ExpertAllocation" else unsynced.compute(),
+                              expected["usage"] if name == "ExpertAllocation" else expected)  # the halves differ

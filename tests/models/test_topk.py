@@ -14,38 +14,70 @@ from tests.conftest import tiny_trainer
 COMMON = dict(input_shape=[2], num_classes=3, num_experts=4, expert_hidden=[8], gate_hidden=[8])
 
 
-def _dense_reference(model: TopKMoE, x: torch.Tensor) -> torch.Tensor:
-    """Every expert on every sample; non-selected experts masked out of the mixture."""
-    expert_log_probs = torch.log_softmax(model.experts(x)[0], -1)  # [B, E, C]
-    log_gate = torch.log_softmax(model.gate(x)[0], -1)
-    top = log_gate.topk(model.k, -1).indices
-    selected = torch.zeros_like(log_gate, dtype=torch.bool).scatter(-1, top, True)
-    masked = log_gate.masked_fill(~selected, float("-inf"))
-    if not model.training or model.hparams.gate_gradient == "renormalize":
-        return torch.logsumexp(torch.log_softmax(masked, -1).unsqueeze(-1) + expert_log_probs, 1)
-    residual = torch.logsumexp(log_gate.masked_fill(selected, float("-inf")), -1, keepdim=True) - math.log(3)
-    return torch.logaddexp(torch.logsumexp(masked.unsqueeze(-1) + expert_log_probs, 1), residual)
+GATE_A, GATE_B = [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]  # gate probabilities of the two inputs
+EXPERTS = [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]  # each expert's class probabilities, whatever the input
+
+
+def _hand_set(k: int, mode: str = "residual", capacity_factor: float = 0.0) -> TopKMoE:
+    """3 experts, 2 classes; input (1, 0) gets gate GATE_A, input (0, 1) gets GATE_B."""
+    model = TopKMoE(k=k, gate_gradient=mode, capacity_factor=capacity_factor, input_shape=[2], num_classes=2,
+                    num_experts=3, expert_hidden=[2], gate_hidden=[2])
+    with torch.no_grad():
+        body, head = model.gate.body[0], model.gate.head
+        body.weight.copy_(torch.eye(2)), body.bias.zero_()  # hidden = relu(x) = x for one-hot x
+        head.weight.copy_(torch.tensor([GATE_A, GATE_B]).log().T), head.bias.zero_()
+        for expert, probs in zip(model.experts.experts, EXPERTS):
+            expert.head.weight.zero_()
+            expert.head.bias.copy_(torch.tensor(probs).log())
+    return model
+
+
+X = torch.eye(2)  # input A, input B
+# p(y | x) by hand. eval / renormalize: the k largest gate weights renormalised; residual (training):
+# the k weights as they are, the rest of the gate mass on the uniform distribution (1/2 per class).
+HAND = {
+    # (k, mode, training): (p(. | A), p(. | B))
+    (1, "residual", False): ([0.9, 0.1], [0.5, 0.5]),  # the top expert alone: 0 for A, 2 for B
+    (1, "residual", True): ([0.5 * 0.9 + 0.5 * 0.5, 0.5 * 0.1 + 0.5 * 0.5], [0.5, 0.5]),
+    (2, "residual", False): ([0.625 * 0.9 + 0.375 * 0.2, 0.625 * 0.1 + 0.375 * 0.8],  # 0.5/0.8, 0.3/0.8
+                             [0.625 * 0.5 + 0.375 * 0.2, 0.625 * 0.5 + 0.375 * 0.8]),
+    (2, "residual", True): ([0.45 + 0.06 + 0.1, 0.05 + 0.24 + 0.1], [0.25 + 0.06 + 0.1, 0.25 + 0.24 + 0.1]),
+    (2, "renormalize", True): ([0.6375, 0.3625], [0.3875, 0.6125]),
+    (3, "residual", False): ([0.45 + 0.06 + 0.1, 0.05 + 0.24 + 0.1], [0.18 + 0.06 + 0.25, 0.02 + 0.24 + 0.25]),
+    (3, "residual", True): ([0.61, 0.39], [0.49, 0.51]),  # k = E: the dense mixture either way
+}
 
 
 @pytest.mark.parametrize("capacity_factor", [0.0, 10.0], ids=["exact", "ample_capacity"])
-@pytest.mark.parametrize(("k", "mode"), [(1, "residual"), (2, "residual"), (2, "renormalize")])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_sparse_top_k_equals_the_masked_dense_reference(k: int, mode: str, capacity_factor: float, training: bool) -> None:
-    model = TopKMoE(k=k, gate_gradient=mode, capacity_factor=capacity_factor, **COMMON).train(training)
-    x, y = torch.randn(24, 2), torch.randint(0, 3, (24,))
-    out = model(x)
-    expected = _dense_reference(model, x)
-    torch.testing.assert_close(out.log_probs, expected, atol=1e-5, rtol=1e-5)
-    params = list(model.parameters())
-    grads = torch.autograd.grad(torch.nn.functional.nll_loss(out.log_probs, y), params, allow_unused=True)
-    ref = torch.autograd.grad(torch.nn.functional.nll_loss(expected, y), params, allow_unused=True)
-    for a, b in zip(grads, ref):
-        if a is None or b is None:  # unrouted experts: no gradient in the sparse model, zero in the reference
-            assert (a if a is not None else b).abs().max() == 0
-        else:
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize(("k", "mode", "training"), HAND, ids=lambda v: str(v))
+def test_top_k_mixture_equals_the_hand_computed_probabilities(k: int, mode: str, training: bool, capacity_factor: float) -> None:
+    model = _hand_set(k, mode, capacity_factor).train(training)
+    out = model(X)
+    torch.testing.assert_close(out.log_probs.exp(), torch.tensor(HAND[k, mode, training]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.gate_probs, torch.tensor([GATE_A, GATE_B]), atol=1e-6, rtol=0)
+    assert out.selected.tolist() == [[0, 1, 2][:k], [2, 1, 0][:k]]
     if capacity_factor:
         assert not out.dropped.any()
+
+
+@pytest.mark.parametrize(("k", "expected"), [
+    # d(-log p(y=0 | A)) / d gate logit j = -g_j (c_j - p) / p, c_j = p_j(y=0) for routed j, 1/2 otherwise, p = sum g_j c_j
+    (1, [-0.5 * 0.2 / 0.7, 0.3 * 0.2 / 0.7, 0.2 * 0.2 / 0.7]),  # c = [0.9, 0.5, 0.5], p = 0.7
+    (2, [-0.5 * 0.29 / 0.61, 0.3 * 0.41 / 0.61, 0.2 * 0.11 / 0.61]),  # c = [0.9, 0.2, 0.5], p = 0.61
+])
+def test_residual_gate_gradient_equals_the_hand_computed_one(k: int, expected: list[float]) -> None:
+    model = _hand_set(k).train()
+    out = model(X[:1])
+    (grad,) = torch.autograd.grad(torch.nn.functional.nll_loss(out.log_probs, torch.tensor([0])), out.gate_logits)
+    torch.testing.assert_close(grad, torch.tensor([expected]), atol=1e-6, rtol=0)
+
+
+def test_only_the_routed_experts_get_a_gradient() -> None:
+    model = _hand_set(2).train()
+    out = model(X[:1])  # input A: experts 0 and 1
+    torch.nn.functional.nll_loss(out.log_probs, torch.tensor([0])).backward()
+    grads = [float(e.head.bias.grad.abs().sum()) if e.head.bias.grad is not None else 0.0 for e in model.experts.experts]
+    assert grads[0] > 0 and grads[1] > 0 and grads[2] == 0
 
 
 def test_capacity_overflow_is_counted_and_falls_back_to_uniform() -> None:
