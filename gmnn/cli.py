@@ -102,6 +102,8 @@ def main(args: list[str] | None = None) -> None:
 
             report_main(args[1:])
             return
+        if args and args[0] == "analyze":
+            return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
         make_cli(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         if os.environ.get("GMNN_TRACEBACK"):
