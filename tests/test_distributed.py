@@ -1,8 +1,10 @@
-"""DDP on CPU: two gloo processes train, log once, and report the metrics a single process computes."""
+"""DDP on CPU, run as users run it: the shipped config's defaults (progress bar, model summary, figures,
+finite-loss guard), two gloo processes, and a time limit that turns a hang into a failure."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,40 +16,95 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gmnn.data import ToyDataModule
 from gmnn.models import MoEModule
 from tests.conftest import tiny_trainer
-from tests.test_cli import ROOT
 
-# 800 samples: 120 validation samples, 60 per process, so no sample is repeated to even out the ranks
-DATA = dict(problem="checkerboard", num_samples=800, batch_size=32)
+ROOT = Path(__file__).resolve().parents[1]
+# 4007 samples: 601 validation and 601 test samples, an odd number, so a padding sampler would repeat one
+DATA = dict(num_samples=4007, batch_size=128)
+HANG_LIMIT_S = 240
+
+
+def run_gmnn(args: list[str], cwd: Path, timeout: float = HANG_LIMIT_S) -> subprocess.CompletedProcess:
+    """Run ``python -m gmnn.cli ARGS`` in its own process group; a run past ``timeout`` is killed and fails the test."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gmnn.cli", *args], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # gloo collectives ignore SIGTERM
+        output, _ = process.communicate()
+        pytest.fail(f"`gmnn {' '.join(args[:3])} ...` hung: killed after {timeout:.0f} s\n{output[-3000:]}")
+    assert process.returncode == 0, output[-4000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
 def _last_logged(run_dir: Path, prefix: str) -> dict[str, float]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith(prefix)}
 
 
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path: Path) -> None:
-    command = [
-        sys.executable, "-m", "gmnn.cli", "fit", "--config", str(ROOT / "configs/toy/dense.yaml"),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        *(f"--data.init_args.{key}={value}" for key, value in DATA.items()),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr, "the second process did not start"
+def _images(run_dir: Path) -> list[str]:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    return events.Tags()["images"]
 
-    runs = list((tmp_path / "gmnn").iterdir())
+
+def _ddp(subcommand: str, *extra: str) -> list[str]:
+    return [
+        subcommand, "--config", str(ROOT / "configs/toy/dense.yaml"),
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        *(f"--data.init_args.{key}={value}" for key, value in DATA.items()), *extra,
+    ]
+
+
+def _check_matches_one_process(logged: dict[str, float], single: dict[str, float]) -> None:
+    assert set(logged) <= set(single), "every metric logged under DDP must exist in one process"
+    for name, value in logged.items():  # summed metric states over unpadded shards = the whole set's value
+        torch.testing.assert_close(value, single[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_readme_ddp_command_finishes_and_its_metrics_equal_one_process(tmp_path: Path) -> None:
+    """The README's command, defaults on (the progress bar Lightning picks, figures, summary), 2 epochs."""
+    result = run_gmnn(_ddp("fit", "--trainer.max_epochs=2"), cwd=tmp_path)
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout, "the second process did not start"
+    runs = list((tmp_path / "runs" / "gmnn").iterdir())
     assert [run.name for run in runs] == ["version_0"], "only rank zero may create a run folder"
     assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1, "only rank zero may write events"
-    logged = _last_logged(runs[0], "val/")
-    assert {"val/loss", "val/acc"} <= set(logged)
+    assert "val/decomposition" in _images(runs[0]) and "val/decision_regions" in _images(runs[0])
 
-    model = MoEModule.load_from_checkpoint(runs[0] / "checkpoints" / "last.ckpt")
-    (single,) = tiny_trainer().validate(model, datamodule=ToyDataModule(**DATA), verbose=False)
-    assert set(logged) <= set(single), "every metric logged under DDP must exist in one process"
-    for name, value in logged.items():  # torchmetrics and sync_dist must give the whole validation set's value
-        torch.testing.assert_close(value, single[name], rtol=1e-5, atol=1e-6, msg=name)
+    last = runs[0] / "checkpoints" / "last.ckpt"
+    model = MoEModule.load_from_checkpoint(last)
+    data = ToyDataModule(problem="checkerboard_4x4", **DATA)
+    (val,) = tiny_trainer().validate(model, datamodule=data, verbose=False)
+    logged = _last_logged(runs[0], "val/")
+    assert {"val/loss", "val/acc", "val/mutual_information"} <= set(logged)
+    _check_matches_one_process(logged, val)
+
+    run_gmnn(_ddp("test", f"--ckpt_path={last}"), cwd=tmp_path)
+    (test_run,) = [run for run in (tmp_path / "runs" / "gmnn").iterdir() if run.name != "version_0"]
+    (test,) = tiny_trainer().test(model, datamodule=data, verbose=False)
+    logged = _last_logged(test_run, "test/")
+    assert {"test/loss", "test/acc", "test/mutual_information"} <= set(logged)
+    _check_matches_one_process(logged, test)
+
+
+@pytest.mark.slow
+def test_ddp_with_tqdm_bar_revival_and_init_search_finishes(tmp_path: Path) -> None:
+    """Every gmnn collective at once (guard, revival, init search, figures) beside the tqdm bar."""
+    result = run_gmnn(
+        _ddp(
+            "fit", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=3",
+            "--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar",
+            "--trainer.callbacks+=gmnn.callbacks.InitSearch", "--trainer.callbacks.candidates=2",
+            "--trainer.callbacks.steps=2",
+            "--model.init_args.revive_below=0.2", "--model.init_args.revive_epochs=2",
+        ),
+        cwd=tmp_path,
+    )
+    assert "InitSearch: validation NLL of the 2 initialisations" in result.stdout
+    logged = _last_logged(tmp_path / "runs" / "gmnn" / "version_0", "train/")
+    assert "train/revived_experts" in logged and "train/init_search_best_nll" in logged

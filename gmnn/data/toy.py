@@ -148,7 +148,8 @@ class ToyDataModule(SplitDataModule):
         self.splits = dict(zip(("train", "val", "test"), parts))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        sampler = None if shuffle else self.eval_sampler(self.splits[split])
         return DataLoader(
-            self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+            self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
             num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
         )

@@ -139,6 +139,7 @@ class ImageDataModule(SplitDataModule):
         dataset = self.splits[split]
         order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         # Whole batches are indexed at once (TensorDataset accepts index lists): no per-sample collate.
-        sampler = BatchSampler(order, batch_size=self.hparams.batch_size, drop_last=False)
+        sampler = None if shuffle else self.eval_sampler(dataset, self.hparams.batch_size)
+        sampler = sampler or BatchSampler(order, batch_size=self.hparams.batch_size, drop_last=False)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0)

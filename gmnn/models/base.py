@@ -265,17 +265,30 @@ class MoEModule(LightningModule):
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
         """Log loss, loss terms, mean gate probability per expert and the task metrics."""
-        on_step = stage == "train"
-        opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")
+        opts = self.log_options(stage, batch_size)
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
         if len(terms) > 1:
             self.log_dict({f"{stage}/loss_{name}": value for name, value in terms.items()}, **opts)
         gate_mean = out.gate_probs.detach().mean(dim=0)
         self.log_dict(
             {f"{stage}/gate_prob/expert_{i}": gate_mean[i] for i in range(self.num_experts)},
-            on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train",
+            **self.log_options(stage, batch_size, on_step=False),
         )
         self.log_task_metrics(stage, out, y, batch_size)
+
+    @staticmethod
+    def log_options(stage: str, batch_size: int, on_step: bool | None = None) -> dict[str, Any]:
+        """``self.log`` options of a per-batch mean: per step and epoch in training, per epoch and
+        synced over processes (a sample-weighted mean of the whole set) in evaluation.
+
+        The batch size is passed as a float: Lightning sums the per-process batch
+        counts with an integer mean (``(301 + 300) / 2 = 300``) when they are
+        integers, which skews every synced mean once the unpadded shards of an
+        odd-sized evaluation set differ by one sample.
+        """
+        training = stage == "train"
+        return dict(on_step=training if on_step is None else on_step, on_epoch=True,
+                    batch_size=batch_size if training else float(batch_size), sync_dist=not training)
 
     def log_task_metrics(self, stage: str, out: MoEOutput, y: Tensor, batch_size: int) -> None:
         """Update and log the metrics built by :meth:`build_metrics` (accuracy; decomposition on val/test)."""
@@ -292,7 +305,22 @@ class MoEModule(LightningModule):
         loss, out = self.shared_step(batch, "train")
         if self.revival is not None and self.current_epoch < self.hparams.revive_epochs:
             self.revival.record(out.gate_probs)
+            if self.is_last_training_batch():  # the cross-process reduce runs in a step, on every rank
+                self.revival.finish_epoch(self._trainer)
         return loss
+
+    def is_last_training_batch(self) -> bool:
+        """Whether the current batch is the epoch's last training batch (the same answer on every process).
+
+        Cross-process checks run here, inside the step, where every rank is in
+        lockstep: in an epoch-end hook a rank-zero-only callback (the progress
+        bar computing its epoch metrics, which syncs them) can interleave with
+        them and pair the collectives out of order.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return bool(trainer.is_last_batch) or trainer.fit_loop.epoch_loop.batch_idx + 1 >= trainer.num_training_batches
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "val")[0]
@@ -325,21 +353,19 @@ class MoEModule(LightningModule):
 
         Recorded every step on the device; read back every step only where that
         costs no sync (one process on CPU), else every ``log_every_n_steps`` steps
-        and at the end of the epoch (see :class:`~gmnn.models.checks.FiniteLossGuard`).
+        and at the epoch's last batch (see :class:`~gmnn.models.checks.FiniteLossGuard`),
+        always inside the step, where every process takes part in the ``all_gather`` together.
         """
         guard = self.__dict__.setdefault("_finite_guard", FiniteLossGuard())
         guard.record(terms, self.global_step)
         trainer = self._trainer
         if trainer is None or (self.device.type == "cpu" and trainer.world_size == 1):
             guard.check()
-        elif (self.global_step + 1) % trainer.log_every_n_steps == 0:
+        elif (self.global_step + 1) % trainer.log_every_n_steps == 0 or self.is_last_training_batch():
             guard.check(self.all_gather if trainer.world_size > 1 else None)
 
     def on_train_epoch_end(self) -> None:
-        guard = self.__dict__.get("_finite_guard")
-        if guard is not None:
-            guard.check(self.all_gather if self.trainer.world_size > 1 else None)
-        self.revive_dead_experts()
+        self.revive_dead_experts()  # no collective here: the usage was reduced in the epoch's last step
 
     def expert_logit_layer(self) -> nn.Linear | None:
         """The gate's output layer when its outputs are the expert logits (row i scores expert i), else ``None``."""

@@ -37,6 +37,7 @@ class ExpertRevival:
         self.threshold, self.noise, self.gate_noise = threshold, noise, gate_noise
         self.usage: Tensor | None = None
         self.count = 0
+        self.epoch_usage: Tensor | None = None  # the finished epoch's mean usage over all processes
 
     def record(self, gate_probs: Tensor) -> None:
         """Add a batch of gate probabilities ``[B, E]`` (stays on the device)."""
@@ -51,18 +52,28 @@ class ExpertRevival:
     def reset(self) -> None:
         self.usage, self.count = None, 0
 
-    def revive(self, module: Any) -> list[tuple[int, int]]:
-        """Split experts of ``module`` (a :class:`~gmnn.models.MoEModule`) by the usage recorded this epoch.
+    def finish_epoch(self, trainer: Any | None) -> None:
+        """Average this epoch's usage over all processes (a collective: call it in the epoch's last
+        training step, which every process runs in lockstep) and keep it for :meth:`revive`."""
+        usage = self.mean_usage()
+        if usage is not None and trainer is not None and trainer.world_size > 1:
+            usage = trainer.strategy.reduce(usage, reduce_op="mean")
+        self.epoch_usage = usage
+        self.reset()
 
+    def revive(self, module: Any) -> list[tuple[int, int]]:
+        """Split experts of ``module`` (a :class:`~gmnn.models.MoEModule`) by the usage of the epoch.
+
+        Uses the usage that :meth:`finish_epoch` averaged over the processes (no collective here,
+        so it is safe in an epoch-end hook); outside a Trainer, the usage recorded so far.
         Returns the ``(busiest, dead)`` pairs; logs their number as ``train/revived_experts``.
         """
-        usage = self.mean_usage()
+        if self.epoch_usage is None and module._trainer is None:
+            self.finish_epoch(None)
+        usage, self.epoch_usage = self.epoch_usage, None
         if usage is None:
             return []
-        self.reset()
         trainer = module._trainer
-        if trainer is not None and trainer.world_size > 1:
-            usage = trainer.strategy.reduce(usage, reduce_op="mean")
         pairs = self.plan(usage)
         optimizers = module.optimizers() if trainer is not None else []
         optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]

@@ -112,7 +112,4 @@ class TopKMoE(MoEModule):
         """The base logging plus ``{stage}/overflow_fraction`` (dropped pairs) with a capacity."""
         super().log_step(stage, loss, terms, out, y, batch_size)
         if out.dropped is not None:
-            self.log(
-                f"{stage}/overflow_fraction", out.dropped.float().mean(), on_step=stage == "train", on_epoch=True,
-                batch_size=batch_size, sync_dist=stage != "train",
-            )
+            self.log(f"{stage}/overflow_fraction", out.dropped.float().mean(), **self.log_options(stage, batch_size))
