@@ -27,8 +27,8 @@ SERIES = ("usage", "imbalance", "dead_experts", "dropped", "router_z", "mutual_i
 def routing_figure(matrices: dict[str, Tensor], label_names: Sequence[str] | None = None, title: str = "",
                    stability: Sequence[float] | None = None) -> plt.Figure:
     """Panels of one layer: expert x label heatmap (each label's top-1 expert distribution), usage
-    bars (share of routed token-expert pairs), co-activation (fraction of tokens routed to both
-    experts) and, when given, the stability history (fraction of probe tokens whose top-1 expert changed)."""
+    bars (share of routed token-expert pairs), co-activation (row e, column f: the fraction of
+    expert e's tokens that expert f also gets) and, when given, the stability history (fraction of probe tokens whose top-1 expert changed)."""
     joint, load, coactivation = (matrices[key].double().cpu() for key in ("joint", "load", "coactivation"))
     experts = joint.shape[0]
     has_labels = joint.sum() > 0
@@ -47,9 +47,9 @@ def routing_figure(matrices: dict[str, Tensor], label_names: Sequence[str] | Non
     ax.axhline(1 / experts, color="grey", linestyle=":")
     ax.set(title="usage (share of routed pairs)", xlabel="expert", xticks=range(experts))
     ax = axes.pop(0)
-    tokens = coactivation.diagonal().sum().clamp_min(1e-12)
-    ax.imshow((coactivation / tokens).numpy(), cmap="magma", aspect="auto")
-    ax.set(title="co-activation", xlabel="expert", ylabel="expert", xticks=range(experts), yticks=range(experts))
+    conditional = coactivation / coactivation.diagonal().clamp_min(1e-12).unsqueeze(1)
+    ax.imshow(conditional.fill_diagonal_(float("nan")).numpy(), vmin=0, vmax=1, cmap="magma", aspect="auto")
+    ax.set(title="co-activation P(col | row)", xlabel="expert", ylabel="expert", xticks=range(experts), yticks=range(experts))
     if stability:
         ax = axes.pop(0)
         ax.plot(range(1, len(stability) + 1), list(stability), marker="o")

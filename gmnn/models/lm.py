@@ -146,7 +146,8 @@ class MoETransformerLM(MoEModule):
         decoupled_weight_decay: bool = False,
         scheduler: str = "none",
     ) -> None:
-        LightningModule.__init__(self)  # none of MoEModule's experts, gate or image metrics
+        super(MoEModule, self).__init__()  # LightningModule: none of MoEModule's experts, gate or image metrics
+        _ = __class__  # noqa: F841 -- save_hyperparameters reads the `__class__` local that zero-argument super() creates
         self.save_hyperparameters()
         if len(input_shape) != 1:
             raise ValueError(f"input_shape must be [seq_len], got {list(input_shape)}")

@@ -1,0 +1,162 @@
+"""The token-level routing grid of RESULTS_LM.md: configs/lm/*.yaml x seeds, one process at a time, resumably.
+
+    python scripts/lm_sweep.py --seeds 0 1 2 --out runs_lm --results-md RESULTS_LM.md
+
+Each run is ``gmnn fit --config C --seed_everything=S`` in its own process
+(``OMP_NUM_THREADS=1``) under ``OUT/<config>/seed<S>/``; it is finished once its
+``result.json`` exists (the final validation loss and, per MoE layer, the
+RoutingMonitor's last ``val/routing/...`` values and training stability), so
+a second invocation skips it. ``--table-only`` rebuilds the table and the plot
+(``RESULTS_LM.png``: validation loss vs mean I(expert; source), colour = load imbalance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+SERIES = ("mutual_information", "usage", "imbalance", "dead_experts", "label_entropy")
+
+
+def run_one(config: Path, seed: int, out: Path) -> dict:
+    """Fit one run in a fresh process; return its record (also written to ``result.json``)."""
+    from gmnn.report import read_scalars
+
+    folder = out / config.stem / f"seed{seed}"
+    command = [sys.executable, "-c", "from gmnn.cli import main; main()", "fit", "--config", str(config),
+               f"--seed_everything={seed}", f"--trainer.logger.init_args.save_dir={out}",
+               f"--trainer.logger.init_args.name={config.stem}", f"--trainer.logger.init_args.version=seed{seed}", *QUIET]
+    start = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "fit.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    scalars = read_scalars(folder)
+    record = {"config": config.stem, "seed": seed, "wall_s": round(time.time() - start, 1),
+              "val_loss": scalars["val/loss"], "bits_per_byte": scalars["val/bits_per_byte"], "layers": {}}
+    layers = sorted({tag.split("/")[2] for tag in scalars if tag.startswith("val/routing/")})
+    for layer in layers:
+        values = {name: scalars.get(f"val/routing/{layer}/{name}", math.nan) for name in SERIES}
+        values["stability"] = scalars.get(f"train/routing/{layer}/stability", math.nan)
+        record["layers"][layer] = values
+    tmp = folder / "result.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(folder / "result.json")
+    return record
+
+
+def ceiling(config: Path) -> tuple[float, float]:
+    """``(H(source) of the validation tokens, log2 E)`` of a config."""
+    import yaml
+
+    from gmnn.data import MixedSourceTextDataModule
+
+    settings = yaml.safe_load(config.read_text())
+    data = MixedSourceTextDataModule(**settings["data"].get("init_args", {}))
+    return data.label_entropy("val"), math.log2(settings["model"]["init_args"]["num_experts"])
+
+
+def _fmt(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(records: list[dict], ceilings: dict[str, tuple[float, float]]) -> str:
+    """Markdown: per config, mean ± sample std over seeds; MI per layer beside its ceiling min(log2 E, H(source))."""
+    configs = sorted({r["config"] for r in records}, key=lambda c: [r["config"] for r in records].index(c))
+    layers = sorted({layer for r in records for layer in r["layers"]})
+    head = ["setting", "seeds", "val loss (nats/byte)"]
+    head += [f"MI {layer} (bits)" for layer in layers]
+    head += ["ceiling", "usage (bits, max 2)", "imbalance (max/mean)", "dead", "stability (last epoch)", "s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in configs:
+        runs = [r for r in records if r["config"] == config]
+        entropy, log2e = ceilings[config]
+
+        def per_layer(name: str) -> str:
+            return " / ".join(_fmt([r["layers"][layer][name] for r in runs if layer in r["layers"]], 2) for layer in layers)
+
+        row = [config, str(len(runs)), _fmt([r["val_loss"] for r in runs])]
+        row += [_fmt([r["layers"][layer]["mutual_information"] for r in runs if layer in r["layers"]]) for layer in layers]
+        row += [f"{min(entropy, log2e):.3f}", per_layer("usage"), per_layer("imbalance"), per_layer("dead_experts"),
+                per_layer("stability"), f"{statistics.mean(r['wall_s'] for r in runs):.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Validation loss (x) vs mean I(expert; source) over layers (y), one point per run, colour = mean imbalance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
+    configs = list(dict.fromkeys(r["config"] for r in records))
+    markers = "osD^v<>p"
+    points = None
+    for i, config in enumerate(configs):
+        runs = [r for r in records if r["config"] == config]
+        x = [r["val_loss"] for r in runs]
+        y = [statistics.mean(v["mutual_information"] for v in r["layers"].values()) for r in runs]
+        c = [statistics.mean(v["imbalance"] for v in r["layers"].values()) for r in runs]
+        points = ax.scatter(x, y, c=c, cmap="viridis", vmin=1.0, vmax=2.0, marker=markers[i % len(markers)],
+                            s=60, edgecolors="black", label=config)
+    if points is not None:
+        fig.colorbar(points, ax=ax, label="load imbalance (max/mean), mean over layers")
+    ax.set(xlabel="validation loss (nats per byte)", ylabel="I(top-1 expert; source), bits, mean over layers",
+           title="routing specialisation vs loss")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", type=Path, default=sorted((ROOT / "configs" / "lm").glob("*.yaml")))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs_lm")
+    parser.add_argument("--results-md", type=Path, default=None, help="write the table here (Markdown)")
+    parser.add_argument("--plot", type=Path, default=ROOT / "RESULTS_LM.png")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table and plot from finished runs")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    for seed in args.seeds:  # seed-major: every setting gets its first seed before any gets its third
+        for config in args.configs:
+            done = out / config.stem / f"seed{seed}" / "result.json"
+            if args.table_only or done.exists():
+                continue
+            try:
+                record = run_one(config.resolve(), seed, out)
+                print(f"{config.stem} seed {seed}: val loss {record['val_loss']:.3f} in {record['wall_s']:.0f} s", flush=True)
+            except subprocess.CalledProcessError as error:
+                print(f"{config.stem} seed {seed}: FAILED ({error}); see {out / config.stem / f'seed{seed}' / 'fit.log'}", flush=True)
+    records = [json.loads(p.read_text()) for config in args.configs for p in sorted((out / config.stem).glob("seed*/result.json"))]
+    if not records:
+        return
+    markdown = table(records, {c.stem: ceiling(c) for c in args.configs if any(r["config"] == c.stem for r in records)})
+    print(markdown)
+    plot(records, args.plot)
+    if args.results_md:
+        args.results_md.write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""RoutingMonitor: hand-computed mutual information, stability, image variants, figures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from gmnn.callbacks import RoutingMonitor
+from gmnn.callbacks.routing_monitor import routing_figure
+from gmnn.data import ToyDataModule
+from gmnn.models import DenseMoE
+from gmnn.nn import MoELayer
+from tests.conftest import tiny_trainer
+
+# Two experts, hand-set router: a token [1, 0] goes to expert 0, [0, 1] to expert 1 (logits 10 x).
+# Eight tokens with (expert, label) counts [[3, 1], [0, 4]]:
+#   p(e) = (1/2, 1/2), p(l) = (3/8, 5/8)
+#   I = 3/8 log2((3/8) / (1/2 * 3/8)) + 1/8 log2((1/8) / (1/2 * 5/8)) + 4/8 log2((4/8) / (1/2 * 5/8))
+#     = 3/8 + 1/8 log2(2/5) + 1/2 log2(8/5)
+HAND_MI = 3 / 8 + 1 / 8 * math.log2(2 / 5) + 1 / 2 * math.log2(8 / 5)  # 0.5488 bits
+EXPERTS = [0, 0, 0, 0, 1, 1, 1, 1]
+LABELS = [0, 0, 0, 1, 1, 1, 1, 1]
+# per-label entropy of the top-1 expert: label 0 -> (1, 0): 0 bits; label 1 -> (1/5, 4/5)
+HAND_LABEL_ENTROPY = (0 + -(0.2 * math.log2(0.2) + 0.8 * math.log2(0.8))) / 2
+
+
+class HandRouted(L.LightningModule):
+    """One MoE layer whose router sends token [1, 0] to expert 0 and [0, 1] to expert 1."""
+
+    def __init__(self, lr: float = 0.0) -> None:
+        super().__init__()
+        self.lr = lr
+        self.ffn = MoELayer(2, 4, 2, k=1)
+        with torch.no_grad():
+            self.ffn.router.weight.copy_(10 * torch.eye(2))
+            self.ffn.router.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(x)[0]
+
+    def training_step(self, batch, batch_idx):
+        return self(batch[0]).square().mean()
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def _token_batches() -> DataLoader:
+    x = torch.nn.functional.one_hot(torch.tensor(EXPERTS), 2).float()  # [8, 2]
+    y = torch.zeros(8)
+    # two sequences of four tokens, in two batches: the monitor must add them up over the epoch
+    order = torch.tensor([0, 4, 3, 7, 1, 5, 2, 6])
+    data = TensorDataset(x[order].view(2, 4, 2), y[order].view(2, 4), torch.tensor(LABELS)[order].view(2, 4))
+    return DataLoader(data, batch_size=1)
+
+
+def test_mutual_information_equals_hand_computed_value() -> None:
+    monitor = RoutingMonitor(stages=("val",), num_labels=2, probe_size=0)
+    trainer = tiny_trainer(callbacks=[monitor])
+    trainer.validate(HandRouted(), _token_batches(), verbose=False)
+    metrics = trainer.callback_metrics
+    assert metrics["val/routing/ffn/mutual_information"].item() == pytest.approx(HAND_MI, abs=1e-6)
+    assert metrics["val/routing/ffn/label_entropy"].item() == pytest.approx(HAND_LABEL_ENTROPY, abs=1e-6)
+    assert metrics["val/routing/ffn/usage"].item() == pytest.approx(1.0)  # 4 tokens each
+    assert metrics["val/routing/ffn/imbalance"].item() == pytest.approx(1.0)
+    assert metrics["val/routing/ffn/dead_experts"].item() == 0
+    assert metrics["val/routing/ffn/dropped"].item() == 0
+    series = {key for key in metrics if key.startswith("val/routing/")}
+    assert len(series) == 7  # a small fixed number of series per layer
+
+
+class FlipsRouter(HandRouted):
+    """Swaps the router's rows at the start of the second epoch: every token's top-1 expert changes."""
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 1:
+            with torch.no_grad():
+                self.ffn.router.weight.copy_(self.ffn.router.weight.flip(0))
+
+
+def test_stability_counts_changed_top1_on_the_probe() -> None:
+    monitor = RoutingMonitor(stages=("train",), num_labels=2, probe_size=2)
+    trainer = tiny_trainer(callbacks=[monitor], max_epochs=2, limit_val_batches=0)
+    trainer.fit(FlipsRouter(lr=0.0), _token_batches())
+    assert monitor.stability["ffn"] == [0.0, 1.0]
+    assert trainer.callback_metrics["train/routing/ffn/stability"].item() == 1.0
+    # the training stats went through the same metric: the flipped router makes the joint [[0, 4], [3, 1]]
+    assert trainer.callback_metrics["train/routing/ffn/mutual_information"].item() == pytest.approx(HAND_MI, abs=1e-6)
+
+
+def test_image_variant_matches_the_models_own_mutual_information() -> None:
+    data = ToyDataModule("gaussian_clusters", num_samples=600, batch_size=64)
+    model = DenseMoE(input_shape=[2], num_classes=3, num_experts=3)
+    monitor = RoutingMonitor(stages=("val",))
+    trainer = tiny_trainer(callbacks=[monitor], max_epochs=1, limit_train_batches=3)
+    trainer.fit(model, data)
+    metrics = trainer.callback_metrics
+    assert metrics["val/routing/gate/mutual_information"].item() == pytest.approx(
+        metrics["val/mutual_information_label"].item(), abs=1e-5)
+    assert metrics["val/routing/gate/usage"].item() <= math.log2(3) + 1e-6
+
+
+def test_figure_panels() -> None:
+    matrices = {"joint": torch.tensor([[3.0, 1.0], [0.0, 4.0]]), "load": torch.tensor([4.0, 4.0]),
+                "coactivation": torch.diag(torch.tensor([4.0, 4.0]))}
+    fig = routing_figure(matrices, ["code", "prose"], "ffn", stability=[0.5, 0.1])
+    assert len(fig.axes) == 4
+    assert len(routing_figure({**matrices, "joint": torch.zeros(2, 1)}).axes) == 2  # no labels: no heatmap
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="stages"):
+        RoutingMonitor(stages=("training",))
+    with pytest.raises(ValueError, match="probe_size"):
+        RoutingMonitor(probe_size=-1)
