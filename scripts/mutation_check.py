@@ -134,6 +134,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the per-expert loop fallback gives expert e another expert's rows",
     ),
     Mutation(
+        "training_ascends_the_loss", "gmnn/models/base.py",
+        "loss = torch.stack(list(terms.values())).sum()\n        if stage == \"train\":",
+        "loss = -torch.stack(list(terms.values())).sum()\n        if stage == \"train\":",
+        ("tests/data/test_experiment_configs.py",),
+        "the training step maximises the loss",
+    ),
+    Mutation(
+        "regularizers_ignored", "gmnn/models/base.py",
+        "if self.training and self.regularizer_weights:\n            terms.update(self.regularizer_terms(out, x, y))",
+        "if False:\n            terms.update(self.regularizer_terms(out, x, y))",
+        ("tests/models/test_method_configs.py",),
+        "the configured regularizers never enter the training loss",
+    ),
+    Mutation(
         "mlp_without_relu", "gmnn/nn/networks.py",
         "layers += [nn.Linear(width_in, width), nn.ReLU()]",
         "layers += [nn.Linear(width_in, width), nn.Identity()]",

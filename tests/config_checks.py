@@ -1,0 +1,90 @@
+"""What a shipped config's short run must show: the model the YAML asks for, its metrics, and a descending loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+import yaml
+
+from gmnn.models import MoEModule, RegressionMoE
+
+# Add to a CLI run with "--trainer.callbacks+=tests.config_checks.FirstStep".
+FIRST_STEP = "--trainer.callbacks+=tests.config_checks.FirstStep"
+
+
+class FirstStep(L.Callback):
+    """Keeps the first training batch and the model's state just before and just after the first training step
+    (after any callback such as InitSearch has chosen the starting point)."""
+
+    def __init__(self) -> None:
+        self.batch: Any = None
+        self.before: dict[str, torch.Tensor] | None = None
+        self.after: dict[str, torch.Tensor] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.before is None:
+            self.batch = [t.clone() for t in batch]
+            self.before = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.after is None:
+            self.after = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def training_loss(model: MoEModule, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The loss a training step minimises on ``(x, y)`` (every term, regularizers included), same random draws."""
+    model.train()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        if not model.automatic_optimization:  # DualTemperatureMoE: the experts' loss and the gate's
+            expert_loss, gate_terms, _ = model.dual_losses(x, y)
+            return float(expert_loss + sum(gate_terms.values()))
+        return float(torch.stack(list(model.loss_terms(model(x), x, y).values())).sum())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def check_run(cli: Any, config: Path, overridden: tuple[str, ...] = ()) -> None:
+    """Assert that ``cli`` (a finished ``fit``) built what ``config`` says, logged its metrics, and descended."""
+    spec = yaml.safe_load(config.read_text())["model"]
+    model: MoEModule = cli.model
+    assert f"{type(model).__module__.rsplit('.', 1)[0]}.{type(model).__name__}" == spec["class_path"]
+    init_args = spec.get("init_args", {})
+    for key, value in init_args.items():
+        if key not in overridden:
+            assert _same(model.hparams[key], value), f"{key}: built {model.hparams[key]!r}, config {value!r}"
+    if type(model).__name__ != "SingleModel":
+        assert model.num_experts == init_args.get("num_experts", 4) == len(model.experts.experts)
+    assert model.regularizer_weights == (init_args.get("regularizers") or {})
+
+    metrics = cli.trainer.callback_metrics
+    task = "mse" if isinstance(model, RegressionMoE) else "acc"
+    names = {"train/loss", f"train/{task}", "val/loss", f"val/{task}", "train/temperature",
+             *(f"train/reg/{name}" for name in model.regularizer_weights)}
+    if not isinstance(model, RegressionMoE):
+        names |= {f"val/{m}" for m in ("mutual_information", "sample_entropy", "expert_usage", "per_task_entropy")}
+    assert names <= set(metrics), f"not logged: {sorted(names - set(metrics))}"
+    assert all(math.isfinite(float(metrics[name])) for name in names), {n: float(metrics[n]) for n in names}
+
+    (first,) = [c for c in cli.trainer.callbacks if isinstance(c, FirstStep)]
+    assert first.after is not None, "no training step ran"
+    x, y = first.batch[0], first.batch[1]
+    hparams = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # the CLI adds _class_path
+    if "init_experts_from" in hparams:
+        hparams["init_experts_from"] = None  # the experts come from the state below
+    probe = type(model)(**hparams)  # a model without a Trainer: nothing is logged
+    probe.load_state_dict(first.after)
+    after = training_loss(probe, x, y)
+    probe.load_state_dict(first.before)
+    before = training_loss(probe, x, y)
+    assert after < before, f"one optimizer step did not lower the loss of its batch: {before} -> {after}"
