@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
 
+import yaml
+
 from pytorch_lightning import LightningDataModule
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from gmnn.callbacks.checkpoint import LastCheckpoint
+from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.models.base import MoEModule
-from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, resolve_last
+from gmnn.callbacks.run_config import RunConfig
+from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, check_readable, experiment_of, resolve_last
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -40,13 +43,16 @@ class GMNNCLI(LightningCLI):
         # runs before Lightning loads the checkpoint's hyperparameters into the model config
         subcommand = self.config.get("subcommand")
         if subcommand:
-            resolve_last(self.config[subcommand], resume_run=subcommand == "fit")
-            check_config_fits_checkpoint(self.config[subcommand])
+            config = self.config[subcommand]
+            resolve_last(config, resume_run=subcommand == "fit", experiment=self._experiment(subcommand))
+            check_readable(config.get("ckpt_path"))
+            check_config_fits_checkpoint(config)
         super()._parse_ckpt_path()
 
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand:
-            resolve_last(self.config[self.subcommand], resume_run=self.subcommand == "fit")
+    def _experiment(self, subcommand: str) -> dict[str, Any]:
+        """The model, data and seed of the parsed config, as its ``config.yaml`` would record them."""
+        dumped = self._parser(subcommand).dump(self.config[subcommand], skip_none=False, skip_check=True)
+        return experiment_of(yaml.safe_load(dumped))
 
     def _check_ckpt_path(self) -> None:
         check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))  # e.g. num_classes from the data
@@ -54,7 +60,7 @@ class GMNNCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -78,7 +84,7 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,
         seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfig,
         parser_kwargs={"allow_abbrev": False},  # a truncated key is a typo, not an abbreviation
         args=args,
         run=run,
@@ -90,8 +96,9 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``gmnn`` console script (``gmnn report ...`` writes the results table).
 
     Bad input that gmnn detects (``ValueError``), missing dataset files
-    (``FileNotFoundError``) and a loss that became NaN/inf
-    (``FloatingPointError``) end with a one-line message and exit status 1;
+    (``FileNotFoundError``), a loss that became NaN/inf (``FloatingPointError``)
+    and a full disk (``ENOSPC``, also when a logger wraps it) end with a
+    one-line message and exit status 1;
     set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
     (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
     """
@@ -105,11 +112,25 @@ def main(args: list[str] | None = None) -> None:
         if args and args[0] == "analyze":
             return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
         make_cli(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        if os.environ.get("GMNN_TRACEBACK"):
+    except (ValueError, OSError, FloatingPointError) as error:
+        full = _disk_full(error)
+        other_os_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and full is None
+        if os.environ.get("GMNN_TRACEBACK") or other_os_error:
             raise
-        print(f"gmnn: error: {_root_cause(error)}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        message = f"the disk is full ({full}); free space, then resume with --ckpt_path last" if full else _root_cause(error)
+        print(f"gmnn: error: {message}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _disk_full(error: BaseException | None) -> OSError | None:
+    """The ``ENOSPC`` error behind ``error`` (a logger wraps it in a ``ValueError`` about the logged value)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _root_cause(error: BaseException) -> BaseException:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from pytorch_lightning.utilities import rank_zero_only
 
 from gmnn.models.checks import check_checkpoint_matches
 from gmnn.models.loading import CLASS_KEY
@@ -41,39 +45,134 @@ def run_root(config: Any) -> Path | None:
     return Path(save_dir) / _get(init_args, "name", "lightning_logs")
 
 
-def find_last_checkpoint(config: Any) -> Path | None:
-    """The newest ``last.ckpt`` of earlier runs of ``config`` (``None`` if there is none)."""
+EXPERIMENT_KEYS = ("model", "data", "seed_everything")
+
+
+def experiment_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a run the same experiment: the model, the data and the seed (not the trainer,
+    so that a resumed run may train for more epochs)."""
+    return {key: config.get(key) for key in EXPERIMENT_KEYS}
+
+
+def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """The dotted keys where ``current`` differs from ``saved``, as ``key: saved -> current``."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        found = []
+        for key in sorted(set(saved) | set(current), key=str):
+            found += differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return found
+    plain = [list(v) if isinstance(v, tuple) else v for v in (saved, current)]
+    return [] if plain[0] == plain[1] else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a loadable Lightning checkpoint (empty, truncated, not one), else ``None``."""
+    try:
+        if path.stat().st_size == 0:
+            return "it is empty (0 bytes)"
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # any failure to load means the file cannot be resumed from
+        return f"it is truncated or not a checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        return "it holds no state_dict (not a Lightning checkpoint)"
+    return None
+
+
+def _say(message: str) -> None:
+    if rank_zero_only.rank == 0:
+        print(f"gmnn: {message}", file=sys.stderr)
+
+
+def newest_readable(folder: Path) -> Path | None:
+    """``folder/last.ckpt`` if it loads, else the newest checkpoint there that does (one line per skipped file)."""
+    last = folder / LAST
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in ([last] if last.is_file() else []) + others:
+        reason = unreadable(path)
+        if reason is None:
+            if path != last and last.is_file():
+                _say(f"--ckpt_path last: {last} cannot be read, resuming from the newest readable checkpoint {path}")
+            return path
+        _say(f"--ckpt_path last: skipping {path}: {reason}")
+    return None
+
+
+def _saved_experiment(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text())
+    return experiment_of(saved) if isinstance(saved, Mapping) else None
+
+
+def find_last_checkpoint(config: Any, experiment: Mapping[str, Any] | None = None) -> Path | None:
+    """The newest readable checkpoint of an earlier run of the same experiment (``None`` if there is none).
+
+    With ``last_checkpoint.dirpath`` set, that folder is the run's. Otherwise the
+    runs under the logger's folder are tried newest first; a run whose saved
+    ``config.yaml`` names another model, data or seed than ``experiment`` is
+    another experiment and is left alone (one line says which setting differs).
+    """
     dirpath = _get(_get(config, "last_checkpoint"), "dirpath")
     if dirpath is not None:
-        path = Path(dirpath) / LAST
-        return path if path.is_file() else None
+        return newest_readable(Path(dirpath)) if Path(dirpath).is_dir() else None
     root = run_root(config)
     if root is None or not root.is_dir():
         return None
-    candidates = [path for path in root.glob(f"*/checkpoints/{LAST}") if path.is_file()]
-    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+    runs = sorted((p.parent.parent for p in root.glob("*/checkpoints/*.ckpt")), key=lambda r: _newest_mtime(r), reverse=True)
+    for run_dir in dict.fromkeys(runs):  # newest first, each run once
+        if experiment is not None:
+            saved = _saved_experiment(run_dir)
+            changed = ["no config.yaml to compare with"] if saved is None else differences(saved, experiment)
+            if changed:
+                _say(f"--ckpt_path last: {run_dir} is another experiment ({'; '.join(changed[:3])}), not resuming it")
+                continue
+        path = newest_readable(run_dir / "checkpoints")
+        if path is not None:
+            return path
+    return None
 
 
-def resolve_last(config: Any, resume_run: bool) -> Path | None:
-    """Replace ``ckpt_path: last`` in ``config`` by the newest ``last.ckpt`` of an earlier run.
+def _newest_mtime(run_dir: Path) -> float:
+    return max(p.stat().st_mtime for p in (run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def resolve_last(config: Any, resume_run: bool, experiment: Mapping[str, Any] | None = None) -> Path | None:
+    """Replace ``ckpt_path: last`` in ``config`` by the newest checkpoint of an earlier run of ``experiment``.
 
     Lightning resolves ``"last"`` only among the checkpoints of the current run,
-    which is a fresh ``version_N`` folder, so it would silently start from
-    scratch. With ``resume_run`` (``fit``), the logger is pointed at the resumed
-    run's folder so that its TensorBoard curves and checkpoints continue there.
-    When no earlier run exists ``"last"`` is left for Lightning, which warns and
-    starts from scratch (so a job script can always pass ``--ckpt_path last``).
+    which is a fresh ``version_N`` folder. Here ``"last"`` means the newest
+    readable ``last.ckpt`` (else the newest readable checkpoint) of an earlier
+    run of the same experiment (:func:`find_last_checkpoint`). With
+    ``resume_run`` (``fit``), the logger is pointed at that run's folder so that
+    its curves and checkpoints continue there. When there is none, ``ckpt_path``
+    is cleared and the run starts from scratch in a new folder, touching no
+    other run (so a job script can always pass ``--ckpt_path last``).
     """
     if _get(config, "ckpt_path") != "last":
         return None
-    path = find_last_checkpoint(config)
+    path = find_last_checkpoint(config, experiment)
     if path is None:
+        if not resume_run:
+            raise ValueError("--ckpt_path last: no readable checkpoint of an earlier run of this experiment (same "
+                             "model, data and seed) under the logger's folder; pass the checkpoint's path")
+        config.ckpt_path = None
+        _say("--ckpt_path last: no earlier run of this experiment to resume, starting a new run")
         return None
     config.ckpt_path = str(path)
     init_args = _get(_get(_get(config, "trainer"), "logger"), "init_args")
     if resume_run and init_args is not None and "version" in init_args and init_args.get("version") is None:
         init_args["version"] = path.parent.parent.name
     return path
+
+
+def check_readable(ckpt_path: Any) -> None:
+    """Raise ``ValueError`` naming ``ckpt_path`` when it is a file that cannot be loaded."""
+    if ckpt_path is None or ckpt_path in SPECIAL_PATHS or "://" in str(ckpt_path) or not Path(ckpt_path).is_file():
+        return
+    reason = unreadable(Path(ckpt_path))
+    if reason is not None:
+        raise ValueError(f"--ckpt_path {ckpt_path} cannot be read: {reason}")
 
 
 def check_ckpt_path(model: torch.nn.Module, ckpt_path: str | None) -> None:
