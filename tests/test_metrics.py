@@ -17,6 +17,7 @@ from gmnn.metrics import (
     PerTaskEntropy,
     SampleEntropy,
 )
+from tests.hand_set import two_expert_model
 
 E = 4
 
@@ -155,29 +156,6 @@ def test_bad_shapes_name_the_input() -> None:
         MutualInformation(E, 2).update(torch.rand(3, E), torch.zeros(4, dtype=torch.long))
 
 
-def _hand_set_model(variant: str):
-    """2 experts, 2 classes. Input A = (1, 0) gets gate [3/4, 1/4], input B = (0, 1) gets [1/4, 3/4];
-    expert 0 always predicts [0.8, 0.2], expert 1 [0.3, 0.7]."""
-    import gmnn.models
-
-    kwargs = dict(input_shape=[2], num_classes=2, num_experts=2, expert_hidden=[2], gate_hidden=[2])
-    model = getattr(gmnn.models, variant)(**kwargs, **({"attention_dim": 1} if variant == "AttentionGateMoE" else {}))
-    with torch.no_grad():
-        model.gate.body[0].weight.copy_(torch.eye(2)), model.gate.body[0].bias.zero_()  # gate hidden = x
-        for e, (probs, hidden) in enumerate(zip([[0.8, 0.2], [0.3, 0.7]], torch.eye(2))):
-            expert = model.experts[e]
-            expert.body[0].weight.zero_(), expert.body[0].bias.copy_(hidden)  # expert e's hidden: one-hot e
-            expert.head.weight.zero_(), expert.head.bias.copy_(torch.tensor(probs).log())
-        half_log3 = math.log(3) / 2
-        if variant == "AttentionGateMoE":  # logit_e = q k_e: q = +1 (A) / -1 (B), k = [+log 3 / 2, -log 3 / 2]
-            model.attention.query.weight.copy_(torch.tensor([[1.0, -1.0]]))
-            model.attention.key.weight.copy_(torch.tensor([[half_log3, -half_log3]]))
-        else:
-            model.gate.head.weight.copy_(torch.tensor([[half_log3, -half_log3], [-half_log3, half_log3]]))
-            model.gate.head.bias.zero_()
-    return model
-
-
 def _h(*p: float) -> float:
     return -sum(q * math.log2(q) for q in p)
 
@@ -186,7 +164,7 @@ def _h(*p: float) -> float:
 def test_every_variant_logs_the_hand_computed_metrics_on_val_and_test(variant: str) -> None:
     from tests.conftest import tiny_trainer
 
-    model = _hand_set_model(variant)
+    model = two_expert_model(variant)
     x, y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0, 1, 0])
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
     trainer = tiny_trainer()

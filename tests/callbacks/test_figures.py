@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -102,3 +103,34 @@ def test_a_single_expert_model_gets_its_figures(tmp_path: Path) -> None:
     trainer = tiny_trainer(max_epochs=1, logger=logger, callbacks=[DecompositionFigures()])
     trainer.fit(model, _loader(dim=3), _loader(dim=3))
     assert _tags(logger.log_dir) == {"val/decomposition": 1}
+
+
+def test_figures_show_the_hand_computed_allocation_usage_and_regions(tmp_path: Path) -> None:
+    from tests.hand_set import two_expert_model
+
+    model = two_expert_model()
+    x, y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0, 1, 0])
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    callback = DecompositionFigures(grid_size=12)
+    trainer = tiny_trainer(logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[callback])
+    trainer.test(model, data, verbose=False)
+    figures = callback.figures(trainer, model, "test")
+    heat, bars = figures["test/decomposition"].axes
+    # class 0 = (A, A, B): mean gate [7/12, 5/12]; class 1 = (B): [1/4, 3/4]. Rows are experts, columns classes.
+    torch.testing.assert_close(torch.tensor(heat.images[0].get_array()), torch.tensor([[7 / 12, 1 / 4], [5 / 12, 3 / 4]]),
+                               check_dtype=False)
+    # A goes to expert 0 (predicts 0: right twice), B to expert 1 (predicts 1: right once of twice)
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["expert 0 (1.00)", "expert 1 (0.50)"]
+    assert [p.get_height() for p in bars.patches] == pytest.approx([0.5, 0.5, 0.5, 0.5])  # mean gate, routed share
+    regions = figures["test/decision_regions"]
+    panels = {ax.get_title(): torch.tensor(ax.collections[0].get_array()).view(12, 12) for ax in regions.axes if ax.get_title()}
+    # the grid spans the points' box [0, 1]^2 with a 5% margin; gate logit gap ln 3 (r0 - r1), r = relu(point)
+    xs = torch.linspace(-0.05, 1.05, 12)
+    gx, gy = torch.meshgrid(xs, xs, indexing="xy")
+    gap = math.log(3) * (gx.clamp_min(0) - gy.clamp_min(0))
+    g0 = torch.sigmoid(gap)
+    assert torch.equal(panels["gate: chosen expert"], (gap < 0).long())
+    assert torch.equal(panels["expert 0: class"], torch.zeros(12, 12, dtype=torch.long))
+    assert torch.equal(panels["expert 1: class"], torch.ones(12, 12, dtype=torch.long))
+    assert torch.equal(panels["model: class"], (0.8 * g0 + 0.3 * (1 - g0) < 0.5).long())  # p(class 0) < 1/2
+    plt.close("all")
