@@ -69,14 +69,15 @@ def find_moe_layers(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
 
 
 def _top_k_of(module: nn.Module, default: int = 1) -> int:
-    for name in ("top_k", "num_experts_per_tok", "k"):
-        if isinstance(getattr(module, name, None), int):
-            return getattr(module, name)
-    return default
+    found = [getattr(module, name, None) for name in ("top_k", "num_experts_per_tok", "k")]
+    return next((value for value in found if isinstance(value, int)), default)
 
 
-def routing_from_output(module: nn.Module, output: Any, num_experts: int) -> Routing | None:
-    """The :class:`Routing` of one call of a hooked module (gmnn layer, HF router, gmnn model), detached."""
+def routing_from_output(module: nn.Module, output: Any, num_experts: int, top_k: int | None = None) -> Routing | None:
+    """The :class:`Routing` of one call of a hooked module (gmnn layer, HF router, gmnn model), detached.
+
+    A router that returns only logits (e.g. a ``Linear`` gate) selects its ``top_k`` largest.
+    """
     if isinstance(module, MoELayer):
         return getattr(module, "last_routing", None)  # the layer before issue 14 has none: RoutingCapture hooks its router
     if hasattr(output, "gate_probs"):  # a gmnn image model's MoEOutput
@@ -91,7 +92,7 @@ def routing_from_output(module: nn.Module, output: Any, num_experts: int) -> Rou
     logits = logits.detach().reshape(-1, num_experts).float()
     chosen = next((t for t in tensors if not t.is_floating_point() and t.dim() >= 2 and t.numel() % logits.shape[0] == 0), None)
     selected = chosen.detach().reshape(logits.shape[0], -1).long() if chosen is not None else \
-        logits.topk(min(_top_k_of(module), num_experts), dim=-1).indices
+        logits.topk(min(top_k or _top_k_of(module), num_experts), dim=-1).indices
     return Routing(probs=torch.softmax(logits, dim=-1), selected=selected, logits=logits)
 
 
@@ -109,16 +110,18 @@ class RoutingCapture:
         self.layers = find_moe_layers(model)
         self.records: dict[str, Routing] = {}
         self.handles = []
+        blocks = dict(model.named_modules())  # an HF layer's name is its block's, which knows top_k
         for name, (module, experts) in self.layers.items():
             if isinstance(module, MoELayer) and isinstance(module.router, nn.Linear) and not hasattr(module, "last_routing"):
                 hook = self._old_layer_hook(name, module)  # the layer before issue 14 exposes no record
                 self.handles.append(module.router.register_forward_hook(hook))
             else:
-                self.handles.append(module.register_forward_hook(self._hook(name, experts)))
+                top_k = _top_k_of(blocks.get(name, module), _top_k_of(module))
+                self.handles.append(module.register_forward_hook(self._hook(name, experts, top_k)))
 
-    def _hook(self, name: str, experts: int) -> Callable[..., None]:
+    def _hook(self, name: str, experts: int, top_k: int) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            routing = routing_from_output(module, output, experts)
+            routing = routing_from_output(module, output, experts, top_k)
             if routing is not None:
                 self.records[name] = routing
         return hook
@@ -285,7 +288,7 @@ def routing_report(
         dataloader: Batches; ``input_fn(batch)`` is passed to ``model``.
         label_fn: Per-token labels of a batch (e.g. the source), or ``None`` for no label metrics.
         input_fn: The model input of a batch.
-        num_labels: Label values L (default: the largest label seen + 1).
+        num_labels: Label values L (default: the largest label of the first batch + 1).
         dead_fraction: See :class:`RoutingStats`.
         max_batches: Stop after this many batches.
 
@@ -296,7 +299,7 @@ def routing_report(
     model.eval()
     capture = RoutingCapture(model)
     device = next(model.parameters()).device
-    batches: list[tuple[dict[str, Routing], Tensor | None]] = []
+    stats: dict[str, RoutingStats] = {}
     try:
         for index, batch in enumerate(dataloader):
             if max_batches is not None and index >= max_batches:
@@ -304,38 +307,33 @@ def routing_report(
             inputs = input_fn(batch)
             model(inputs.to(device) if isinstance(inputs, Tensor) else inputs)
             labels = label_fn(batch) if label_fn is not None else None
-            batches.append(({k: _to_cpu(v) for k, v in capture.records.items()}, labels))
+            labels = labels.to(device) if isinstance(labels, Tensor) else None
+            if num_labels is None:  # from the first batch: later labels outside [0, L) are ignored
+                num_labels = int(labels.max()) + 1 if labels is not None and labels.numel() else 0
+            for name, record in capture.records.items():
+                if name not in stats:
+                    stats[name] = RoutingStats(capture.layers[name][1], num_labels, dead_fraction).to(device)
+                fits = labels is not None and labels.numel() == record.probs.shape[0]
+                stats[name].update(record, labels if fits else None)
             capture.clear()
     finally:
         capture.remove()
         model.train(was_training)
-    if num_labels is None:
-        seen = [int(labels.max()) + 1 for _, labels in batches if labels is not None and labels.numel()]
-        num_labels = max(seen, default=0)
     rows, matrices = [], {}
-    for name, (_, experts) in capture.layers.items():
-        stats = RoutingStats(experts, num_labels, dead_fraction)
-        for records, labels in batches:
-            if name in records:
-                fits = labels is not None and labels.numel() == records[name].probs.shape[0]
-                stats.update(records[name], labels if fits else None)
-        values = {key: float(value) for key, value in stats.compute().items()}
-        has_labels = num_labels > 0 and float(stats.joint.sum()) > 0
+    for name, layer_stats in stats.items():
+        experts = layer_stats.num_experts
+        values = {key: float(value) for key, value in layer_stats.compute().items()}
+        has_labels = bool(num_labels) and float(layer_stats.joint.sum()) > 0
         rows.append(LayerReport(
-            layer=name, num_experts=experts, tokens=int(stats.tokens), usage=values["usage"],
+            layer=name, num_experts=experts, tokens=int(layer_stats.tokens), usage=values["usage"],
             usage_max=math.log2(experts), imbalance=values["imbalance"], dead_experts=int(values["dead_experts"]),
             dropped=values["dropped"], router_z=values["router_z"],
             mutual_information=values["mutual_information"] if has_labels else float("nan"),
             mi_ceiling=min(math.log2(experts), values["label_marginal_entropy"]) if has_labels else float("nan"),
             label_entropy=values["label_entropy"] if has_labels else float("nan"),
         ))
-        matrices[name] = stats.matrices()
+        matrices[name] = {key: value.cpu() for key, value in layer_stats.matrices().items()}
     return rows, matrices
-
-
-def _to_cpu(routing: Routing) -> Routing:
-    return Routing(**{f.name: getattr(routing, f.name).cpu() if isinstance(getattr(routing, f.name), Tensor)
-                      else getattr(routing, f.name) for f in fields(routing)})
 
 
 def write_report(rows: list[LayerReport], matrices: dict[str, dict[str, Tensor]], out: str | Path,

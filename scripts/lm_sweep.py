@@ -128,6 +128,83 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def measure_overhead(config: Path, steps: int = 40, rounds: int = 3) -> dict[str, float]:
+    """Per-step training time with and without the RoutingMonitor, fits interleaved round by round (1 thread).
+
+    The step time is the median gap between consecutive ``on_train_batch_start`` calls (so it
+    includes the monitor's ``on_train_batch_end``), the fastest of the rounds. On a busy machine
+    the A/B difference is noise; ``update_over_step`` times the monitor's own per-step work (its
+    metric updates) directly. The epoch-end work (sync, compute, probe, figures) is timed
+    separately and spread over the epoch's steps.
+    """
+    import statistics as stats
+
+    import pytorch_lightning as L
+    import torch
+    import yaml
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from gmnn.callbacks import RoutingMonitor
+    from gmnn.data import MixedSourceTextDataModule
+    from gmnn.models import MoETransformerLM
+
+    torch.set_num_threads(1)
+    settings = yaml.safe_load(config.read_text())
+    data = MixedSourceTextDataModule(**settings["data"]["init_args"])
+    data.setup()
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_train_batch_start(self, *args: object) -> None:
+            self.starts.append(time.perf_counter())
+
+    class TimedMonitor(RoutingMonitor):
+        epoch_end_s = 0.0
+        update_s: list[float] = []
+
+        def _update(self, stage, batch) -> None:
+            start = time.perf_counter()
+            super()._update(stage, batch)
+            self.update_s.append(time.perf_counter() - start)
+
+        def _finish(self, trainer, pl_module, stage) -> None:
+            start = time.perf_counter()
+            super()._finish(trainer, pl_module, stage)
+            self.epoch_end_s += time.perf_counter() - start
+
+        def _log_stability(self, trainer, pl_module) -> None:
+            start = time.perf_counter()
+            super()._log_stability(trainer, pl_module)
+            self.epoch_end_s += time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    epoch_end = []
+    for round_ in range(rounds):
+        for mode in ("without", "with"):
+            L.seed_everything(round_, verbose=False)
+            clock = Clock()
+            callbacks: list[L.Callback] = [clock]
+            if mode == "with":
+                callbacks.append(TimedMonitor(stages=("train",)))
+            trainer = L.Trainer(max_steps=steps, limit_val_batches=0, accelerator="cpu", enable_progress_bar=False,
+                                enable_model_summary=False, enable_checkpointing=False, callbacks=callbacks,
+                                logger=TensorBoardLogger(f"/tmp/lm_overhead/{mode}"))
+            trainer.fit(MoETransformerLM(**settings["model"]["init_args"], input_shape=data.input_shape), data)
+            gaps = [b - a for a, b in zip(clock.starts[1:-1], clock.starts[2:])]  # skip the first (probe, warm-up)
+            times[mode].append(stats.median(gaps))
+            if mode == "with":
+                epoch_end.append(callbacks[1].epoch_end_s)
+    without, with_ = min(times["without"]), min(times["with"])
+    steps_per_epoch = len(data.train_dataloader())
+    update = stats.median(TimedMonitor.update_s)  # the monitor's own work per step, timed inside the step
+    return {"step_s_without": without, "step_s_with": with_, "per_step_overhead": with_ / without - 1,
+            "update_s": update, "update_over_step": update / without,
+            "epoch_end_s": min(epoch_end), "epoch_end_per_step": min(epoch_end) / steps_per_epoch / without,
+            "rounds_without": times["without"], "rounds_with": times["with"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", type=Path, default=sorted((ROOT / "configs" / "lm").glob("*.yaml")))
@@ -136,7 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-md", type=Path, default=None, help="write the table here (Markdown)")
     parser.add_argument("--plot", type=Path, default=ROOT / "RESULTS_LM.png")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table and plot from finished runs")
+    parser.add_argument("--overhead", action="store_true", help="measure the RoutingMonitor's cost per training step")
     args = parser.parse_args(argv)
+    if args.overhead:
+        print(json.dumps(measure_overhead(args.configs[0] if len(args.configs) == 1 else ROOT / "configs/lm/top2_switch.yaml"), indent=1))
+        return
     out = args.out.resolve()
     for seed in args.seeds:  # seed-major: every setting gets its first seed before any gets its third
         for config in args.configs:

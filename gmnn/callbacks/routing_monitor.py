@@ -67,8 +67,11 @@ class RoutingMonitor(Callback):
     (:func:`gmnn.analysis.find_moe_layers`); forward hooks keep each layer's
     last routing, so nothing runs the router twice. Per stage in ``stages`` and
     layer it accumulates :class:`gmnn.analysis.RoutingStats` (torchmetrics
-    sums) over the epoch and at the epoch's end (a hook every rank reaches in
-    the same order: the states are synced there) logs
+    sums) over the epoch and at the epoch's end logs (the states are synced
+    there, where every rank is in lockstep: training in the epoch's last
+    ``on_train_batch_end``, never in ``on_train_epoch_end``, where the
+    rank-zero progress bar syncs its own metrics; evaluation in
+    ``on_validation_epoch_end`` / ``on_test_epoch_end``)
     ``{stage}/routing/{layer}/{name}`` for ``usage``, ``imbalance``,
     ``dead_experts``, ``dropped``, ``router_z`` and, when batches carry a label
     per token, ``mutual_information`` (bits, I(top-1 expert; label)) and
@@ -76,7 +79,7 @@ class RoutingMonitor(Callback):
     late-changing routes): the fraction of tokens of a fixed probe (the first
     ``probe_size`` sequences of the first training batch) whose top-1 expert
     changed since the previous training epoch (the first epoch compares with
-    the routing before training), logged as ``train/routing/{layer}/stability``.
+    the routing before training; read at the epoch's last step), logged as ``train/routing/{layer}/stability``.
     Figures (global rank zero, after the sync; only with a TensorBoard
     logger), ``{stage}/routing/{layer}``: expert x label heatmap, usage bars,
     co-activation matrix and the stability history.
@@ -180,6 +183,9 @@ class RoutingMonitor(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._update("train", batch)
+        if _last_training_batch(trainer, batch_idx):  # the epoch's end, in lockstep on every rank
+            self._log_stability(trainer, pl_module)
+            self._finish(trainer, pl_module, "train")
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -234,10 +240,6 @@ class RoutingMonitor(Callback):
                 fig = routing_figure(matrices, self.label_names, f"{stage} {name}", history)
                 writer.add_figure(f"{stage}/routing/{name}", fig, global_step=trainer.global_step, close=True)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log_stability(trainer, pl_module)
-        self._finish(trainer, pl_module, "train")
-
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             for metric in self.stats["val"].values() if "val" in self.stats else ():
@@ -247,6 +249,12 @@ class RoutingMonitor(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
+
+
+def _last_training_batch(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether this is the epoch's last training batch (or the run's last step): the same answer on every rank."""
+    last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+    return bool(trainer.is_last_batch) or batch_idx + 1 >= trainer.num_training_batches or last_step
 
 
 class _ChangedFraction(Metric):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from tests.conftest import tiny_trainer
 ROOT = Path(__file__).resolve().parents[2]
 LM_CONFIGS = sorted((ROOT / "configs" / "lm").glob("*.yaml"))
 SMALL_DATA = dict(seq_len=32, num_train=512, num_val=32, source_bytes=6000, min_segment=8, max_segment=24, batch_size=16)
+# the routers of issue 14 (sigmoid, expert choice, shared experts, a top-1 router that learns from the task loss)
+NEEDS_ROUTERS = pytest.mark.skipif(importlib.util.find_spec("gmnn.nn.routers") is None, reason="needs gmnn.nn.routers")
 SMALL_MODEL = dict(input_shape=[32], d_model=32, num_layers=2, num_heads=2, expert_hidden=64, num_experts=4)
 
 
@@ -46,6 +49,7 @@ def test_learns_to_use_context() -> None:
      dict(router="expert_choice"), dict(router="softmax", capacity_factor=1.25)],
     ids=["top1", "shared", "sigmoid_aux_free", "expert_choice", "capacity"],
 )
+@NEEDS_ROUTERS
 def test_router_settings_route_every_layer(options: dict) -> None:
     model = MoETransformerLM(**SMALL_MODEL, **options)
     tokens = torch.randint(0, 256, (2, 32))
@@ -57,6 +61,7 @@ def test_router_settings_route_every_layer(options: dict) -> None:
         assert block.ffn.router.weight.grad is not None and block.ffn.router.weight.grad.abs().sum() > 0
 
 
+@NEEDS_ROUTERS
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model = MoETransformerLM(**SMALL_MODEL, router="sigmoid", balance_rate=0.01)
     trainer = tiny_trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path)
@@ -87,7 +92,9 @@ def test_rejects_bad_batches() -> None:
         model.shared_step((torch.zeros(1, 4, dtype=torch.long), torch.full((1, 4), 300)), "train")
 
 
-@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "config", [c if c.stem == "top2_switch" else pytest.param(c, marks=NEEDS_ROUTERS) for c in LM_CONFIGS],
+    ids=lambda p: p.stem)
 def test_lm_config_runs_fast_dev_run(config: Path, tmp_path: Path) -> None:
     small = [f"--data.init_args.{key}={value}" for key, value in SMALL_DATA.items() if key != "num_train"]
     cli = make_cli(["fit", "--config", str(config), "--trainer.fast_dev_run=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
