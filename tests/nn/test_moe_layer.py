@@ -181,6 +181,21 @@ def test_aux_losses_hand_computed() -> None:
     assert layer.last_routing.losses["z"].item() == pytest.approx(math.log(4) ** 2)
 
 
+def test_global_balance_counts_the_loads_of_all_ranks_but_keeps_the_gradient_local(monkeypatch) -> None:
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *args: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **kw: tensor.add_(torch.tensor([0.0, 4.0])))
+    probs = torch.tensor([[0.75, 0.25], [0.75, 0.25]], requires_grad=True)
+    selected = torch.tensor([[0], [0]])  # local f = [1, 0]; with the other rank's [0, 4]: f = [1/3, 2/3]
+    loss = routed_load_balancing_loss(probs, selected, global_counts=True)
+    assert loss.item() == pytest.approx(2 * (0.75 / 3 + 0.25 * 2 / 3))
+    assert routed_load_balancing_loss(probs, selected).item() == pytest.approx(2 * 0.75)
+    loss.backward()
+    torch.testing.assert_close(probs.grad, torch.tensor([[1 / 3, 2 / 3], [1 / 3, 2 / 3]]))
+
+
 def test_last_routing_is_detached_and_return_routing_keeps_gradients() -> None:
     layer = MoELayer(d_model=8, hidden=16, num_experts=4, k=2)
     x = torch.randn(2, 3, 8)
