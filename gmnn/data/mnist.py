@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
+from gmnn.data.idx import check_idx_pair
 from gmnn.data.vision import ImageDataModule, check_files
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -21,7 +22,10 @@ class _IDXDataModule(ImageDataModule):
             self.dataset_class(str(self.root), train=train, download=True)
 
     def read(self, train: bool) -> tuple[Tensor, Tensor]:
-        check_files(self.root / self.dataset_class.__name__ / "raw", IDX_FILES, self.dataset_class.__name__)
+        raw = self.root / self.dataset_class.__name__ / "raw"
+        check_files(raw, IDX_FILES, self.dataset_class.__name__)
+        images, labels = IDX_FILES[:2] if train else IDX_FILES[2:]
+        check_idx_pair(raw / images, raw / labels)
         dataset = self.dataset_class(str(self.root), train=train, download=False)
         return dataset.data.unsqueeze(1), dataset.targets.long()
 

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.checks import (
     RNG_KEY,
+    BatchGuard,
     FiniteLossGuard,
     check_batch,
     check_checkpoint_matches,
@@ -248,7 +249,7 @@ class MoEModule(LightningModule):
 
     def check_labels(self, y: Tensor, stage: str = "train") -> None:
         """Raise ``ValueError`` when labels are not integers in ``[0, num_classes)`` (one host sync)."""
-        check_labels(y, self.num_classes, stage)
+        check_labels(y, self.num_classes, f"{stage} batch")
 
     # -------------------------------------------------------------------- steps
     def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, MoEOutput]:
@@ -259,9 +260,50 @@ class MoEModule(LightningModule):
         terms = self.loss_terms(out, x, y)
         loss = torch.stack(list(terms.values())).sum()
         if stage == "train":
-            self.guard_finite(terms)
+            self.guard_finite(terms, labels_bad=None if y.device.type == "cpu" else self.labels_out_of_range(y))
+        else:
+            self.guard_batch(stage, terms["nll"] if "nll" in terms else loss, y)
         self.log_step(stage, loss, terms, out, y, batch_size=x.shape[0])
         return loss, out
+
+    def labels_out_of_range(self, y: Tensor) -> Tensor | None:
+        """Whether any label of the batch is outside ``[0, num_classes)`` (a device tensor; ``None``: no labels)."""
+        return ((y < 0) | (y >= self.num_classes)).any()
+
+    def guard_batch(self, stage: str, loss: Tensor, y: Tensor) -> None:
+        """Record an evaluation batch's loss and labels on the device (:class:`~gmnn.models.checks.BatchGuard`).
+
+        Checked at once on one CPU process (no sync to pay), else at the end of the
+        epoch (:meth:`check_eval_guard`), so that ``val/loss`` never silently becomes NaN.
+        """
+        guards = self.__dict__.setdefault("_batch_guards", {})
+        guard = guards.setdefault(stage, BatchGuard())
+        guard.record(loss, self.labels_out_of_range(y), getattr(self, "batch_index", -1))
+        trainer = self._trainer
+        if trainer is None or (loss.device.type == "cpu" and trainer.world_size == 1):
+            guard.check(stage, self.num_classes)
+
+    def check_eval_guard(self, stage: str) -> None:
+        """Raise for a bad batch of this epoch on any process (an ``all_gather`` every process reaches here)."""
+        guard = self.__dict__.get("_batch_guards", {}).get(stage)
+        trainer = self._trainer
+        if guard is not None and trainer is not None:
+            guard.check(stage, self.num_classes, self.all_gather if trainer.world_size > 1 else None)
+
+    def on_validation_epoch_end(self) -> None:
+        self.check_eval_guard("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.check_eval_guard("test")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.batch_index = batch_idx
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.batch_index = batch_idx
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.batch_index = batch_idx
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:
         """Log loss, loss terms, mean gate probability per expert and the task metrics."""
@@ -342,13 +384,15 @@ class MoEModule(LightningModule):
             self._finite_guard = FiniteLossGuard()
 
     def check_first_batch(self, x: Tensor, y: Tensor, stage: str) -> None:
-        """Check the labels of the first batch of each stage of a run (one host sync, then nothing)."""
+        """Check the labels of the first batch of each stage of a run (one host sync), and of every
+        batch on the CPU, where reading their range costs no sync; elsewhere later batches are
+        checked on the device (:meth:`guard_batch`, :meth:`guard_finite`)."""
         checked = self.__dict__.setdefault("_checked_stages", set())
-        if stage not in checked:
-            check_batch(x, y, self.num_classes, stage)
+        if stage not in checked or y.device.type == "cpu":
+            check_batch(x, y, self.num_classes, f"{stage} batch {getattr(self, 'batch_index', 0)}")
             checked.add(stage)
 
-    def guard_finite(self, terms: dict[str, Tensor]) -> None:
+    def guard_finite(self, terms: dict[str, Tensor], labels_bad: Tensor | None = None) -> None:
         """Stop training with a ``FloatingPointError`` naming the term that became NaN/inf.
 
         Recorded every step on the device; read back every step only where that
@@ -358,11 +402,17 @@ class MoEModule(LightningModule):
         """
         guard = self.__dict__.setdefault("_finite_guard", FiniteLossGuard())
         guard.record(terms, self.global_step)
+        labels = self.__dict__.setdefault("_batch_guards", {}).setdefault("train", BatchGuard())
+        if labels_bad is not None:  # off the CPU, where every batch's labels cannot be read for free
+            labels.record(labels_bad.new_zeros((), dtype=torch.float32), labels_bad, getattr(self, "batch_index", -1))
         trainer = self._trainer
         if trainer is None or (self.device.type == "cpu" and trainer.world_size == 1):
             guard.check()
+            labels.check("train", self.num_classes)
         elif (self.global_step + 1) % trainer.log_every_n_steps == 0 or self.is_last_training_batch():
-            guard.check(self.all_gather if trainer.world_size > 1 else None)
+            gather = self.all_gather if trainer.world_size > 1 else None
+            guard.check(gather)
+            labels.check("train", self.num_classes, gather)
 
     def on_train_epoch_end(self) -> None:
         self.revive_dead_experts()  # no collective here: the usage was reduced in the epoch's last step

@@ -33,22 +33,22 @@ def check_batch(x: Tensor, y: Tensor, num_classes: int, stage: str) -> None:
         x: Inputs ``[B, ...]``.
         y: Labels, expected integers ``[B]`` in ``[0, num_classes)``.
         num_classes: The model's number of classes.
-        stage: ``"train"``, ``"val"`` or ``"test"``, named in the message.
+        stage: Where the batch comes from, named in the message (e.g. ``"val batch 3"``).
     """
     if tuple(y.shape) != (x.shape[0],):
-        raise ValueError(f"{stage} batch: labels must have shape [{x.shape[0]}] (one per input), got {list(y.shape)}")
+        raise ValueError(f"{stage}: labels must have shape [{x.shape[0]}] (one per input), got {list(y.shape)}")
     check_labels(y, num_classes, stage)
 
 
 def check_labels(y: Tensor, num_classes: int, stage: str) -> None:
     """Raise ``ValueError`` unless ``y`` holds integers in ``[0, num_classes)`` (one host sync)."""
     if y.dtype not in INTEGER_DTYPES:
-        raise ValueError(f"{stage} batch: labels must be an integer tensor, got dtype {y.dtype}")
+        raise ValueError(f"{stage}: labels must be an integer tensor, got dtype {y.dtype}")
     if y.numel():
         low, high = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
         if low < 0 or high >= num_classes:
             raise ValueError(
-                f"{stage} batch: labels must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]"
+                f"{stage}: labels must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]"
             )
 
 
@@ -112,6 +112,44 @@ class FiniteLossGuard:
             "Lower the learning rate or the regularizer's weight, check the inputs for NaN/inf, "
             "or resume from an earlier checkpoint."
         )
+
+
+class BatchGuard:
+    """Notes, on the device and without a host sync, the first batch of an epoch whose loss was NaN/inf
+    or whose labels left ``[0, num_classes)`` (e.g. ``-100`` padding, which the loss would silently skip).
+
+    :meth:`check` reads the record back (one small sync; under several processes an
+    ``all_gather`` that every process reaches at the same point) and raises naming the batch.
+    """
+
+    def __init__(self) -> None:
+        self.first: Tensor | None = None  # [2]: first batch with a non-finite loss, first with bad labels
+
+    def record(self, loss: Tensor, labels_bad: Tensor | None, batch_idx: int) -> None:
+        """Add one batch: its loss and, for classification, whether any label is out of range."""
+        bad = torch.stack([~torch.isfinite(loss.detach()).all(), labels_bad if labels_bad is not None
+                           else torch.zeros((), dtype=torch.bool, device=loss.device)])
+        steps = torch.where(bad, batch_idx, NEVER)
+        self.first = steps if self.first is None else torch.minimum(self.first, steps)
+
+    def check(self, stage: str, num_classes: int, gather: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Raise ``ValueError`` (labels) or ``FloatingPointError`` (loss) for the first bad batch; then forget it."""
+        if self.first is None:
+            return
+        first, self.first = self.first, None
+        if gather is not None:
+            gathered = gather(first)
+            first = gathered.min(dim=0).values if gathered.dim() > 1 else gathered
+        loss_batch, label_batch = first.tolist()
+        if label_batch != NEVER:
+            raise ValueError(
+                f"{stage} batch {label_batch}: labels must lie in [0, num_classes={num_classes}) "
+                "(a negative padding label such as -100 is not supported)"
+            )
+        if loss_batch != NEVER:
+            raise FloatingPointError(
+                f"{stage} batch {loss_batch}: the loss is NaN or inf; check the {stage} inputs for NaN/inf"
+            )
 
 
 def _shapes(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -106,6 +106,10 @@ class RegressionMoE(MoEModule):
              for name, metric in (("sample_entropy", SampleEntropy), ("expert_usage", ExpertUsage))}
         )
 
+    def labels_out_of_range(self, y: Tensor) -> Tensor | None:
+        """Regression targets are real numbers: no range to check."""
+        return None
+
     def check_first_batch(self, x: Tensor, y: Tensor, stage: str) -> None:
         """Targets must be floats ``[B, D]`` (no host sync)."""
         if not y.is_floating_point() or tuple(y.shape) != (x.shape[0], self.num_classes):
