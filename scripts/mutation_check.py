@@ -170,8 +170,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume_ignores_checkpoint", "gmnn/resume.py",
-        "    path = find_last_checkpoint(config)\n    if path is None:\n        return None",
-        "    path = None\n    if path is None:\n        return None",
+        "    path = find_last_checkpoint(config, experiment)\n    if path is None:",
+        "    path = None\n    if path is None:",
         ("tests/test_resume.py", "tests/test_cli.py"),
         "--ckpt_path last never finds the earlier run's last.ckpt (starts from scratch)",
     ),
@@ -198,8 +198,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "ddp_loss_sync_dropped", "gmnn/models/base.py",
-        'opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=stage != "train")',
-        "opts = dict(on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=False)",
+        "batch_size=batch_size if training else float(batch_size), sync_dist=not training)",
+        "batch_size=batch_size if training else float(batch_size), sync_dist=False)",
         ("tests/test_distributed.py",),
         "val/test loss logged without sync_dist: each DDP rank reports its own half",
     ),
@@ -277,8 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gmnn-mutation-") as tmp:
         clean = copy_tree(Path(tmp) / "clean")
         check_imports_copy(clean, mutations)
+        problems = []
         for m in mutations:  # every target must exist before anything runs
-            m.source()
+            try:
+                m.source()
+            except MutationError as error:
+                problems.append(str(error))
+        if problems:
+            raise MutationError("\n".join(problems))
         if not options.no_baseline:
             tests = ["tests"] if options.all else sorted({t for m in mutations for t in m.tests if (ROOT / t).exists()})
             start = time.perf_counter()
