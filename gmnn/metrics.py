@@ -11,6 +11,8 @@ al. (2017) for the importance coefficient of variation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,6 +42,23 @@ def _check_gate(metric: Metric, gate_probs: Tensor) -> None:
 
 def _check_classes(name: str, classes: Tensor, batch: int) -> None:
     check_shape(name, classes, (batch,))
+
+
+class _ExactStates(Metric):
+    """A metric whose floating-point states stay float64 whatever dtype the module is cast to.
+
+    Lightning's ``bf16-true`` / ``16-true`` / ``64-true`` cast the whole LightningModule,
+    metric states included; sums of probabilities kept in bfloat16 would round
+    (and mismatch the float64 updates). States are cast back after every ``.to()``.
+    """
+
+    def _apply(self, fn: Any, exclude_state: Sequence[str] = "") -> Any:
+        this = super()._apply(fn, exclude_state)
+        for key, default in this._defaults.items():
+            if isinstance(default, Tensor) and default.is_floating_point() and default.dtype != torch.float64:
+                this._defaults[key] = default.double()
+                setattr(this, key, getattr(this, key).double())
+        return this
 
 
 class MutualInformation(Metric):
@@ -77,7 +96,7 @@ class MutualInformation(Metric):
         return mutual_information_bits(self.counts)
 
 
-class _GateSums(Metric):
+class _GateSums(_ExactStates):
     """Sum of gate probabilities ``[E]`` and the number of samples seen."""
 
     full_state_update = False
@@ -92,7 +111,7 @@ class _GateSums(Metric):
     def update(self, gate_probs: Tensor) -> None:
         """Add a batch of gate probabilities ``[B, E]``."""
         _check_gate(self, gate_probs)
-        self.gate_sum += gate_probs.detach().sum(0).double()
+        self.gate_sum += gate_probs.detach().double().sum(0)  # float64 before summing: bf16 sums round
         self.total += gate_probs.shape[0]
 
 
@@ -128,7 +147,7 @@ class ImportanceCV(_GateSums):
         return (self.gate_sum.std(correction=0) / mean.clamp_min(1e-12)).float()
 
 
-class SampleEntropy(Metric):
+class SampleEntropy(_ExactStates):
     """Sample entropy: the mean over samples of the gate's entropy H(g(x)) in bits.
 
     0 when the gate is one-hot on every sample (a confident, crisp decomposition).
@@ -157,7 +176,7 @@ class SampleEntropy(Metric):
         return (self.entropy_sum / self.total.clamp_min(1)).float()
 
 
-class _ClassGateMass(Metric):
+class _ClassGateMass(_ExactStates):
     """Gate mass per expert per class ``[E, C]`` and samples per class ``[C]`` (true labels)."""
 
     full_state_update = False

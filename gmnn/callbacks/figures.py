@@ -76,7 +76,7 @@ def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tens
     ``model`` maps ``[N, 2]`` to a :class:`~gmnn.nn.output.MoEOutput` and owns ``experts``.
     """
     gx, gy, grid = _grid(points.float().cpu(), size)
-    grid = grid.to(model.device)
+    grid = grid.to(model.device, model.dtype)  # the module's precision (e.g. 64-true, bf16-true)
     out = model(grid)
     expert_logits = model.experts(grid)[0]
     gate_colours = "tab10" if model.num_experts <= 10 else "tab20"  # expert i gets colour i

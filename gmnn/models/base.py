@@ -16,6 +16,7 @@ from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.checks import (
     RNG_KEY,
     BatchGuard,
+    check_training_precision,
     FiniteLossGuard,
     check_batch,
     check_checkpoint_matches,
@@ -382,6 +383,7 @@ class MoEModule(LightningModule):
         self._checked_stages: set[str] = set()  # check the first batch of every stage of every run
         if stage == "fit":
             self._finite_guard = FiniteLossGuard()
+            check_training_precision(self.trainer.precision)
 
     def check_first_batch(self, x: Tensor, y: Tensor, stage: str) -> None:
         """Check the labels of the first batch of each stage of a run (one host sync), and of every

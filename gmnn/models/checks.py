@@ -52,6 +52,20 @@ def check_labels(y: Tensor, num_classes: int, stage: str) -> None:
             )
 
 
+def check_training_precision(precision: str) -> None:
+    """Refuse to train in pure float16 (``16-true``), where Adam's ``eps = 1e-8`` rounds to 0.
+
+    The first update divides by ``sqrt(v) + 0`` for tiny second moments and the loss
+    becomes inf within a few steps; ``16-mixed`` keeps float32 weights and optimizer
+    state, and ``bf16-true`` has float32's range. Evaluation in ``16-true`` is fine.
+    """
+    if str(precision) in ("16-true", "16", "half"):
+        raise ValueError(
+            f"precision={precision!r} cannot train gmnn's models: Adam's eps 1e-8 is 0 in float16 and the loss "
+            "turns inf within a few steps; use --trainer.precision=16-mixed or bf16-true (bf16-mixed, 32, 64-true also work)"
+        )
+
+
 class FiniteLossGuard:
     """Stops training with a clear error when a loss term becomes NaN or inf.
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from gmnn.validation import check_non_negative, check_positive
 
+MIN_TEMPERATURE = 1e-4  # logits of a few thousand over 1e-4 stay far inside float32 (and bfloat16) range
+
 
 def check_temperature_schedule(temperature: float, decay: float, start: int, floor: float) -> None:
     """Raise ``ValueError`` for a temperature <= 0, a negative decay or start, or a floor above the start temperature."""
-    check_positive("temperature", temperature)
+    for name, value in (("temperature", temperature), ("temperature_min", floor)):
+        check_positive(name, value)
+        if value < MIN_TEMPERATURE:
+            raise ValueError(
+                f"{name} must be >= {MIN_TEMPERATURE:g} (below it logits / T overflow and the gate becomes NaN), got {value:g}"
+            )
     check_non_negative("temperature_decay", decay)
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise ValueError(f"temperature_decay_start must be an integer >= 0, got {start!r}")
-    check_positive("temperature_min", floor)
     if decay > 0 and floor > temperature:
         raise ValueError(f"temperature_min must be <= temperature={temperature} when decaying, got {floor}")
 
