@@ -116,7 +116,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "moe_layer_router_weights_detached", "gmnn/nn/routers.py",
         "weights = scores.gather(-1, selected)\n",
         "weights = scores.gather(-1, selected).detach()\n",
-        ("tests/nn/test_moe_layer.py", "tests/nn/test_routers.py"),
+        ("tests/models/test_gradients.py", "tests/nn/test_moe_layer.py", "tests/nn/test_routers.py"),
         "MoELayer's routing weights are detached: the router learns only from the aux loss",
     ),
     Mutation(

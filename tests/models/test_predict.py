@@ -7,7 +7,7 @@ import torch
 
 from gmnn.models import DenseMoE, RegressionMoE
 from tests.conftest import tiny_trainer
-from tests.models.every_variant import C, E, batch, build, case_id, cases
+from tests.models.every_variant import C, E, L_TOKENS, V, batch, build, case_id, cases, is_token_model
 
 
 def _predict(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -21,6 +21,15 @@ def test_predict_gives_probabilities_their_argmax_and_the_gate(name: str, extra:
     model = build(name, extra)
     x, _ = batch(model, n=10)
     out = _predict(model, x)
+    if is_token_model(model):  # next-token distributions at every position
+        assert out["probs"].shape == (10, L_TOKENS, V)
+        torch.testing.assert_close(out["probs"].sum(-1), torch.ones(10, L_TOKENS))
+        assert torch.equal(out["prediction"], out["probs"].argmax(-1))
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)[0].double()
+        torch.testing.assert_close(out["probs"].double(), logits.exp() / logits.exp().sum(-1, keepdim=True))
+        return
     experts = model.num_experts
     assert out["gate_probs"].shape == (10, experts)
     torch.testing.assert_close(out["gate_probs"].sum(-1), torch.ones(10))
