@@ -237,7 +237,8 @@ class MixedSourceTextDataModule(SplitDataModule):
         return float(-(torch.special.xlogy(p, p)).sum() / math.log(2))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        sampler = None if shuffle else self.eval_sampler(self.splits[split])  # DDP: each sequence once
         return DataLoader(
-            self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+            self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
             num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
         )

@@ -206,7 +206,7 @@ class MoETransformerLM(MoEModule):
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         if stage == "train":
             self.guard_finite({"nll": nll, "aux": aux})
-        opts = dict(on_step=stage == "train", on_epoch=True, batch_size=tokens.shape[0], sync_dist=stage != "train")
+        opts = self.log_options(stage, tokens.shape[0])  # evaluation: synced, a sequence-weighted mean of the whole set
         self.log(f"{stage}/loss", nll, prog_bar=True, **opts)
         self.log_dict({f"{stage}/loss_aux": aux.detach(), f"{stage}/bits_per_byte": nll.detach() / math.log(2)}, **opts)
         return nll + aux, logits

@@ -120,3 +120,58 @@ def test_invalid_arguments() -> None:
         RoutingMonitor(stages=("training",))
     with pytest.raises(ValueError, match="probe_size"):
         RoutingMonitor(probe_size=-1)
+
+
+DDP_SCRIPT = '''
+import json, sys, torch
+torch.set_num_threads(1)
+import pytorch_lightning as L
+from gmnn.callbacks import RoutingMonitor
+from gmnn.data import MixedSourceTextDataModule
+from gmnn.models import MoETransformerLM
+L.seed_everything(0, verbose=False)
+data = MixedSourceTextDataModule(seq_len=16, num_train=16, num_val=11, source_bytes=3000, min_segment=8,
+                                 max_segment=16, batch_size=4)  # 11 sequences: unequal shards of 6 and 5
+model = MoETransformerLM(input_shape=[16], d_model=16, num_layers=1, num_heads=2, expert_hidden=16)
+kw = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=True,
+          enable_model_summary=False, callbacks=[RoutingMonitor(probe_size=2)])
+trainer = L.Trainer(devices=int(sys.argv[1]), strategy="ddp" if sys.argv[1] == "2" else "auto", max_epochs=1, **kw)
+if sys.argv[1] == "2":
+    trainer.fit(model, data)
+    torch.save(model.state_dict(), sys.argv[2])
+else:
+    model.load_state_dict(torch.load(sys.argv[2]))
+    trainer.validate(model, data, verbose=False)
+if trainer.is_global_zero:
+    print("METRICS" + json.dumps({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
+'''
+
+
+@pytest.mark.slow
+def test_ddp_metrics_equal_one_process(tmp_path) -> None:
+    """Two DDP processes (unequal validation shards) log the monitor's values of one process on the same weights."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT)
+    results = []
+    for devices in ("2", "1"):
+        process = subprocess.Popen([sys.executable, str(script), devices, str(tmp_path / "w.pt")], cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            output, _ = process.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"devices={devices} hung")
+        assert process.returncode == 0, output[-3000:]
+        results.append(json.loads(output.split("METRICS")[-1].splitlines()[0]))
+    ddp, one = results
+    routing = [key for key in one if "/routing/" in key]
+    assert len(routing) == 7 and "val/loss" in one
+    for key in [*routing, "val/loss"]:
+        assert ddp[key] == pytest.approx(one[key], abs=1e-5, nan_ok=True), key
