@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import importlib.metadata
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -59,6 +62,11 @@ class GMNNCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
+    def after_fit(self) -> None:
+        """Say where the run went: its folder, best and last checkpoints, final validation metrics."""
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer), file=sys.stderr)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -75,21 +83,73 @@ class GMNNCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
 
+EPILOG = (
+    "other commands: gmnn report RUN_DIRS... (results table of finished runs), "
+    "gmnn analyze --ckpt_path CKPT (routing report), gmnn --version"
+)
+
+
+@contextlib.contextmanager
+def _only_these_args(args: Any) -> Iterator[None]:
+    """Hide the program's own ``sys.argv`` while ``args`` are parsed: LightningCLI warns when it sees both."""
+    if args is None:
+        yield
+        return
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+SUMMARY_METRICS = ("val/loss", "val/acc", "val/mutual_information", "val/expert_usage", "val/sample_entropy")
+
+
+def fit_summary(trainer: Any) -> str:
+    """A few lines on a finished fit: run folder, checkpoints, final validation metrics, how to look at it."""
+    lines = ["gmnn: fit finished" + (f" at epoch {trainer.current_epoch}" if trainer.current_epoch else "")]
+    if trainer.loggers and trainer.log_dir:
+        lines.append(f"  run folder:  {trainer.log_dir}")
+    for callback in trainer.checkpoint_callbacks:
+        path = callback.best_model_path  # LastCheckpoint keeps one file, last.ckpt, as its "best"
+        if path:
+            lines.append(f"  {'last' if isinstance(callback, LastCheckpoint) else 'best'} checkpoint: {path}")
+    metrics = trainer.callback_metrics
+    shown = [f"{name.split('/', 1)[1]} {float(metrics[name]):.4g}" for name in SUMMARY_METRICS if name in metrics]
+    if shown:
+        lines.append(f"  validation:  {', '.join(shown)} (MI, usage, entropy in bits)")
+    save_dir = getattr(trainer.logger, "save_dir", None) if trainer.logger is not None else None
+    if save_dir:
+        lines.append(f"  look at it:  tensorboard --logdir {save_dir}")
+    return "\n".join(lines)
+
+
 def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
     """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config)."""
-    return GMNNCLI(
-        MoEModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        seed_everything_default=0,
-        save_config_callback=RunConfig,
-        parser_kwargs={"allow_abbrev": False},  # a truncated key is a typo, not an abbreviation
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    with _only_these_args(args):
+        return GMNNCLI(
+            MoEModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            save_config_callback=RunConfig,
+            # a truncated key is a typo, not an abbreviation
+            parser_kwargs={"allow_abbrev": False, "epilog": EPILOG},
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+        )
+
+
+def version() -> str:
+    """The installed gmnn version (the source tree's when it is not installed)."""
+    try:
+        return importlib.metadata.version("gmnn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(args: list[str] | None = None) -> None:
@@ -102,8 +162,12 @@ def main(args: list[str] | None = None) -> None:
     set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
     (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
     """
+    from_command_line = args is None
     args = sys.argv[1:] if args is None else args
     try:
+        if args and args[0] in ("--version", "-V"):
+            print(f"gmnn {version()}")
+            return
         if args and args[0] == "report":
             from gmnn.report import main as report_main
 
@@ -111,7 +175,7 @@ def main(args: list[str] | None = None) -> None:
             return
         if args and args[0] == "analyze":
             return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
-        make_cli(args)
+        make_cli(None if from_command_line else args)
     except (ValueError, OSError, FloatingPointError) as error:
         full = _disk_full(error)
         other_os_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and full is None
