@@ -52,14 +52,21 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype :func:`grouped_linear` computes in: autocast's where it is on (``_grouped_mm`` is no autocast op), else ``x``'s."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def can_group(x: Tensor, *widths: int) -> bool:
     """Whether :func:`grouped_linear` runs on rows like ``x`` with these layer widths.
 
-    ``torch._grouped_mm`` must work on the device and dtype, and every width
-    must be a multiple of 16 bytes (its stride requirement).
+    ``torch._grouped_mm`` must work on the device and the compute dtype, and
+    every width must be a multiple of 16 bytes (its stride requirement).
     """
-    aligned = all(width * x.element_size() % 16 == 0 for width in widths)
-    return aligned and grouped_mm_works(x.device.type, x.dtype)
+    dtype = compute_dtype(x)
+    aligned = all(width * dtype.itemsize % 16 == 0 for width in widths)
+    return aligned and grouped_mm_works(x.device.type, dtype)
 
 
 def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, offsets: Tensor, group: Tensor) -> Tensor:
@@ -72,5 +79,6 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, offsets: Tens
         offsets: End of each group in ``x`` ``[E]`` (int32 cumulative sizes; groups may be empty).
         group: Group of every row ``[N]`` (selects the bias).
     """
-    y = _GroupedLinear.apply(x, weight, offsets)
-    return y if bias is None else y + bias.index_select(0, group)
+    dtype = compute_dtype(x)
+    y = _GroupedLinear.apply(x.to(dtype), weight.to(dtype), offsets)
+    return y if bias is None else y + bias.index_select(0, group).to(dtype)

@@ -201,8 +201,8 @@ class MoELayer(nn.Module):
             token = order // k
             groups = x.index_select(0, token).split(counts)
             outputs = torch.cat([self.expert(e, rows) for e, rows in enumerate(groups) if counts[e] > 0])
-        outputs = outputs * weights.reshape(-1, 1).index_select(0, order)
-        return x.new_zeros(x.shape).index_add(0, token, outputs)
+        outputs = outputs * weights.reshape(-1, 1).index_select(0, order).to(outputs.dtype)
+        return outputs.new_zeros(x.shape).index_add(0, token, outputs)
 
     def _with_capacity(self, x: Tensor, routing: Routing) -> Tensor:
         tokens, k = routing.selected.shape
@@ -217,21 +217,22 @@ class MoELayer(nn.Module):
         routing.dropped = dropped.view(k, tokens).t()
         counted = dropped.numel() if valid is None else valid.sum().clamp_min(1)
         self.dropped_fraction = dropped.sum() / counted
-        return (pair_outputs.view(k, tokens, -1) * routing.weights.t().unsqueeze(-1)).sum(0)
+        return (pair_outputs.view(k, tokens, -1) * routing.weights.t().unsqueeze(-1).to(pair_outputs.dtype)).sum(0)
 
     def _expert_choice(self, x: Tensor, route: Route) -> Tensor:
         tokens = route.expert_tokens  # [E, c]
         rows = x.index_select(0, tokens.reshape(-1)).view(*tokens.shape, -1)
-        outputs = self.experts.batched(rows) * route.expert_gates.unsqueeze(-1)
-        return x.new_zeros(x.shape).index_add(0, tokens.reshape(-1), outputs.reshape(-1, x.shape[-1]))
+        outputs = self.experts.batched(rows)
+        outputs = outputs * route.expert_gates.unsqueeze(-1).to(outputs.dtype)
+        return outputs.new_zeros(x.shape).index_add(0, tokens.reshape(-1), outputs.reshape(-1, x.shape[-1]))
 
     def _soft(self, x: Tensor, route: Route) -> Tensor:
         batch, seq_len, slots = route.dispatch.shape
-        inputs = torch.einsum("bnm,bnd->bmd", route.dispatch, x.view(batch, seq_len, -1))  # [B, E * S, D]
+        inputs = torch.einsum("bnm,bnd->bmd", route.dispatch.to(x.dtype), x.view(batch, seq_len, -1))  # [B, E * S, D]
         per_expert = inputs.view(batch, self.num_experts, -1, x.shape[-1]).transpose(0, 1)  # [E, B, S, D]
         outputs = self.experts.batched(per_expert.reshape(self.num_experts, -1, x.shape[-1]))
         outputs = outputs.view(self.num_experts, batch, -1, x.shape[-1]).transpose(0, 1).reshape(batch, slots, -1)
-        return torch.einsum("bnm,bmd->bnd", route.combine, outputs).reshape(x.shape)
+        return torch.einsum("bnm,bmd->bnd", route.combine.to(outputs.dtype), outputs).reshape(x.shape)
 
     def _run(self, x: Tensor, route: Route) -> Tensor:
         routing = route.routing
@@ -243,7 +244,8 @@ class MoELayer(nn.Module):
             return self._with_capacity(x, routing)
         if self.k == self.num_experts:
             dense = torch.zeros_like(routing.probs).scatter(-1, routing.selected, routing.weights)
-            return torch.einsum("te,etd->td", dense, self.experts.dense(x))
+            outputs = self.experts.dense(x)
+            return torch.einsum("te,etd->td", dense.to(outputs.dtype), outputs)
         return self._grouped(x, routing.weights, routing.selected)
 
     def losses(self, routing: Routing) -> dict[str, Tensor]:

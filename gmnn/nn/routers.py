@@ -156,7 +156,7 @@ class TokenChoiceRouter(Router):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, seq_len: int | None = None) -> Route:
         logits = self.logits(x)
-        scores, probs = self.scores(x, logits)
+        scores, probs = self.scores(x, logits.float())  # routing in fp32, as Mixtral / Qwen do under bf16
         balancing = self.balance_rate > 0
         selected = self._select(scores + self.selection_bias if balancing else scores)
         weights = scores.gather(-1, selected)
@@ -290,7 +290,7 @@ class ExpertChoiceRouter(Router):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, seq_len: int | None = None) -> Route:
         logits = self.logits(x)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits.float(), dim=-1)
         tokens = x.shape[0]
         choice = probs.t() if mask is None else probs.t().masked_fill(~mask, -1.0)
         picked, expert_tokens = choice.topk(self.capacity(tokens), dim=-1)  # [E, c]
@@ -345,7 +345,7 @@ class SoftMoERouter(Router):
         seq_len = tokens if seq_len is None else seq_len
         if seq_len < 1 or tokens % seq_len:
             raise ValueError(f"seq_len must divide the {tokens} tokens, got {seq_len}")
-        logits = self.logits(x).view(tokens // seq_len, seq_len, -1)  # [B, N, E * S]
+        logits = self.logits(x).float().view(tokens // seq_len, seq_len, -1)  # [B, N, E * S]
         combine = torch.softmax(logits, dim=-1)
         if mask is None:
             dispatch = torch.softmax(logits, dim=1)

@@ -301,3 +301,18 @@ def test_static_shape_paths_compile_into_one_graph(name: str) -> None:
     torch.testing.assert_close(out, eager_out)
     for a, b in zip(grads, [p.grad for p in layer.parameters()]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["top2", "dense", "swiglu-shared", "geglu-capacity", "sigmoid-top2-scaled"])
+def test_bfloat16_and_autocast_run_and_stay_close_to_float32(name: str) -> None:
+    torch.manual_seed(0)
+    layer = LAYERS[name]()
+    x = torch.randn(3, 7, 8)
+    expected, _ = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_out, aux = layer(x)
+    (autocast_out.float().sum() + aux).backward()
+    low, _ = layer.to(torch.bfloat16)(x.bfloat16())
+    assert autocast_out.dtype == low.dtype == torch.bfloat16 and aux.dtype == torch.float32
+    for out in (autocast_out, low):
+        torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
