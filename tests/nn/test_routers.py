@@ -180,3 +180,26 @@ def test_noisy_top_k_learns_its_noise_and_is_deterministic_in_eval() -> None:
     layer.eval()
     assert torch.equal(layer(x)[0], layer(x)[0])
     assert router.noise_weight.shape == (4, 8) and math.isclose(router.noise_weight.abs().sum().item(), 0.0)
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # same initial router on both ranks
+        router = SigmoidRouter(8, 4, k=1, balance_rate=0.01)
+        torch.manual_seed(1 + rank)  # different data on each rank
+        for _ in range(5):
+            router(torch.randn(64, 8) + rank)  # the bias update runs inside every training forward
+        torch.save(router.selection_bias, f"{out_dir}/bias{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_aux_free_bias_stays_identical_on_two_real_processes(tmp_path) -> None:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    torch.multiprocessing.start_processes(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                                          start_method="fork")  # fork: no re-import of torch in the children
+    bias0, bias1 = torch.load(tmp_path / "bias0.pt"), torch.load(tmp_path / "bias1.pt")
+    assert torch.equal(bias0, bias1) and bias0.abs().sum() > 0
