@@ -186,29 +186,34 @@ class RoutingStats(Metric):
         self.add_state("load", torch.zeros(e, dtype=l64), dist_reduce_fx="sum")
         self.add_state("coactivation", torch.zeros(e, e, dtype=l64), dist_reduce_fx="sum")
         self.add_state("joint", torch.zeros(e, max(1, self.num_labels), dtype=l64), dist_reduce_fx="sum")
-        for name in ("tokens", "pairs", "dropped", "z_sum", "z_tokens"):
+        for name in ("tokens", "dropped", "z_sum", "z_tokens"):
             self.add_state(name, torch.zeros((), dtype=l64), dist_reduce_fx="sum")
 
     def update(self, routing: Routing, labels: Tensor | None = None) -> None:
         """Add one call's routing (``T`` tokens) and optional per-token labels (``T`` values; < 0 ignored)."""
-        assigned = assignment(routing)
-        weight = torch.ones(assigned.shape[0], device=assigned.device) if routing.mask is None else routing.mask.float()
-        self.tokens += weight.sum().double()
-        self.load += assigned.sum(0).double()
+        assigned = assignment(routing)  # padding rows are 0
+        mask = routing.mask
+        tokens = assigned.shape[0] if mask is None else mask.sum()
+        self.tokens += tokens
+        self.load += assigned.sum(0).double()  # its sum: the routed (token, expert) pairs
         self.coactivation += (assigned.t() @ assigned).double()
-        if routing.selected is not None:
-            valid = (routing.selected >= 0).float() * weight.unsqueeze(-1)
-            self.pairs += valid.sum().double()
-            if routing.dropped is not None:
-                self.dropped += (routing.dropped.float() * valid).sum().double()
-        if routing.logits is not None:
-            self.z_sum += (torch.logsumexp(routing.logits.float(), -1).pow(2) * weight).sum().double()
-            self.z_tokens += weight.sum().double()
+        if routing.dropped is not None:
+            dropped = routing.dropped & (routing.selected >= 0)
+            self.dropped += (dropped if mask is None else dropped & mask.unsqueeze(-1)).sum()
+        z = (routing.losses or {}).get("z")  # the layer's own masked mean z-loss, when it computed one
+        if z is not None:
+            self.z_sum += z.double() * tokens
+            self.z_tokens += tokens
+        elif routing.logits is not None:
+            z_tokens = torch.logsumexp(routing.logits.float(), -1).pow(2)
+            self.z_sum += (z_tokens if mask is None else z_tokens * mask).sum().double()
+            self.z_tokens += tokens
         if labels is not None and self.num_labels > 0:
             labels = labels.reshape(-1).long()
-            counted = weight * ((labels >= 0) & (labels < self.num_labels)).float()
+            counted = (labels >= 0) & (labels < self.num_labels)
+            counted = (counted if mask is None else counted & mask).double()
             cell = routing.top1 * self.num_labels + labels.clamp(0, self.num_labels - 1)
-            self.joint.view(-1).index_add_(0, cell, counted.double())
+            self.joint.view(-1).index_add_(0, cell, counted)
 
     def matrices(self) -> dict[str, Tensor]:
         """``joint [E, L]``, ``load [E]`` and ``coactivation [E, E]`` (synced under DDP like ``compute``)."""
@@ -224,7 +229,7 @@ class RoutingStats(Metric):
             "usage": entropy_bits(share),
             "imbalance": share.max() / share.mean().clamp_min(1e-12),
             "dead_experts": (share < self.dead_fraction / self.num_experts).sum().double(),
-            "dropped": self.dropped / self.pairs.clamp_min(1),
+            "dropped": self.dropped / self.load.sum().clamp_min(1),
             "router_z": self.z_sum / self.z_tokens if self.z_tokens > 0 else nan,
         }
         if self.num_labels > 0:

@@ -32,8 +32,6 @@ SERIES = ("mutual_information", "usage", "imbalance", "dead_experts", "label_ent
 
 def run_one(config: Path, seed: int, out: Path) -> dict:
     """Fit one run in a fresh process; return its record (also written to ``result.json``)."""
-    from gmnn.report import read_scalars
-
     folder = out / config.stem / f"seed{seed}"
     command = [sys.executable, "-c", "from gmnn.cli import main; main()", "fit", "--config", str(config),
                f"--seed_everything={seed}", f"--trainer.logger.init_args.save_dir={out}",
@@ -43,8 +41,17 @@ def run_one(config: Path, seed: int, out: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "fit.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return write_record(folder, config.stem, seed, round(time.time() - start, 1))
+
+
+def write_record(folder: Path, config: str, seed: int, wall_s: float) -> dict:
+    """A finished run's ``result.json`` from its TensorBoard events (last values)."""
+    from gmnn.report import read_scalars
+
     scalars = read_scalars(folder)
-    record = {"config": config.stem, "seed": seed, "wall_s": round(time.time() - start, 1),
+    for tag in list(scalars):  # a value logged per step and epoch carries an "_epoch" suffix
+        scalars.setdefault(tag.removesuffix("_epoch"), scalars[tag])
+    record = {"config": config, "seed": seed, "wall_s": wall_s,
               "val_loss": scalars["val/loss"], "bits_per_byte": scalars["val/bits_per_byte"], "layers": {}}
     layers = sorted({tag.split("/")[2] for tag in scalars if tag.startswith("val/routing/")})
     for layer in layers:
@@ -169,6 +176,8 @@ def measure_overhead(config: Path, steps: int = 40, rounds: int = 3) -> dict[str
             super()._update(stage, batch)
             self.update_s.append(time.perf_counter() - start)
 
+        probe_s = 0.0
+
         def _finish(self, trainer, pl_module, stage) -> None:
             start = time.perf_counter()
             super()._finish(trainer, pl_module, stage)
@@ -177,10 +186,10 @@ def measure_overhead(config: Path, steps: int = 40, rounds: int = 3) -> dict[str
         def _log_stability(self, trainer, pl_module) -> None:
             start = time.perf_counter()
             super()._log_stability(trainer, pl_module)
-            self.epoch_end_s += time.perf_counter() - start
+            self.probe_s += time.perf_counter() - start
 
     times: dict[str, list[float]] = {"without": [], "with": []}
-    epoch_end = []
+    epoch_end, probe = [], []
     for round_ in range(rounds):
         for mode in ("without", "with"):
             L.seed_everything(round_, verbose=False)
@@ -195,13 +204,25 @@ def measure_overhead(config: Path, steps: int = 40, rounds: int = 3) -> dict[str
             gaps = [b - a for a, b in zip(clock.starts[1:-1], clock.starts[2:])]  # skip the first (probe, warm-up)
             times[mode].append(stats.median(gaps))
             if mode == "with":
-                epoch_end.append(callbacks[1].epoch_end_s)
+                epoch_end.append(callbacks[1].epoch_end_s + callbacks[1].probe_s)
+                probe.append(callbacks[1].probe_s)
+    import io
+
+    from gmnn.callbacks.routing_monitor import routing_figure
+
+    figure_s = []
+    for _ in range(3):  # one validation figure of one layer, rendered to PNG as TensorBoard's add_figure does
+        start = time.perf_counter()
+        matrices = {"joint": torch.rand(4, 3), "load": torch.rand(4), "coactivation": torch.rand(4, 4)}
+        routing_figure(matrices, ["code", "prose", "data"], "layer", [0.5, 0.1]).savefig(io.BytesIO(), format="png")
+        figure_s.append(time.perf_counter() - start)
     without, with_ = min(times["without"]), min(times["with"])
     steps_per_epoch = len(data.train_dataloader())
     update = stats.median(TimedMonitor.update_s)  # the monitor's own work per step, timed inside the step
     return {"step_s_without": without, "step_s_with": with_, "per_step_overhead": with_ / without - 1,
             "update_s": update, "update_over_step": update / without,
-            "epoch_end_s": min(epoch_end), "epoch_end_per_step": min(epoch_end) / steps_per_epoch / without,
+            "epoch_end_s": min(epoch_end), "probe_s": min(probe), "figure_s_per_layer": min(figure_s),
+            "epoch_end_per_step": min(epoch_end) / steps_per_epoch / without,
             "rounds_without": times["without"], "rounds_with": times["with"]}
 
 
@@ -222,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:  # seed-major: every setting gets its first seed before any gets its third
         for config in args.configs:
             done = out / config.stem / f"seed{seed}" / "result.json"
+            if args.table_only and done.exists():  # re-read the events (keeps the measured wall time)
+                write_record(done.parent, config.stem, seed, json.loads(done.read_text())["wall_s"])
             if args.table_only or done.exists():
                 continue
             try:

@@ -81,8 +81,9 @@ class RoutingMonitor(Callback):
     changed since the previous training epoch (the first epoch compares with
     the routing before training; read at the epoch's last step), logged as ``train/routing/{layer}/stability``.
     Figures (global rank zero, after the sync; only with a TensorBoard
-    logger), ``{stage}/routing/{layer}``: expert x label heatmap, usage bars,
-    co-activation matrix and the stability history.
+    logger) for the evaluation stages, ``val/routing/{layer}`` (and ``test/``):
+    expert x label heatmap, usage bars, co-activation matrix and the stability
+    history (none for training: drawing costs more than an epoch of updates).
 
     Args:
         stages: Stages to monitor, from ``train``, ``val``, ``test``.
@@ -91,7 +92,7 @@ class RoutingMonitor(Callback):
         num_labels: Label values; 0 takes the data module's ``num_labels`` (else ``num_classes``, else the model's).
         dead_fraction: An expert is dead below this fraction of the fair share 1/E of routed pairs.
         probe_size: Sequences (samples) in the stability probe (0: no stability).
-        figures_every_n_epochs: Draw figures every n-th epoch (0: never).
+        figures_every_n_epochs: Draw validation figures every n-th epoch (0: only after testing).
     """
 
     def __init__(self, stages: Sequence[str] = ("train", "val"), label_index: int | None = -1, num_labels: int = 0,
@@ -218,7 +219,7 @@ class RoutingMonitor(Callback):
             value = metric.compute()  # synced over ranks: every rank runs this hook in the same order
             metric.reset()
             self.stability.setdefault(name, []).append(float(value))
-            pl_module.log(f"train/routing/{name}/stability", value, on_epoch=True, batch_size=1)
+            pl_module.log(f"train/routing/{name}/stability", value, on_step=False, on_epoch=True, batch_size=1)
         self.probe_top1 = now
 
     def _finish(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -231,12 +232,12 @@ class RoutingMonitor(Callback):
             computed[name] = metric.matrices()
             metric.reset()
             pl_module.log_dict({f"{stage}/routing/{name}/{key}": value for key, value in values.items()
-                                if key in SERIES}, on_epoch=True, batch_size=1)
+                                if key in SERIES}, on_step=False, on_epoch=True, batch_size=1)
         due = self.figures_every_n_epochs > 0 and (trainer.current_epoch + 1) % self.figures_every_n_epochs == 0
         writer = tensorboard_writer(trainer)
-        if trainer.is_global_zero and writer is not None and (due or stage == "test"):
+        if trainer.is_global_zero and writer is not None and (stage == "test" or due and stage == "val"):
             for name, matrices in computed.items():
-                history = self.stability.get(name) if stage == "train" else None
+                history = self.stability.get(name)
                 fig = routing_figure(matrices, self.label_names, f"{stage} {name}", history)
                 writer.add_figure(f"{stage}/routing/{name}", fig, global_step=trainer.global_step, close=True)
 
