@@ -107,6 +107,32 @@ def table(records: list[dict], ceilings: dict[str, tuple[float, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def trajectories(out: Path, configs: list[str]) -> str:
+    """Markdown: per config and epoch, the mean over seeds and layers of the probe's changed fraction
+    (stability) and of the validation I(expert; source): when the routing settles."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = {}
+    for config in configs:
+        per_epoch: dict[str, list[list[float]]] = {"stability": [], "mutual_information": []}
+        finished = [p.parent for p in sorted((out / config).glob("seed*/result.json"))]
+        for events in [e for folder in finished for e in sorted(folder.glob("events.out.tfevents.*"))]:
+            accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
+            for name in per_epoch:
+                stage = "train" if name == "stability" else "val"
+                series = [[e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+                          if tag.startswith(f"{stage}/routing/") and tag.removesuffix("_epoch").endswith("/" + name)]
+                per_epoch[name] += series
+        rows[config] = {name: [statistics.mean(v) for v in zip(*series)] for name, series in per_epoch.items() if series}
+    epochs = max((len(v) for r in rows.values() for v in r.values()), default=0)
+    head = ["setting"] + [f"epoch {e + 1}: changed / MI" for e in range(epochs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config, values in rows.items():
+        cells = [f"{s:.2f} / {m:.2f}" for s, m in zip(values.get("stability", []), values.get("mutual_information", []))]
+        lines.append("| " + " | ".join([config, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records: list[dict], path: Path) -> None:
     """Validation loss (x) vs mean I(expert; source) over layers (y), one point per run, colour = mean imbalance."""
     import matplotlib
@@ -118,12 +144,13 @@ def plot(records: list[dict], path: Path) -> None:
     configs = list(dict.fromkeys(r["config"] for r in records))
     markers = "osD^v<>p"
     points = None
+    top = max(1.3, max(statistics.mean(v["imbalance"] for v in r["layers"].values()) for r in records))
     for i, config in enumerate(configs):
         runs = [r for r in records if r["config"] == config]
         x = [r["val_loss"] for r in runs]
         y = [statistics.mean(v["mutual_information"] for v in r["layers"].values()) for r in runs]
         c = [statistics.mean(v["imbalance"] for v in r["layers"].values()) for r in runs]
-        points = ax.scatter(x, y, c=c, cmap="viridis", vmin=1.0, vmax=2.0, marker=markers[i % len(markers)],
+        points = ax.scatter(x, y, c=c, cmap="viridis", vmin=1.0, vmax=top, marker=markers[i % len(markers)],
                             s=60, edgecolors="black", label=config)
     if points is not None:
         fig.colorbar(points, ax=ax, label="load imbalance (max/mean), mean over layers")
@@ -256,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     if not records:
         return
     markdown = table(records, {c.stem: ceiling(c) for c in args.configs if any(r["config"] == c.stem for r in records)})
+    markdown += "\n" + trajectories(out, list(dict.fromkeys(r["config"] for r in records)))
     print(markdown)
     plot(records, args.plot)
     if args.results_md:
