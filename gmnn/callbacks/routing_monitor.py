@@ -33,7 +33,8 @@ def routing_figure(matrices: dict[str, Tensor], label_names: Sequence[str] | Non
     experts = joint.shape[0]
     has_labels = joint.sum() > 0
     panels = (1 if has_labels else 0) + 2 + (1 if stability else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), dpi=72, squeeze=False)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.82, wspace=0.4)
     axes = list(axes[0])
     if has_labels:
         ax = axes.pop(0)
@@ -53,9 +54,8 @@ def routing_figure(matrices: dict[str, Tensor], label_names: Sequence[str] | Non
     if stability:
         ax = axes.pop(0)
         ax.plot(range(1, len(stability) + 1), list(stability), marker="o")
-        ax.set(title="top-1 changed on probe", xlabel="epoch", ylim=(0, 1))
+        ax.set(title="top-1 changed on probe", xlabel="epoch", ylim=(0, 1), xticks=range(1, len(stability) + 1))
     fig.suptitle(title, fontsize="small")
-    fig.tight_layout()
     return fig
 
 
