@@ -13,7 +13,10 @@ current source).
     python scripts/mutation_check.py --only NAME    # one mutation (repeatable)
     python scripts/mutation_check.py --all          # the whole suite per mutation (slow)
 
-Exit status: 0 when every mutation was caught, 1 when one survived, 2 on an error.
+Tests that fail before any mutation (the baseline run) cannot catch anything: they are listed and
+deselected from every mutation's run. A mutation whose tests are all deselected is *untested*.
+
+Exit status: 0 when every mutation was caught, 1 when one survived (or was untested), 2 on an error.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,15 +234,23 @@ def copy_tree(destination: Path) -> Path:
     return target
 
 
-def run_pytest(root: Path, tests: list[str], timeout: float) -> tuple[int, str]:
-    """Run pytest on ``tests`` in ``root`` (the package imported from there); ``(exit status, output tail)``."""
+def run_pytest(root: Path, tests: list[str], timeout: float, deselect: Sequence[str] = (),
+               stop_first: bool = True) -> tuple[int, str]:
+    """Run pytest on ``tests`` in ``root`` (the package imported from there); ``(exit status, output)``."""
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--no-header",
+               "--disable-warnings", "--tb=short", *(["-x"] if stop_first else []),
+               *(f"--deselect={node}" for node in deselect), *tests]
     try:
         result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return 124, f"timed out after {timeout:.0f} s"
-    return result.returncode, (result.stdout + result.stderr)[-2000:]
+    return result.returncode, result.stdout + result.stderr
+
+
+def failed_tests(output: str) -> list[str]:
+    """The node ids pytest's ``-rfE`` summary lists as FAILED or ERROR."""
+    return [line.split()[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR ")) and "::" in line]
 
 
 def module_of(path: str) -> str:
@@ -285,15 +297,19 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(str(error))
         if problems:
             raise MutationError("\n".join(problems))
-        if not options.no_baseline:
+        broken: list[str] = []
+        if not options.no_baseline:  # tests that fail unmutated cannot catch anything: they are left out
             tests = ["tests"] if options.all else sorted({t for m in mutations for t in m.tests if (ROOT / t).exists()})
             start = time.perf_counter()
-            status, output = run_pytest(clean, tests, options.timeout)
+            status, output = run_pytest(clean, tests, options.timeout, stop_first=False)
+            broken = failed_tests(output)
             print(f"baseline (no mutation): exit {status} in {time.perf_counter() - start:.1f} s", flush=True)
-            if status != 0:
-                print(output, file=sys.stderr)
-                print("the tests fail without any mutation: fix them first", file=sys.stderr)
+            if status not in (0, 1) or (status == 1 and not broken):
+                print(output[-6000:], file=sys.stderr)
+                print("the unmutated tests do not run: fix them first", file=sys.stderr)
                 return 2
+            for node in broken:
+                print(f"  fails without a mutation, left out: {node}", flush=True)
         for m in mutations:
             root = copy_tree(Path(tmp) / m.name)
             m.apply(root)
@@ -301,21 +317,25 @@ def main(argv: list[str] | None = None) -> int:
             if not tests:
                 raise MutationError(f"mutation {m.name!r}: none of its test files {m.tests} exists")
             start = time.perf_counter()
-            status, output = run_pytest(root, tests, options.timeout)
+            status, output = run_pytest(root, tests, options.timeout, deselect=broken)
             seconds = time.perf_counter() - start
-            verdict = "survived" if status == 0 else "caught" if status == 1 else f"error (exit {status})"
+            verdict = {0: "survived", 1: "caught", 5: "untested"}.get(status, f"error (exit {status})")
             if status not in (0, 1):
-                print(output, file=sys.stderr)
+                print(output[-6000:], file=sys.stderr)
+            elif status == 1:
+                verdict += f" ({failed_tests(output)[0].split('::')[0].removeprefix('tests/')})" if failed_tests(output) else ""
             results.append((m.name, verdict, seconds))
-            print(f"{m.name:<36} {verdict:<10} {seconds:6.1f} s", flush=True)
+            print(f"{m.name:<36} {verdict:<24} {seconds:6.1f} s", flush=True)
             shutil.rmtree(root)
 
     width = max(len(name) for name, _, _ in results)
-    print(f"\n| {'mutation':<{width}} | result   | seconds |\n|{'-' * (width + 2)}|----------|---------|")
+    result_width = max(8, *(len(verdict) for _, verdict, _ in results))
+    print(f"\n| {'mutation':<{width}} | {'result':<{result_width}} | seconds |")
+    print(f"|{'-' * (width + 2)}|{'-' * (result_width + 2)}|---------|")
     for name, verdict, seconds in results:
-        print(f"| {name:<{width}} | {verdict:<8} | {seconds:7.1f} |")
-    survived = [name for name, verdict, _ in results if verdict == "survived"]
-    print(f"\n{len(results) - len(survived)}/{len(results)} caught" + (f"; survived: {', '.join(survived)}" if survived else ""))
+        print(f"| {name:<{width}} | {verdict:<{result_width}} | {seconds:7.1f} |")
+    survived = [name for name, verdict, _ in results if verdict in ("survived", "untested")]
+    print(f"\n{len(results) - len(survived)}/{len(results)} caught" + (f"; not caught: {', '.join(survived)}" if survived else ""))
     if any(verdict.startswith("error") for _, verdict, _ in results):
         return 2
     return 1 if survived else 0
