@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import gmnn.models.base as base
+import gmnn.models.guards as base
 from gmnn.cli import main, make_cli
 from gmnn.data import ToyDataModule
 from gmnn.models import DenseMoE

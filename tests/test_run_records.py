@@ -34,6 +34,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``gmnn ARGS`` in this process: its exit status and stderr."""
+    capsys.readouterr()  # drop what earlier commands printed (e.g. their fit summary)
     try:
         main(args)
         status = 0
