@@ -54,7 +54,7 @@ class GMNNCLI(LightningCLI):
 
     def _experiment(self, subcommand: str) -> dict[str, Any]:
         """The model, data and seed of the parsed config, as its ``config.yaml`` would record them."""
-        dumped = self._parser(subcommand).dump(self.config[subcommand], skip_none=False, skip_check=True)
+        dumped = self._parser(subcommand).dump(self.config[subcommand], skip_none=False, skip_validation=True)
         return experiment_of(yaml.safe_load(dumped))
 
     def _check_ckpt_path(self) -> None:
@@ -64,8 +64,9 @@ class GMNNCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Say where the run went: its folder, best and last checkpoints, final validation metrics."""
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None  # a broadcast: every process takes part
         if self.trainer.is_global_zero:
-            print(fit_summary(self.trainer), file=sys.stderr)
+            print(fit_summary(self.trainer, log_dir), file=sys.stderr)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
@@ -106,11 +107,12 @@ def _only_these_args(args: Any) -> Iterator[None]:
 SUMMARY_METRICS = ("val/loss", "val/acc", "val/mutual_information", "val/expert_usage", "val/sample_entropy")
 
 
-def fit_summary(trainer: Any) -> str:
-    """A few lines on a finished fit: run folder, checkpoints, final validation metrics, how to look at it."""
+def fit_summary(trainer: Any, log_dir: str | None = None) -> str:
+    """A few lines on a finished fit: run folder (``log_dir``, which ``trainer.log_dir`` broadcasts to every
+    process, so ask it on all), checkpoints, final validation metrics, how to look at it."""
     lines = ["gmnn: fit finished" + (f" at epoch {trainer.current_epoch}" if trainer.current_epoch else "")]
-    if trainer.loggers and trainer.log_dir:
-        lines.append(f"  run folder:  {trainer.log_dir}")
+    if log_dir:
+        lines.append(f"  run folder:  {log_dir}")
     for callback in trainer.checkpoint_callbacks:
         path = callback.best_model_path  # LastCheckpoint keeps one file, last.ckpt, as its "best"
         if path:

@@ -22,7 +22,7 @@ def test_fit_ends_with_a_summary_of_real_files_and_the_final_metrics(tmp_path: P
         cli = make_cli(args)
     assert not [w for w in caught if "args parameter" in str(w.message)], "gmnn passes its own args: no LightningCLI warning"
     err = capsys.readouterr().err
-    summary = fit_summary(cli.trainer)
+    summary = fit_summary(cli.trainer, cli.trainer.log_dir)
     assert summary in err
     run = tmp_path / "gmnn" / "version_0"
     assert f"run folder:  {run}" in summary

@@ -24,10 +24,11 @@ class RunConfig(SaveConfigCallback):
         if self.already_saved or not trainer.loggers or not self.save_to_log_dir:
             return
         self.already_saved = True
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process asks, in the same hook
+        if not trainer.is_global_zero or log_dir is None:
             return
         text = self.parser.dump(self.config, skip_none=False)
-        path = Path(trainer.log_dir) / self.config_filename
+        path = Path(log_dir) / self.config_filename
         if path.is_file():
             if path.read_text() == text:
                 return
