@@ -16,15 +16,16 @@ from gmnn.metrics import mutual_information_bits
 from gmnn.nn import MoELayer
 from gmnn.nn.routing_record import Routing
 
-HAND_MI = 3 / 8 + 1 / 8 * math.log2(2 / 5) + 1 / 2 * math.log2(8 / 5)  # see tests/callbacks/test_routing_monitor.py
+# (expert, label) counts [[3, 1], [0, 2], [1, 1]]: worked out in tests/callbacks/test_routing_monitor.py
+HAND_MI = 3 / 8 * math.log2(3 / 2) + 1 / 8 * math.log2(1 / 2) + 2 / 8 * math.log2(2)
 
 
 class TwoLayers(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.first, self.second = MoELayer(2, 4, 2, k=1), MoELayer(2, 4, 2, k=2)
+        self.first, self.second = MoELayer(3, 4, 3, k=1), MoELayer(3, 4, 3, k=2)
         with torch.no_grad():
-            self.first.router.weight.copy_(10 * torch.eye(2))
+            self.first.router.weight.copy_(10 * torch.eye(3))
             self.first.router.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,17 +33,17 @@ class TwoLayers(nn.Module):
 
 
 def test_report_of_a_hand_routed_layer() -> None:
-    x = nn.functional.one_hot(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 2).float().view(2, 4, 2)
-    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1]).view(2, 4)
+    x = nn.functional.one_hot(torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]), 3).float().view(2, 4, 3)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1]).view(2, 4)
     batches = [(x[i:i + 1], labels[i:i + 1]) for i in range(2)]
     rows, matrices = routing_report(TwoLayers(), batches)
     assert [row.layer for row in rows] == ["first", "second"]
     first = rows[0]
-    assert first.tokens == 8 and first.num_experts == 2
+    assert first.tokens == 8 and first.num_experts == 3
     assert first.mutual_information == pytest.approx(HAND_MI, abs=1e-6)
-    assert first.mi_ceiling == pytest.approx(min(1.0, -(3 / 8 * math.log2(3 / 8) + 5 / 8 * math.log2(5 / 8))), abs=1e-6)
-    assert first.usage == pytest.approx(1.0) and first.imbalance == pytest.approx(1.0) and first.dead_experts == 0
-    assert torch.equal(matrices["first"]["joint"], torch.tensor([[3.0, 1.0], [0.0, 4.0]], dtype=torch.float64))
+    assert first.mi_ceiling == pytest.approx(1.0)  # min(log2 3, H(label) = 1 bit)
+    assert first.usage == pytest.approx(1.5) and first.imbalance == pytest.approx(1.5) and first.dead_experts == 0
+    assert torch.equal(matrices["first"]["joint"], torch.tensor([[3.0, 1.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64))
     assert torch.equal(matrices["second"]["coactivation"].diagonal(), matrices["second"]["load"])
     assert float(matrices["second"]["load"].sum()) == 16  # top-2: two pairs per token
 

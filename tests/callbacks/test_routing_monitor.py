@@ -16,27 +16,30 @@ from gmnn.models import DenseMoE
 from gmnn.nn import MoELayer
 from tests.conftest import tiny_trainer
 
-# Two experts, hand-set router: a token [1, 0] goes to expert 0, [0, 1] to expert 1 (logits 10 x).
-# Eight tokens with (expert, label) counts [[3, 1], [0, 4]]:
-#   p(e) = (1/2, 1/2), p(l) = (3/8, 5/8)
-#   I = 3/8 log2((3/8) / (1/2 * 3/8)) + 1/8 log2((1/8) / (1/2 * 5/8)) + 4/8 log2((4/8) / (1/2 * 5/8))
-#     = 3/8 + 1/8 log2(2/5) + 1/2 log2(8/5)
-HAND_MI = 3 / 8 + 1 / 8 * math.log2(2 / 5) + 1 / 2 * math.log2(8 / 5)  # 0.5488 bits
-EXPERTS = [0, 0, 0, 0, 1, 1, 1, 1]
-LABELS = [0, 0, 0, 1, 1, 1, 1, 1]
-# per-label entropy of the top-1 expert: label 0 -> (1, 0): 0 bits; label 1 -> (1/5, 4/5)
-HAND_LABEL_ENTROPY = (0 + -(0.2 * math.log2(0.2) + 0.8 * math.log2(0.8))) / 2
+# Three experts, hand-set router: token one_hot(e) goes to expert e (logits 10 x the input).
+# Eight tokens with (expert, label) counts [[3, 1], [0, 2], [1, 1]]:
+#   p(e) = (4/8, 2/8, 2/8), p(l) = (4/8, 4/8)
+#   I = sum p(e, l) log2(p(e, l) / (p(e) p(l)))
+#     = 3/8 log2((3/8) / (4/8 * 4/8)) + 1/8 log2((1/8) / (4/8 * 4/8)) + 2/8 log2((2/8) / (2/8 * 4/8))
+#       + 1/8 log2((1/8) / (2/8 * 4/8)) + 1/8 log2((1/8) / (2/8 * 4/8))
+#     = 3/8 log2(3/2) + 1/8 log2(1/2) + 2/8 log2(2) + 0 + 0
+HAND_MI = 3 / 8 * math.log2(3 / 2) + 1 / 8 * math.log2(1 / 2) + 2 / 8 * math.log2(2)  # 0.3444 bits
+EXPERTS = [0, 0, 0, 0, 1, 1, 2, 2]
+LABELS = [0, 0, 0, 1, 1, 1, 0, 1]
+# per-label entropy of the top-1 expert: label 0 -> (3/4, 0, 1/4); label 1 -> (1/4, 2/4, 1/4) = 1.5 bits
+HAND_LABEL_ENTROPY = (-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)) + 1.5) / 2
+# usage: shares (1/2, 1/4, 1/4) -> 1.5 bits; imbalance: (1/2) / (1/3) = 1.5
 
 
 class HandRouted(L.LightningModule):
-    """One MoE layer whose router sends token [1, 0] to expert 0 and [0, 1] to expert 1."""
+    """One MoE layer whose router sends token one_hot(e) to expert e."""
 
     def __init__(self, lr: float = 0.0) -> None:
         super().__init__()
         self.lr = lr
-        self.ffn = MoELayer(2, 4, 2, k=1)
+        self.ffn = MoELayer(3, 4, 3, k=1)
         with torch.no_grad():
-            self.ffn.router.weight.copy_(10 * torch.eye(2))
+            self.ffn.router.weight.copy_(10 * torch.eye(3))
             self.ffn.router.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,23 +56,23 @@ class HandRouted(L.LightningModule):
 
 
 def _token_batches() -> DataLoader:
-    x = torch.nn.functional.one_hot(torch.tensor(EXPERTS), 2).float()  # [8, 2]
+    x = torch.nn.functional.one_hot(torch.tensor(EXPERTS), 3).float()  # [8, 3]
     y = torch.zeros(8)
     # two sequences of four tokens, in two batches: the monitor must add them up over the epoch
     order = torch.tensor([0, 4, 3, 7, 1, 5, 2, 6])
-    data = TensorDataset(x[order].view(2, 4, 2), y[order].view(2, 4), torch.tensor(LABELS)[order].view(2, 4))
+    data = TensorDataset(x[order].view(2, 4, 3), y[order].view(2, 4), torch.tensor(LABELS)[order].view(2, 4))
     return DataLoader(data, batch_size=1)
 
 
 def test_mutual_information_equals_hand_computed_value() -> None:
-    monitor = RoutingMonitor(stages=("val",), num_labels=2, probe_size=0)
+    monitor = RoutingMonitor(stages=("val",), num_labels=2, probe_size=0)  # labels: the batch's last entry
     trainer = tiny_trainer(callbacks=[monitor])
     trainer.validate(HandRouted(), _token_batches(), verbose=False)
     metrics = trainer.callback_metrics
     assert metrics["val/routing/ffn/mutual_information"].item() == pytest.approx(HAND_MI, abs=1e-6)
     assert metrics["val/routing/ffn/label_entropy"].item() == pytest.approx(HAND_LABEL_ENTROPY, abs=1e-6)
-    assert metrics["val/routing/ffn/usage"].item() == pytest.approx(1.0)  # 4 tokens each
-    assert metrics["val/routing/ffn/imbalance"].item() == pytest.approx(1.0)
+    assert metrics["val/routing/ffn/usage"].item() == pytest.approx(1.5)
+    assert metrics["val/routing/ffn/imbalance"].item() == pytest.approx(1.5)
     assert metrics["val/routing/ffn/dead_experts"].item() == 0
     assert metrics["val/routing/ffn/dropped"].item() == 0
     series = {key for key in metrics if key.startswith("val/routing/")}
@@ -77,12 +80,12 @@ def test_mutual_information_equals_hand_computed_value() -> None:
 
 
 class FlipsRouter(HandRouted):
-    """Swaps the router's rows at the start of the second epoch: every token's top-1 expert changes."""
+    """Rotates the router's rows at the start of the second epoch: every token's top-1 expert changes."""
 
     def on_train_epoch_start(self) -> None:
         if self.current_epoch == 1:
             with torch.no_grad():
-                self.ffn.router.weight.copy_(self.ffn.router.weight.flip(0))
+                self.ffn.router.weight.copy_(self.ffn.router.weight.roll(1, 0))
 
 
 def test_stability_counts_changed_top1_on_the_probe() -> None:
@@ -91,7 +94,7 @@ def test_stability_counts_changed_top1_on_the_probe() -> None:
     trainer.fit(FlipsRouter(lr=0.0), _token_batches())
     assert monitor.stability["ffn"] == [0.0, 1.0]
     assert trainer.callback_metrics["train/routing/ffn/stability"].item() == 1.0
-    # the training stats went through the same metric: the flipped router makes the joint [[0, 4], [3, 1]]
+    # the training stats went through the same metric: the rotated router permutes the experts, same MI
     assert trainer.callback_metrics["train/routing/ffn/mutual_information"].item() == pytest.approx(HAND_MI, abs=1e-6)
 
 

@@ -43,6 +43,18 @@ def test_learns_to_use_context() -> None:
         trainer.callback_metrics["val/loss"].item() / math.log(2), rel=1e-5)
 
 
+def test_causal() -> None:
+    """A byte's logits do not depend on later bytes (token-choice routing is per token)."""
+    model = MoETransformerLM(**SMALL_MODEL).eval()
+    tokens = torch.randint(0, 256, (1, 32))
+    changed = tokens.clone()
+    changed[0, 20:] = (changed[0, 20:] + 1) % 256
+    with torch.no_grad():
+        before, after = model(tokens)[0], model(changed)[0]
+    assert torch.allclose(before[0, :20], after[0, :20], atol=1e-6)
+    assert not torch.allclose(before[0, 20:], after[0, 20:])
+
+
 @pytest.mark.parametrize(
     "options",
     [dict(router="softmax", k=1), dict(router="softmax", shared_experts=1), dict(router="sigmoid", balance_rate=0.01),
