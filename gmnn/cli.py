@@ -7,12 +7,14 @@ import errno
 import importlib.metadata
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import yaml
 
 from pytorch_lightning import LightningDataModule
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
@@ -60,7 +62,26 @@ class GMNNCLI(LightningCLI):
     def _check_ckpt_path(self) -> None:
         check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))  # e.g. num_classes from the data
 
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+    before_validate = before_test = before_predict = _check_ckpt_path
+
+    def before_fit(self) -> None:
+        self._check_ckpt_path()
+        schedule = self.model.hparams.get("scheduler", "none") != "none" or bool(self._get(self.config_init, "lr_scheduler"))
+        monitored = any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks)
+        if schedule and self.trainer.loggers and not monitored:
+            self.trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """``--optimizer`` / ``--lr_scheduler`` replace gmnn's fused Adam and schedules (no warning: that is asked for)."""
+        passed = subcommand is not None and self._get(self.config_init, "optimizer") is not None
+        if passed and not self.model.automatic_optimization:
+            raise ValueError(
+                f"--optimizer: {type(self.model).__name__} steps its own optimizers (manual optimization); "
+                "set its learning rates with its model options instead"
+            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by")
+            super()._add_configure_optimizers_method_to_model(subcommand)
 
     def after_fit(self) -> None:
         """Say where the run went: its folder, best and last checkpoints, final validation metrics."""
@@ -142,7 +163,6 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
             parser_kwargs={"allow_abbrev": False, "epilog": EPILOG},
             args=args,
             run=run,
-            auto_configure_optimizers=False,
         )
 
 

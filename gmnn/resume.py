@@ -45,12 +45,12 @@ def run_root(config: Any) -> Path | None:
     return Path(save_dir) / _get(init_args, "name", "lightning_logs")
 
 
-EXPERIMENT_KEYS = ("model", "data", "seed_everything")
+EXPERIMENT_KEYS = ("model", "data", "seed_everything", "optimizer", "lr_scheduler")
 
 
 def experiment_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes a run the same experiment: the model, the data and the seed (not the trainer,
-    so that a resumed run may train for more epochs)."""
+    """What makes a run the same experiment: the model, the data, the seed and an injected optimizer or
+    schedule (not the trainer, so that a resumed run may train for more epochs)."""
     return {key: config.get(key) for key in EXPERIMENT_KEYS}
 
 
