@@ -103,6 +103,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the dense mixture weights every expert equally, whatever the gate says",
     ),
     Mutation(
+        "topk_not_renormalised", "gmnn/nn/combine.py",
+        "return sparse_mixture(torch.log_softmax(log_selected, dim=-1), selected_log_probs)",
+        "return sparse_mixture(log_selected, selected_log_probs)",
+        ("tests/models/test_topk.py",),
+        "the inference top-k mixture keeps the raw gate weights of the k experts (not a distribution)",
+    ),
+    Mutation(
+        "logged_mi_uses_labels", "gmnn/models/base.py",
+        "self.decomposition[stage].update_from(out.gate_probs, y, predictions)",
+        "self.decomposition[stage].update_from(out.gate_probs, y, y)",
+        ("tests/test_metrics.py",),
+        "the logged mutual information pairs the expert with the label, not with its prediction",
+    ),
+    Mutation(
         "topk_gate_detached", "gmnn/models/topk.py",
         "log_gate = softmax_routing(gate_logits, self.temperature)\n        _, indices",
         "log_gate = softmax_routing(gate_logits.detach(), self.temperature)\n        _, indices",
