@@ -1,6 +1,6 @@
 """The results table of finished runs: ``gmnn report RUN_DIRS... [--out DIR] [--retest]``.
 
-Reads each run's TensorBoard scalars (the last value of each tag), or with
+Reads each run's TensorBoard scalars or CSVLogger ``metrics.csv`` (the last value of each tag), or with
 ``--retest`` tests the run's ``checkpoints/last.ckpt`` when it logged no test
 metrics, and writes the paper-style table per run and as mean ± std per
 configuration to ``results.csv``, ``results.md`` and ``results.png``.
@@ -29,20 +29,38 @@ COLUMNS: dict[str, str] = {
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories (those holding TensorBoard event files) at or below ``paths``, sorted."""
+    """Run directories (those holding TensorBoard event files or a CSVLogger ``metrics.csv``) at or below ``paths``."""
     runs: set[Path] = set()
     for path in map(Path, paths):
         if not path.is_dir():
             raise ValueError(f"RUN_DIRS: {path} is not a directory")
         runs.update(event.parent for event in path.rglob("events.out.tfevents.*"))
+        runs.update(table.parent for table in path.rglob(METRICS_CSV))
     return sorted(runs)
 
 
+METRICS_CSV = "metrics.csv"
+
+
+def read_csv_scalars(path: Path) -> dict[str, float]:
+    """The last value of every column of a CSVLogger ``metrics.csv`` (rows hold only the metrics logged then)."""
+    values: dict[str, float] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
+    for counter in ("epoch", "step"):
+        values.pop(counter, None)
+    return values
+
+
 def read_scalars(run_dir: Path) -> dict[str, float]:
-    """The last logged value of every scalar tag of a run (all its event files)."""
+    """The last logged value of every scalar tag of a run (all its event files, and its ``metrics.csv``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[str, tuple[float, float]] = {}
+    if (run_dir / METRICS_CSV).is_file():
+        mtime = (run_dir / METRICS_CSV).stat().st_mtime
+        values.update({tag: (mtime, value) for tag, value in read_csv_scalars(run_dir / METRICS_CSV).items()})
     for event_file in sorted(run_dir.glob("events.out.tfevents.*")):
         events = EventAccumulator(str(event_file), size_guidance={"scalars": 0}).Reload()
         for tag in events.Tags()["scalars"]:

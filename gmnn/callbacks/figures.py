@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -119,7 +120,9 @@ class DecompositionFigures(Callback):
     (``{stage}/gate_probs/expert_i``). For 2-D inputs it also draws the
     decision regions of the gate, of every expert and of the model over a grid
     with the data points (``{stage}/decision_regions``). Figures are drawn on
-    global rank zero only and skipped when no TensorBoard logger is attached.
+    global rank zero only; with a logger that is not TensorBoard's (e.g. ``CSVLogger``) they
+    are written as PNG files to ``<run folder>/figures/<stage>_<name>_step<N>.png``, and
+    without a logger they are skipped.
     Call :meth:`figures` to get the matplotlib figures directly.
 
     Args:
@@ -182,12 +185,27 @@ class DecompositionFigures(Callback):
         return figures
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage not in getattr(pl_module, "allocation", {}) or tensorboard_writer(trainer) is None:
+        if stage not in getattr(pl_module, "allocation", {}) or not trainer.loggers:
             return
         result = pl_module.allocation[stage].compute()  # collective under DDP: every rank takes part
+        log_dir = trainer.log_dir  # a broadcast under DDP: asked on every rank
         if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)
-        write_histograms(writer, f"{stage}/gate_probs", result["histogram"].cpu(), trainer.global_step)
+        if writer is not None:
+            write_histograms(writer, f"{stage}/gate_probs", result["histogram"].cpu(), trainer.global_step)
         for tag, fig in self.figures(trainer, pl_module, stage).items():
-            writer.add_figure(tag, fig, global_step=trainer.global_step, close=True)
+            if writer is not None:
+                writer.add_figure(tag, fig, global_step=trainer.global_step, close=True)
+            elif log_dir is not None:
+                save_png(fig, Path(log_dir) / FIGURES_DIR / f"{tag.replace('/', '_')}_step{trainer.global_step}.png")
+
+
+FIGURES_DIR = "figures"
+
+
+def save_png(fig: plt.Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` (for loggers that take no images, e.g. ``CSVLogger``) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
