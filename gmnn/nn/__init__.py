@@ -1,6 +1,7 @@
 """Plain ``torch.nn`` building blocks for mixtures of experts (no Lightning)."""
 
 from gmnn.nn.combine import dense_mixture, product_of_experts, sparse_mixture, top_k_mixture
+from gmnn.nn.expert_parallel import ExpertParallelMoELayer
 from gmnn.nn.experts import Experts
 from gmnn.nn.gates import AttentionGate
 from gmnn.nn.hf import from_hf
@@ -24,6 +25,7 @@ __all__ = [
     "AttentionGate",
     "ConvNet",
     "ExpertChoiceRouter",
+    "ExpertParallelMoELayer",
     "Experts",
     "GeGLUExperts",
     "MLPExperts",

@@ -1,0 +1,302 @@
+"""Expert parallelism for :class:`~gmnn.nn.MoELayer`: experts sharded over a process group, tokens sent by all-to-all.
+
+Each of the P ranks of a process group holds ``E / P`` experts, a contiguous
+block (rank r: experts ``r * E/P ... (r + 1) * E/P - 1``); the router and the
+shared experts are replicated. A forward pass (GShard, Lepikhin et al., 2021;
+DeepSpeed-MoE, Rajbhandari et al., 2022):
+
+1. routes the rank's own tokens with the replicated router;
+2. dropless: sorts the (token, expert) pairs by expert, exchanges the
+   per-expert counts (one small ``all_to_all_single``, then one host read of
+   the split sizes), and sends the rows to the experts' ranks with
+   ``all_to_all_single`` of variable lengths (no padding). With a capacity:
+   fixed ``[E, capacity, d_model]`` buffers per rank (GShard's per-group
+   capacity), exchanged with equal splits, no host sync;
+3. runs the local experts with the layer's grouped (``torch._grouped_mm``) or
+   batched path;
+4. returns the outputs with the reverse ``all_to_all_single`` and combines
+   them with the router weights.
+
+Autograd flows through both exchanges (:class:`_AllToAll`: the backward of an
+all-to-all is the all-to-all with the splits swapped). The gradient of a local
+expert therefore sums the contributions of every rank's tokens; the router's
+and the shared experts' gradients are local to the rank and must be
+all-reduced by the caller (DDP does it for the parameters it does not ignore).
+
+Every rank of the group must call ``forward`` (and ``backward``) in step, with
+the same layer configuration. Expert choice and Soft MoE routers are not
+supported (their plans are static per call and could be sharded the same way;
+not done here).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, read_from_slots
+from gmnn.nn.moe_experts import MLPExperts
+from gmnn.nn.moe_layer import MoELayer
+from gmnn.nn.routing_record import Routing
+
+__all__ = [
+    "ExpertParallelMoELayer",
+    "all_to_all",
+    "expert_keys",
+    "gather_expert_state",
+    "shard_expert_state",
+]
+
+EXPERT_PARAMS = ("w1", "b1", "w2", "b2")
+
+
+class _AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` with variable splits along dim 0; backward is the reverse exchange."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, output_splits: list[int], input_splits: list[int], group) -> Tensor:  # type: ignore[override]
+        ctx.output_splits, ctx.input_splits, ctx.group = output_splits, input_splits, group
+        out = x.new_empty(sum(output_splits), *x.shape[1:])
+        dist.all_to_all_single(out, x.contiguous(), output_splits, input_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        out = grad.new_empty(sum(ctx.input_splits), *grad.shape[1:])
+        dist.all_to_all_single(out, grad.contiguous(), ctx.input_splits, ctx.output_splits, group=ctx.group)
+        return out, None, None, None
+
+
+def all_to_all(x: Tensor, output_splits: list[int], input_splits: list[int], group=None) -> Tensor:
+    """Differentiable ``torch.distributed.all_to_all_single`` of rows ``x [N, ...]`` with variable splits.
+
+    Args:
+        x: Rows to send, those for rank j in the j-th block of ``input_splits[j]`` rows.
+        output_splits: Rows received from each rank.
+        input_splits: Rows sent to each rank (sum = ``x.shape[0]``).
+        group: The process group (``None``: the default group).
+    """
+    return _AllToAll.apply(x, list(output_splits), list(input_splits), group)
+
+
+def expert_keys(state: Mapping[str, Tensor], prefix: str = "") -> list[str]:
+    """Keys of the routed-expert parameters (``{prefix}experts.w1`` ...) in a state dict."""
+    return [f"{prefix}experts.{name}" for name in EXPERT_PARAMS if f"{prefix}experts.{name}" in state]
+
+
+def _check_layout(num_experts: int, num_ranks: int, rank: int) -> int:
+    if isinstance(num_ranks, bool) or not isinstance(num_ranks, int) or num_ranks < 1:
+        raise ValueError(f"num_ranks must be a positive integer, got {num_ranks!r}")
+    if num_experts % num_ranks:
+        raise ValueError(f"num_ranks={num_ranks} must divide num_experts={num_experts}")
+    if not 0 <= rank < num_ranks:
+        raise ValueError(f"rank must be in [0, num_ranks={num_ranks}), got {rank}")
+    return num_experts // num_ranks
+
+
+def shard_expert_state(state: Mapping[str, Tensor], rank: int, num_ranks: int, prefixes: list[str] | None = None) -> dict[str, Tensor]:
+    """The state dict of one rank from a full single-process state dict: expert tensors sliced, the rest copied.
+
+    Rank ``rank`` keeps experts ``rank * E/P ... (rank + 1) * E/P - 1`` of every
+    ``{prefix}experts.{w1,b1,w2,b2}``; router parameters and buffers (the
+    aux-loss-free ``selection_bias``) and shared experts are kept whole.
+
+    Args:
+        state: A full state dict (a layer's, or a model's with ``prefixes``).
+        rank: The rank in the expert-parallel group.
+        num_ranks: P.
+        prefixes: Module prefixes of the MoE layers (``"blocks.0.ffn."``); ``None``: ``[""]`` (a layer's own state).
+
+    Raises:
+        ValueError: P does not divide the number of experts, or ``rank`` is out of range.
+    """
+    out = dict(state)
+    for prefix in [""] if prefixes is None else prefixes:
+        for key in expert_keys(state, prefix):
+            local = _check_layout(state[key].shape[0], num_ranks, rank)
+            out[key] = state[key][rank * local:(rank + 1) * local].clone()
+    return out
+
+
+def gather_expert_state(shards: list[Mapping[str, Tensor]], prefixes: list[str] | None = None) -> dict[str, Tensor]:
+    """The full state dict from the state dicts of ranks ``0 ... P-1`` (inverse of :func:`shard_expert_state`)."""
+    if not shards:
+        raise ValueError("shards must hold the state dict of at least one rank")
+    out = dict(shards[0])
+    for prefix in [""] if prefixes is None else prefixes:
+        for key in expert_keys(shards[0], prefix):
+            out[key] = torch.cat([shard[key] for shard in shards])
+    return out
+
+
+def _local_experts(experts: MLPExperts, start: int, stop: int) -> MLPExperts:
+    """A copy of ``experts`` holding experts ``start ... stop - 1`` (fresh parameters, no full-size copy)."""
+    if list(experts.children()):
+        raise ValueError("experts must be an MLPExperts without submodules")
+    local = copy.copy(experts)
+    local._parameters = {}
+    local._buffers = dict(experts._buffers)
+    local._modules = {}
+    for name, param in experts._parameters.items():
+        local._parameters[name] = None if param is None else nn.Parameter(
+            param.detach()[start:stop].clone(), requires_grad=param.requires_grad)
+    local.num_experts = stop - start
+    return local
+
+
+class ExpertParallelMoELayer(MoELayer):
+    """A :class:`~gmnn.nn.MoELayer` whose experts are sharded over a process group (expert parallelism).
+
+    Built from a full single-process layer: ``ExpertParallelMoELayer(layer, group)``
+    keeps its router, shared experts and settings and the expert block of this
+    rank (its parameters are fresh copies: the full layer may be freed). The
+    outputs, aux loss and gradients on every rank equal those of ``layer`` run
+    on that rank's tokens alone, except that each local expert's gradient is
+    the sum over all ranks' tokens (GShard, Lepikhin et al., 2021;
+    DeepSpeed-MoE, Rajbhandari et al., 2022). The state dict holds the local
+    shard under the single-process names; :meth:`full_state_dict` (a
+    collective) and :meth:`load_full_state_dict` convert.
+
+    Args:
+        layer: A token-choice :class:`~gmnn.nn.MoELayer` with all E experts.
+        group: The expert-parallel process group (``None``: the default group;
+            without an initialised ``torch.distributed``: one rank).
+
+    Raises:
+        ValueError: The router is not token choice, the experts are not
+            :class:`~gmnn.nn.moe_experts.MLPExperts`, or the group size does not divide E.
+    """
+
+    def __init__(self, layer: MoELayer, group=None) -> None:
+        nn.Module.__init__(self)
+        if layer.router.kind != "token":
+            raise ValueError(f"layer: expert parallelism supports token-choice routers, not kind {layer.router.kind!r}")
+        if not isinstance(layer.experts, MLPExperts):
+            raise ValueError(f"layer.experts must be an MLPExperts, got {type(layer.experts).__name__}")
+        distributed = dist.is_available() and dist.is_initialized()
+        self.group = group
+        self.num_ranks = dist.get_world_size(group) if distributed else 1
+        self.rank = dist.get_rank(group) if distributed else 0
+        self.num_local = _check_layout(layer.num_experts, self.num_ranks, self.rank)
+        for name in ("d_model", "num_experts", "k", "capacity_factor", "balance_weight", "z_weight",
+                     "importance_weight", "balance_scope"):
+            setattr(self, name, getattr(layer, name))
+        self.router, self.shared = layer.router, layer.shared
+        start = self.rank * self.num_local
+        self.experts = _local_experts(layer.experts, start, start + self.num_local)
+        self.first_expert = start
+        self.dropped_fraction: Tensor | None = None
+        self.last_routing: Routing | None = None
+        self.last_losses: dict[str, Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return f"experts {self.first_expert}..{self.first_expert + self.num_local - 1} of {self.num_experts}, ranks={self.num_ranks}"
+
+    def expert(self, index: int, x: Tensor) -> Tensor:
+        """Local expert ``index`` (``0 ... E/P - 1``) on rows ``x [N, d_model]``."""
+        return self.experts.expert(index, x)
+
+    def _exchange(self, x: Tensor, output_splits: list[int], input_splits: list[int]) -> Tensor:
+        if self.num_ranks == 1:
+            return x
+        return all_to_all(x, output_splits, input_splits, self.group)
+
+    def _local_compute(self, rows: Tensor, expert_of_row: Tensor, per_expert: list[int]) -> Tensor:
+        """Local experts on received rows (in any order): ``[N, d_model] -> [N, d_model]``, same row order."""
+        order = expert_of_row.argsort(stable=True)
+        sorted_rows = rows.index_select(0, order)
+        if rows.shape[0] > 0 and self.experts.can_group(rows):  # grouped, no further host sync (empty: loop)
+            offsets = torch.tensor(per_expert, device=rows.device).cumsum(0).to(torch.int32)
+            outputs = self.experts.grouped(sorted_rows, offsets, expert_of_row.index_select(0, order))
+        else:
+            groups = sorted_rows.split(per_expert)
+            # empty groups run too: the output stays in the graph, so every rank runs the backward exchange
+            outputs = torch.cat([self.expert(e, part) for e, part in enumerate(groups)])
+        return outputs.index_select(0, order.argsort())
+
+    def _grouped(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+        flat = indices.reshape(-1)
+        k = indices.shape[-1]
+        order = flat.argsort(stable=True)  # pairs sorted by global expert = by destination rank
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        if self.num_ranks > 1:
+            received = torch.empty_like(counts)  # [P * E/P]: what each source sends to my experts
+            dist.all_to_all_single(received, counts, group=self.group)
+        else:
+            received = counts
+        host = torch.stack([counts, received]).view(2, self.num_ranks, self.num_local).tolist()  # one host sync
+        input_splits = [sum(row) for row in host[0]]
+        output_splits = [sum(row) for row in host[1]]
+        per_expert = [sum(host[1][s][e] for s in range(self.num_ranks)) for e in range(self.num_local)]
+        token = order // k
+        rows = self._exchange(x.index_select(0, token), output_splits, input_splits)
+        local_expert = torch.arange(self.num_local, device=x.device).repeat(self.num_ranks)
+        expert_of_row = local_expert.repeat_interleave(received.view(-1))
+        outputs = self._exchange(self._local_compute(rows, expert_of_row, per_expert), input_splits, output_splits)
+        outputs = outputs * weights.reshape(-1, 1).index_select(0, order).to(outputs.dtype)
+        return outputs.new_zeros(x.shape).index_add(0, token, outputs)
+
+    def _with_capacity(self, x: Tensor, routing: Routing) -> Tensor:
+        tokens, k = routing.selected.shape
+        capacity = capacity_of(tokens, k, self.num_experts, self.capacity_factor)
+        valid = None if routing.mask is None else routing.mask.repeat(k)
+        slots, kept = capacity_slots(routing.selected.t().reshape(-1), self.num_experts, capacity, valid)
+        pair_token = torch.arange(tokens, device=x.device).repeat(k)
+        rows = gather_into_slots(x, pair_token, slots, self.num_experts * capacity)  # [E * C, D], by destination
+        block = self.num_local * capacity
+        splits = [block] * self.num_ranks
+        received = self._exchange(rows, splits, splits)  # [P, E/P, C, D] from every source
+        per_expert = received.view(self.num_ranks, self.num_local, capacity, -1).transpose(0, 1)
+        outputs = self.experts.batched(per_expert.reshape(self.num_local, self.num_ranks * capacity, -1))
+        outputs = outputs.view(self.num_local, self.num_ranks, capacity, -1).transpose(0, 1).reshape(-1, x.shape[-1])
+        outputs = self._exchange(outputs, splits, splits)  # [E * C, D], my tokens' slots again
+        pair_outputs = read_from_slots(outputs, slots)
+        dropped = ~kept if valid is None else valid & ~kept
+        routing.dropped = dropped.view(k, tokens).t()
+        counted = dropped.numel() if valid is None else valid.sum().clamp_min(1)
+        self.dropped_fraction = dropped.sum() / counted
+        return (pair_outputs.view(k, tokens, -1) * routing.weights.t().unsqueeze(-1).to(pair_outputs.dtype)).sum(0)
+
+    def _run(self, x: Tensor, route) -> Tensor:
+        if self.capacity_factor > 0:
+            return self._with_capacity(x, route.routing)
+        return self._grouped(x, route.routing.weights, route.routing.selected)  # k == E too: no dense shortcut
+
+    def expert_parameter_names(self, prefix: str = "") -> list[str]:
+        """Names of the sharded (rank-local) parameters, e.g. for ``_ddp_params_and_buffers_to_ignore``."""
+        return [f"{prefix}experts.{name}" for name, p in self.experts.named_parameters()]
+
+    @torch.no_grad()
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """The single-process layer's state dict (expert shards all-gathered). A collective: call on every rank."""
+        state = {key: value.detach().clone() for key, value in self.state_dict().items()}
+        if self.num_ranks == 1:
+            return state
+        for key in expert_keys(state):
+            parts = [torch.empty_like(state[key]) for _ in range(self.num_ranks)]
+            dist.all_gather(parts, state[key].contiguous(), group=self.group)
+            state[key] = torch.cat(parts)
+        return state
+
+    def load_full_state_dict(self, state: Mapping[str, Tensor], strict: bool = True):
+        """Load a single-process layer's state dict (this rank's expert block is taken). No communication."""
+        return self.load_state_dict(shard_expert_state(state, self.rank, self.num_ranks), strict=strict)
+
+    def to_single_process(self) -> MoELayer:
+        """A plain :class:`~gmnn.nn.MoELayer` with all the experts (a collective: call on every rank)."""
+        state = self.full_state_dict()
+        experts = _local_experts(self.experts, 0, self.num_local)
+        for name in EXPERT_PARAMS:
+            if getattr(experts, name, None) is not None:
+                experts._parameters[name] = nn.Parameter(state[f"experts.{name}"].clone())
+        experts.num_experts = self.num_experts
+        layer = MoELayer(router=copy.deepcopy(self.router), experts=experts, shared=copy.deepcopy(self.shared),
+                         capacity_factor=self.capacity_factor, balance_weight=self.balance_weight,
+                         z_weight=self.z_weight, importance_weight=self.importance_weight,
+                         balance_scope=self.balance_scope)
+        layer.load_state_dict(state)
+        return layer
