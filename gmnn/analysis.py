@@ -136,9 +136,8 @@ class RoutingCapture:
         self.records = {}
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        while self.handles:
+            self.handles.pop().remove()
 
 
 # --------------------------------------------------------------------------- the metric
@@ -265,9 +264,7 @@ class LayerReport:
 
 def default_input(batch: Any) -> Any:
     """The model input of a batch: its first entry, or ``input_ids`` of a dict (Hugging Face)."""
-    if isinstance(batch, dict):
-        return batch["input_ids"]
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
+    return batch["input_ids"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def default_label(batch: Any) -> Tensor | None:
@@ -355,10 +352,8 @@ def write_report(rows: list[LayerReport], matrices: dict[str, dict[str, Tensor]]
         writer.writerows(asdict(row) for row in rows)
     paths = [out / "routing.csv"]
     for row in rows:
-        fig = routing_figure(matrices[row.layer], label_names=label_names, title=row.layer)
-        path = out / f"routing_{row.layer.replace('.', '_')}.png"
-        fig.savefig(path)
-        paths.append(path)
+        paths.append(out / f"routing_{row.layer.replace('.', '_')}.png")
+        routing_figure(matrices[row.layer], label_names=label_names, title=row.layer).savefig(paths[-1])
     return paths
 
 
@@ -387,8 +382,7 @@ def main(args: list[str] | None = None) -> None:
     config_path = Path(parsed.config) if parsed.config else ckpt.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise ValueError(f"--config {config_path} does not exist: pass the run's config.yaml")
-    model_class = saved_class(ckpt)
-    if model_class is None:
+    if (model_class := saved_class(ckpt)) is None:
         raise ValueError(f"--ckpt_path {ckpt} records no model class: is it a gmnn checkpoint?")
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu")
     data_parser = ArgumentParser()
