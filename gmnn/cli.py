@@ -19,9 +19,17 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
+from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.models.base import MoEModule
 from gmnn.callbacks.run_config import RunConfig
-from gmnn.resume import check_ckpt_path, check_config_fits_checkpoint, check_readable, experiment_of, resolve_last
+from gmnn.resume import (
+    check_ckpt_path,
+    check_config_fits_checkpoint,
+    check_readable,
+    experiment_of,
+    log_into_checkpoint_run,
+    resolve_last,
+)
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -52,6 +60,8 @@ class GMNNCLI(LightningCLI):
             resolve_last(config, resume_run=subcommand == "fit", experiment=self._experiment(subcommand))
             check_readable(config.get("ckpt_path"))
             check_config_fits_checkpoint(config)
+            if subcommand != "fit":
+                log_into_checkpoint_run(config, subcommand)
         super()._parse_ckpt_path()
 
     def _experiment(self, subcommand: str) -> dict[str, Any]:
@@ -101,6 +111,7 @@ class GMNNCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(DecompositionFigures, "figures")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 

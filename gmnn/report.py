@@ -36,7 +36,15 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             raise ValueError(f"RUN_DIRS: {path} is not a directory")
         runs.update(event.parent for event in path.rglob("events.out.tfevents.*"))
         runs.update(table.parent for table in path.rglob(METRICS_CSV))
-    return sorted(runs)
+    return sorted({_owning_run(run) for run in runs})
+
+
+DERIVED = ("validate", "test", "predict")  # ``gmnn test --ckpt_path`` logs into <run>/test/
+
+
+def _owning_run(folder: Path) -> Path:
+    """A run's ``test``/``validate``/``predict`` sub-folder belongs to the run that trained the checkpoint."""
+    return folder.parent if folder.name in DERIVED and (folder.parent / "config.yaml").is_file() else folder
 
 
 METRICS_CSV = "metrics.csv"
@@ -61,7 +69,9 @@ def read_scalars(run_dir: Path) -> dict[str, float]:
     if (run_dir / METRICS_CSV).is_file():
         mtime = (run_dir / METRICS_CSV).stat().st_mtime
         values.update({tag: (mtime, value) for tag, value in read_csv_scalars(run_dir / METRICS_CSV).items()})
-    for event_file in sorted(run_dir.glob("events.out.tfevents.*")):
+    event_files = list(run_dir.glob("events.out.tfevents.*"))
+    event_files += [f for stage in DERIVED for f in run_dir.glob(f"{stage}/events.out.tfevents.*")]
+    for event_file in sorted(event_files):
         events = EventAccumulator(str(event_file), size_guidance={"scalars": 0}).Reload()
         for tag in events.Tags()["scalars"]:
             last = events.Scalars(tag)[-1]

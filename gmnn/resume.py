@@ -166,6 +166,32 @@ def resolve_last(config: Any, resume_run: bool, experiment: Mapping[str, Any] | 
     return path
 
 
+DERIVED_STAGES = ("validate", "test", "predict")
+
+
+def log_into_checkpoint_run(config: Any, subcommand: str) -> Path | None:
+    """Point a TensorBoard logger of ``validate`` / ``test`` / ``predict`` at the checkpoint's own run.
+
+    A checkpoint at ``<save_dir>/<name>/<version>/checkpoints/x.ckpt`` of a gmnn run (its
+    folder holds ``config.yaml``) gets its evaluation logged to ``<version>/<subcommand>/``,
+    beside the training curves, instead of a new ``version_N`` folder; the run's own files
+    are not touched. Returns that folder, or ``None`` when the logger or checkpoint does not fit.
+    """
+    ckpt_path = _get(config, "ckpt_path")
+    if not ckpt_path or ckpt_path in SPECIAL_PATHS or not Path(ckpt_path).is_file():
+        return None
+    checkpoint = Path(ckpt_path).resolve()
+    run = checkpoint.parent.parent
+    init_args = _get(_get(_get(config, "trainer"), "logger"), "init_args")
+    if checkpoint.parent.name != "checkpoints" or not (run / "config.yaml").is_file() or init_args is None:
+        return None
+    if "sub_dir" not in init_args or init_args.get("version") is not None:  # TensorBoard's logger, version not pinned
+        return None
+    init_args["save_dir"], init_args["name"] = str(run.parent.parent), run.parent.name
+    init_args["version"], init_args["sub_dir"] = run.name, subcommand
+    return run / subcommand
+
+
 def check_readable(ckpt_path: Any) -> None:
     """Raise ``ValueError`` naming ``ckpt_path`` when it is a file that cannot be loaded."""
     if ckpt_path is None or ckpt_path in SPECIAL_PATHS or "://" in str(ckpt_path) or not Path(ckpt_path).is_file():

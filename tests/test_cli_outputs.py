@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import re
 import warnings
 from pathlib import Path
@@ -44,3 +45,42 @@ def test_version_and_help_name_every_command(capsys: pytest.CaptureFixture[str])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the epilog
     for command in ("fit", "validate", "test", "predict", "gmnn report", "gmnn analyze"):
         assert command in out
+
+
+def test_fit_test_predict_side_by_side_in_one_run_folder(tmp_path: Path) -> None:
+    """test/predict from a checkpoint log into its run (``<run>/test``, ``<run>/predict``); report counts one run."""
+    import csv
+
+    import torch
+
+    from gmnn.models import MoEModule
+    from gmnn.report import report
+    from tests.conftest import tiny_trainer
+
+    common = ["--config", str(ROOT / "configs/toy/dense.yaml"), f"--trainer.logger.init_args.save_dir={tmp_path}",
+              "--data.init_args.num_samples=400"]
+    make_cli(["fit", *common, "--trainer.max_epochs=1"])
+    run = tmp_path / "gmnn" / "version_0"
+    record = (run / "config.yaml").read_bytes()
+    last = run / "checkpoints" / "last.ckpt"
+    tested = make_cli(["test", *common, f"--ckpt_path={last}"])
+    predicted = make_cli(["predict", *common, f"--ckpt_path={last}"])
+    assert sorted(p.name for p in (tmp_path / "gmnn").iterdir()) == ["version_0"]
+    assert Path(tested.trainer.log_dir) == run / "test" and (run / "config.yaml").read_bytes() == record
+
+    (row,) = report([tmp_path / "gmnn"], tmp_path / "out")
+    model = MoEModule.load_from_checkpoint(last)
+    (expected,) = tiny_trainer().test(model, datamodule=tested.datamodule, verbose=False)
+    assert row["test_error"] == pytest.approx(1 - expected["test/acc"], abs=1e-6)
+    assert not math.isnan(row["train_error"]), "the fit's own train curve belongs to the same row"
+
+    with (run / "predict" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    x = torch.cat([batch[0] for batch in predicted.datamodule.predict_dataloader()])
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert len(rows) == len(x) and [int(r["index"]) for r in rows] == list(range(len(x)))
+    assert [int(r["prediction"]) for r in rows] == out.log_probs.argmax(-1).tolist()
+    gate = torch.tensor([[float(r[f"gate_probs_{e}"]) for e in range(model.num_experts)] for r in rows])
+    torch.testing.assert_close(gate, out.gate_probs, rtol=1e-5, atol=1e-6)
