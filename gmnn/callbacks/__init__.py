@@ -1,8 +1,18 @@
-"""Lightning callbacks: checkpoints, TensorBoard figures and the initialisation search."""
+"""Lightning callbacks: checkpoints, the run's record, figures, predictions, initialisation search, routing."""
 
-from gmnn.callbacks.checkpoint import LastCheckpoint
+from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.init_search import InitSearch
+from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.callbacks.routing_monitor import RoutingMonitor
+from gmnn.callbacks.run_config import RunConfig
 
-__all__ = ["DecompositionFigures", "InitSearch", "LastCheckpoint", "RoutingMonitor"]
+__all__ = [
+    "AtomicModelCheckpoint",
+    "DecompositionFigures",
+    "InitSearch",
+    "LastCheckpoint",
+    "PredictionWriter",
+    "RoutingMonitor",
+    "RunConfig",
+]
