@@ -192,6 +192,14 @@ class ExpertParallelMoELayer(MoELayer):
         self.dropped_fraction: Tensor | None = None
         self.last_routing: Routing | None = None
         self.last_losses: dict[str, Tensor] = {}
+        self._register_load_state_dict_pre_hook(self._take_own_block)
+
+    def _take_own_block(self, state: dict, prefix: str, *args) -> None:
+        """Loading a full (single-process) state dict: keep this rank's block of every expert tensor."""
+        stop = self.first_expert + self.num_local
+        for key in expert_keys(state, prefix):
+            if state[key].shape[0] == self.num_experts != self.num_local:
+                state[key] = state[key][self.first_expert:stop]
 
     def extra_repr(self) -> str:
         return f"experts {self.first_expert}..{self.first_expert + self.num_local - 1} of {self.num_experts}, ranks={self.num_ranks}"
@@ -283,8 +291,12 @@ class ExpertParallelMoELayer(MoELayer):
         return state
 
     def load_full_state_dict(self, state: Mapping[str, Tensor], strict: bool = True):
-        """Load a single-process layer's state dict (this rank's expert block is taken). No communication."""
-        return self.load_state_dict(shard_expert_state(state, self.rank, self.num_ranks), strict=strict)
+        """Load a single-process layer's state dict (this rank's expert block is taken). No communication.
+
+        ``load_state_dict`` does the same for full-size expert tensors (a pre-hook), so a model holding
+        these layers loads a single-process checkpoint directly.
+        """
+        return self.load_state_dict(state, strict=strict)
 
     def to_single_process(self) -> MoELayer:
         """A plain :class:`~gmnn.nn.MoELayer` with all the experts (a collective: call on every rank)."""

@@ -1,0 +1,140 @@
+"""Expert parallelism on Lightning's DDP: shard every MoELayer's experts over the processes.
+
+:class:`ExpertParallel` turns a data-parallel run into a data + expert
+parallel one without changing the model class: at ``setup`` (after the
+process group exists, before DDP wraps the module and the optimizers are
+built) it replaces each :class:`~gmnn.nn.MoELayer` by an
+:class:`~gmnn.nn.expert_parallel.ExpertParallelMoELayer` over the default
+group (E/P experts per process; GShard, Lepikhin et al., 2021; DeepSpeed-MoE,
+Rajbhandari et al., 2022) and lists the expert parameters in the module's
+``_ddp_params_and_buffers_to_ignore``, so DDP neither broadcasts nor
+all-reduces them. Their gradient already sums every rank's tokens (through the
+backward all-to-all); a hook divides it by P so that it matches DDP's average
+for the replicated parameters (router, attention, shared experts).
+
+Checkpoints hold the full single-process state: expert tensors and their
+optimizer state are all-gathered at save (every rank builds the checkpoint in
+step) and each rank takes its block at load, so a checkpoint moves between P
+= 1 and P = 2. To take the block before the module's own ``on_load_checkpoint``
+(gmnn's architecture check compares shapes), ``setup`` wraps that hook on the
+module instance; the optimizer state is sliced at ``on_fit_start``, after
+DDP built the optimizers and before Lightning loads their state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.strategies import DDPStrategy
+
+from gmnn.nn.expert_parallel import ExpertParallelMoELayer, expert_keys
+from gmnn.nn.moe_layer import MoELayer
+
+__all__ = ["ExpertParallel"]
+
+
+class ExpertParallel(Callback):
+    """Shard the experts of every token-choice :class:`~gmnn.nn.MoELayer` over the DDP processes.
+
+    Use with ``trainer.strategy: ddp`` (``DDPStrategy``); with one process it
+    does nothing. Limits: every rank must run the same number of forward passes
+    (evaluation shards with equal batch counts); gradient clipping by norm
+    would see only the local experts' gradients (not supported); P must
+    divide E; the ranks must build the same initial model (rank 0's experts
+    are broadcast before sharding, so an unseeded run is still consistent).
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[str, ExpertParallelMoELayer] = {}
+        self._pending: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size <= 1 or self.layers:
+            return
+        if not isinstance(trainer.strategy, DDPStrategy):
+            raise ValueError(f"strategy: ExpertParallel needs DDPStrategy ('ddp'), got {type(trainer.strategy).__name__}")
+        device = trainer.strategy.root_device
+        for name, module in list(pl_module.named_modules()):
+            if type(module) is not MoELayer:
+                continue
+            for param in module.experts.parameters():  # the same full experts on every rank before sharding
+                buffer = param.data.to(device)
+                dist.broadcast(buffer, src=0)
+                param.data.copy_(buffer)
+            layer = ExpertParallelMoELayer(module)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(pl_module.get_submodule(parent_name) if parent_name else pl_module, attr, layer)
+            self.layers[f"{name}."] = layer
+        ignored = [key for prefix, layer in self.layers.items() for key in layer.expert_parameter_names(prefix)]
+        pl_module._ddp_params_and_buffers_to_ignore = [*getattr(pl_module, "_ddp_params_and_buffers_to_ignore", []), *ignored]
+        scale = 1.0 / trainer.world_size
+        for layer in self.layers.values():
+            for param in layer.experts.parameters():
+                param.register_hook(lambda grad: grad * scale)
+        module_hook = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:  # runs before any callback's hook
+            checkpoint["state_dict"] = self._own_blocks(checkpoint["state_dict"])
+            module_hook(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint  # the module's checks then see this rank's shapes
+
+    def _own_blocks(self, state: dict[str, Any]) -> dict[str, Any]:
+        out = dict(state)
+        for prefix, layer in self.layers.items():
+            for key in expert_keys(state, prefix):
+                if state[key].shape[0] == layer.num_experts != layer.num_local:
+                    out[key] = state[key][layer.first_expert:layer.first_expert + layer.num_local]
+        return out
+
+    def _expert_params(self) -> list[tuple[str, ExpertParallelMoELayer, torch.nn.Parameter]]:
+        return [(f"{prefix}experts.{name}", layer, param) for prefix, layer in self.layers.items()
+                for name, param in layer.experts.named_parameters()]
+
+    @staticmethod
+    def _optimizer_indices(optimizer: torch.optim.Optimizer) -> dict[int, int]:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return {id(p): index for index, p in enumerate(params)}
+
+    @torch.no_grad()
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Full experts and full optimizer state in the checkpoint (a collective: every rank builds it)."""
+        if not self.layers:
+            return
+        for prefix, layer in self.layers.items():
+            for key, value in layer.full_state_dict().items():
+                checkpoint["state_dict"][prefix + key] = value
+        for optimizer, saved in zip(trainer.optimizers, checkpoint.get("optimizer_states", [])):
+            indices = self._optimizer_indices(optimizer)
+            for _, layer, param in self._expert_params():
+                index = indices.get(id(param))
+                if index not in saved["state"]:
+                    continue
+                state = saved["state"][index] = dict(saved["state"][index])  # the live optimizer's dict: copy
+                for key, value in sorted(state.items()):
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        parts = [torch.empty_like(value) for _ in range(layer.num_ranks)]
+                        dist.all_gather(parts, value.contiguous(), group=layer.group)
+                        state[key] = torch.cat(parts)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint: DDP restores it before the optimizers exist (the weights' pre-hook slices the experts)."""
+        self._pending = checkpoint if self.layers else None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Take this rank's block of the full optimizer state, before Lightning loads it into the optimizers."""
+        checkpoint, self._pending = self._pending, None
+        if checkpoint is None:
+            return
+        for optimizer, saved in zip(trainer.optimizers, checkpoint.get("optimizer_states", [])):
+            indices = self._optimizer_indices(optimizer)
+            for _, layer, param in self._expert_params():
+                state = saved["state"].get(indices.get(id(param)), {})
+                stop = layer.first_expert + layer.num_local
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.dim() and value.shape[0] == layer.num_experts != layer.num_local:
+                        state[key] = value[layer.first_expert:stop]
