@@ -85,7 +85,8 @@ def test_readme_ddp_command_finishes_and_its_metrics_equal_one_process(tmp_path:
     _check_matches_one_process(logged, val)
 
     run_gmnn(_ddp("test", f"--ckpt_path={last}"), cwd=tmp_path)
-    (test_run,) = [run for run in (tmp_path / "runs" / "gmnn").iterdir() if run.name != "version_0"]
+    assert [run.name for run in (tmp_path / "runs" / "gmnn").iterdir()] == ["version_0"]
+    test_run = runs[0] / "test"  # testing a run's checkpoint logs into that run
     (test,) = tiny_trainer().test(model, datamodule=data, verbose=False)
     logged = _last_logged(test_run, "test/")
     assert {"test/loss", "test/acc", "test/mutual_information"} <= set(logged)
