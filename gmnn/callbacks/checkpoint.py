@@ -32,6 +32,22 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     intact. All arguments are ``ModelCheckpoint``'s.
     """
 
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: str | Path) -> None:
+        """Lightning warns when the checkpoint folder is not empty; resuming a run continues in its folder."""
+        trainer = self._trainer_for_warning
+        resuming = trainer is not None and trainer.ckpt_path and Path(trainer.ckpt_path).resolve().parent == Path(dirpath).resolve()
+        if not resuming:
+            super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)  # type: ignore[attr-defined]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer_for_warning = trainer
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self._trainer_for_warning = None
+
+    _trainer_for_warning: pl.Trainer | None = None
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         partial = filepath + PARTIAL_SUFFIX
         try:
