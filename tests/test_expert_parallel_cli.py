@@ -13,9 +13,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gmnn.models import MoETransformerLM
 from tests.test_distributed import ROOT, run_gmnn
 
-SMALL = ["--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
+SMALL = ["--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=2", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
          "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.batch_size=8",
          "--data.init_args.seq_len=32", "--model.init_args.d_model=32", "--model.init_args.expert_hidden=32"]
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
@@ -64,6 +65,10 @@ def test_expert_parallel_fit_matches_ddp_and_checkpoints_cross_layouts(tmp_path:
     ep_ckpt, ddp_ckpt = _checkpoint(ep), _checkpoint(ddp)
     assert ep_ckpt["state_dict"]["blocks.0.ffn.experts.w1"].shape[0] == 4, "the checkpoint holds all experts"
     _assert_same_state(ep_ckpt, ddp_ckpt)
+    single = MoETransformerLM.load_from_checkpoint(ep / "checkpoints" / "last.ckpt", map_location="cpu")  # P = 1
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(value, ep_ckpt["state_dict"][key], rtol=0, atol=0, msg=key)
+    assert _losses(ep) and EventAccumulator(str(ep)).Reload().Scalars("val/loss"), "validation ran expert-parallel"
 
     # cross-layout resume: the DDP checkpoint continued expert-parallel, the expert-parallel one under DDP
     ep_resumed = _fit("expert_parallel.yaml", tmp_path / "ep_resumed", "--trainer.max_steps=6",
