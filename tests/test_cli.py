@@ -18,7 +18,6 @@ from gmnn.models import MoEModule
 ROOT = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 TOY_CONFIGS = sorted((ROOT / "configs" / "toy").glob("*.yaml"))
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def test_help_lists_the_subcommands() -> None:
@@ -50,7 +49,7 @@ def test_data_sizes_are_linked_into_the_model(tmp_path: Path) -> None:
 def test_fit_writes_a_checkpoint_and_events_that_reload(config: Path, tmp_path: Path) -> None:
     cli = make_cli(
         ["fit", "--config", str(config), "--trainer.max_epochs=2", "--data.init_args.num_samples=600",
-         f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET]
+         f"--trainer.logger.init_args.save_dir={tmp_path}"]
     )
     run_dir = Path(cli.trainer.logger.log_dir)
     assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard event file"
@@ -68,7 +67,7 @@ def test_fit_writes_a_checkpoint_and_events_that_reload(config: Path, tmp_path: 
 
 def test_test_and_predict_from_a_checkpoint(tmp_path: Path) -> None:
     config = str(ROOT / "configs/toy/dense.yaml")
-    common = ["--config", config, "--data.init_args.num_samples=400", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET]
+    common = ["--config", config, "--data.init_args.num_samples=400", f"--trainer.logger.init_args.save_dir={tmp_path}"]
     fit = make_cli(["fit", "--trainer.max_epochs=1", *common])
     ckpt = str(Path(fit.trainer.logger.log_dir) / "checkpoints" / "last.ckpt")
     test = make_cli(["test", "--ckpt_path", ckpt, *common])

@@ -14,7 +14,7 @@ from gmnn.cli import main, make_cli
 from gmnn.data import ToyDataModule
 from gmnn.models import DenseMoE
 from tests.conftest import tiny_trainer
-from tests.test_cli import QUIET, ROOT
+from tests.test_cli import ROOT
 
 DENSE = str(ROOT / "configs/toy/dense.yaml")
 COMMON = dict(input_shape=[2], num_classes=3, num_experts=2, expert_hidden=[4], gate_hidden=[4])

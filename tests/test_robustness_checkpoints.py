@@ -13,10 +13,10 @@ from gmnn.cli import make_cli
 from gmnn.data import ToyDataModule
 from gmnn.models import DenseMoE, MoEModule, TopKMoE
 from tests.conftest import tiny_trainer
-from tests.test_cli import QUIET, ROOT
+from tests.test_cli import ROOT
 
 COMMON = dict(input_shape=[2], num_classes=3, num_experts=4, expert_hidden=[8], gate_hidden=[8])
-SMALL = ["--data.init_args.num_samples=400", *QUIET]
+SMALL = ["--data.init_args.num_samples=400"]
 
 
 def _data() -> DataLoader:
@@ -94,7 +94,7 @@ def test_a_gpu_checkpoint_loads_on_cpu(toy_run: tuple[Path, dict], tmp_path: Pat
     torch.testing.assert_close(model(x).log_probs, reference(x).log_probs, rtol=0, atol=0)
     assert MoEModule.load_from_checkpoint(gpu_path).device.type == "cpu"  # Lightning's default keeps storages on CPU
     test = make_cli(["test", "--config", str(toy_run[0] / "config.yaml"), "--ckpt_path", str(gpu_path),
-                     f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET])
+                     f"--trainer.logger.init_args.save_dir={tmp_path}"])
     assert 0 <= test.trainer.callback_metrics["test/acc"] <= 1
 
 
