@@ -77,3 +77,18 @@ def test_expert_parallel_fit_matches_ddp_and_checkpoints_cross_layouts(tmp_path:
                        f"--ckpt_path={ep / 'checkpoints' / 'last.ckpt'}")
     torch.testing.assert_close(_losses(ep_resumed), _losses(ddp_resumed), rtol=1e-5, atol=1e-6)
     _assert_same_state(_checkpoint(ep_resumed), _checkpoint(ddp_resumed))
+
+
+@pytest.mark.slow
+def test_data_by_expert_layout_on_four_processes_matches_ddp(tmp_path: Path) -> None:
+    """4 processes, experts sharded over pairs of ranks (expert_parallel_size=2), replicas summed: = DDP on 4."""
+    text = (ROOT / "configs/lm/expert_parallel.yaml").read_text()
+    line = "    - class_path: gmnn.callbacks.expert_parallel.ExpertParallel\n"
+    assert line in text
+    config = tmp_path / "data_by_expert.yaml"
+    config.write_text(text.replace(line, line + "      init_args:\n        expert_parallel_size: 2\n"))
+    four = ["--trainer.devices=4", "--trainer.max_steps=4"]
+    ep = _fit(str(config), tmp_path / "ep", *four)
+    ddp = _fit("top2_switch.yaml", tmp_path / "ddp", *four)
+    torch.testing.assert_close(_losses(ep), _losses(ddp), rtol=1e-5, atol=1e-6)
+    _assert_same_state(_checkpoint(ep), _checkpoint(ddp))

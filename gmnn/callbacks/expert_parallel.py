@@ -33,6 +33,7 @@ from pytorch_lightning.strategies import DDPStrategy
 
 from gmnn.nn.expert_parallel import ExpertParallelMoELayer, expert_keys
 from gmnn.nn.moe_layer import MoELayer
+from gmnn.validation import check_positive_int
 
 __all__ = ["ExpertParallel"]
 
@@ -41,16 +42,47 @@ class ExpertParallel(Callback):
     """Shard the experts of every token-choice :class:`~gmnn.nn.MoELayer` over the DDP processes.
 
     Use with ``trainer.strategy: ddp`` (``DDPStrategy``); with one process it
-    does nothing. Limits: every rank must run the same number of forward passes
+    does nothing. By default the experts are sharded over all processes; with
+    ``expert_parallel_size`` = P_e < world size W, consecutive blocks of P_e
+    ranks each shard the experts (data x expert layout) and the expert
+    gradients are summed over the W / P_e replicas before each optimizer step. Limits: every rank must run the same number of forward passes
     (evaluation shards with equal batch counts); gradient clipping by norm
     would see only the local experts' gradients (not supported); P must
     divide E; the ranks must build the same initial model (rank 0's experts
     are broadcast before sharding, so an unseeded run is still consistent).
+
+    Args:
+        expert_parallel_size: Processes sharing one copy of the experts (``None``: all).
+
+    Raises:
+        ValueError: ``expert_parallel_size`` does not divide the number of processes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expert_parallel_size: int | None = None) -> None:
+        if expert_parallel_size is not None:
+            check_positive_int("expert_parallel_size", expert_parallel_size)
+        self.expert_parallel_size = expert_parallel_size
         self.layers: dict[str, ExpertParallelMoELayer] = {}
+        self.replica_group = None  # the ranks holding the same experts (data x expert layout), or None
         self._pending: dict[str, Any] | None = None
+
+    def _groups(self, trainer: pl.Trainer):
+        """``(expert group, replica group)`` of this rank; every rank creates every group, in the same order."""
+        world, size = trainer.world_size, self.expert_parallel_size or trainer.world_size
+        if world % size:
+            raise ValueError(f"expert_parallel_size={size} must divide the number of processes {world}")
+        if size == world:
+            return None, None
+        expert_group = replica_group = None
+        for first in range(0, world, size):  # consecutive ranks share the experts out
+            group = dist.new_group(list(range(first, first + size)))
+            if trainer.global_rank // size == first // size:
+                expert_group = group
+        for offset in range(size):  # ranks with the same block of experts
+            group = dist.new_group(list(range(offset, world, size)))
+            if trainer.global_rank % size == offset:
+                replica_group = group
+        return expert_group, replica_group
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.world_size <= 1 or self.layers:
@@ -58,6 +90,7 @@ class ExpertParallel(Callback):
         if not isinstance(trainer.strategy, DDPStrategy):
             raise ValueError(f"strategy: ExpertParallel needs DDPStrategy ('ddp'), got {type(trainer.strategy).__name__}")
         device = trainer.strategy.root_device
+        expert_group, self.replica_group = self._groups(trainer)
         for name, module in list(pl_module.named_modules()):
             if type(module) is not MoELayer:
                 continue
@@ -65,7 +98,7 @@ class ExpertParallel(Callback):
                 buffer = param.data.to(device)
                 dist.broadcast(buffer, src=0)
                 param.data.copy_(buffer)
-            layer = ExpertParallelMoELayer(module)
+            layer = ExpertParallelMoELayer(module, expert_group)
             parent_name, _, attr = name.rpartition(".")
             setattr(pl_module.get_submodule(parent_name) if parent_name else pl_module, attr, layer)
             self.layers[f"{name}."] = layer
@@ -82,6 +115,15 @@ class ExpertParallel(Callback):
             module_hook(checkpoint)
 
         pl_module.on_load_checkpoint = on_load_checkpoint  # the module's checks then see this rank's shapes
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        """Data x expert layout: sum the expert gradients over the replicas of each block (once per step)."""
+        if self.replica_group is None:
+            return
+        for _, _, param in self._expert_params():
+            if param.grad is not None:
+                dist.all_reduce(param.grad, group=self.replica_group)
 
     def _own_blocks(self, state: dict[str, Any]) -> dict[str, Any]:
         out = dict(state)
