@@ -6,6 +6,7 @@ from gmnn.models.dense import DenseMoE
 from gmnn.models.dual_temperature import DualTemperatureMoE
 from gmnn.models.expert_loss_gate import ExpertLossGateMoE
 from gmnn.models.gateless import GatelessMoE
+from gmnn.models.hard_em import HardEMMoE
 from gmnn.models.lm import MoETransformerLM
 from gmnn.models.product import ProductOfExperts
 from gmnn.models.regression import RegressionMoE
@@ -19,6 +20,7 @@ __all__ = [
     "DualTemperatureMoE",
     "ExpertLossGateMoE",
     "GatelessMoE",
+    "HardEMMoE",
     "MoEModule",
     "MoETransformerLM",
     "ProductOfExperts",

@@ -55,3 +55,33 @@ def softmin_allocation(scores: Tensor, temperature: float | Tensor, noise: float
 def entropy(log_probs: Tensor) -> Tensor:
     """Entropy (nats) over the last axis of log-probabilities; 0·log 0 counts as 0."""
     return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
+
+
+HARD_EM_M_STEPS = ("complete_data", "gate_weighted")
+
+
+def hard_assignment(log_gate: Tensor, expert_log_probs: Tensor, y: Tensor) -> Tensor:
+    """E step of hard EM: each sample's expert ``argmax_i g_i p_i(y|x)`` ``[B]`` (no gradient).
+
+    Args:
+        log_gate: Log gate probabilities ``[B, E]``.
+        expert_log_probs: Every expert's log-probabilities ``[B, E, C]``.
+        y: Labels ``[B]``.
+    """
+    return (log_gate - per_expert_nll(expert_log_probs, y)).detach().argmax(-1)
+
+
+def hard_em_loss(log_gate: Tensor, expert_log_probs: Tensor, y: Tensor, assigned: Tensor, m_step: str) -> Tensor:
+    """M-step loss of hard EM for the assignments ``assigned`` ``[B]``, averaged over the batch.
+
+    ``"complete_data"``: ``-log g_a - log p_a(y|x)``. ``"gate_weighted"`` (the
+    reference ``moe_em_model.py``): ``-g_a log(p_a(y|x) + 1e-7)``.
+    """
+    index = assigned.view(-1, 1)
+    log_gate_a = log_gate.gather(1, index).squeeze(1)
+    log_p_a = -per_expert_nll(expert_log_probs, y).gather(1, index).squeeze(1)
+    if m_step == "complete_data":
+        return -(log_gate_a + log_p_a).mean()
+    if m_step == "gate_weighted":
+        return -(log_gate_a.exp() * (log_p_a.exp() + 1e-7).log()).mean()
+    raise ValueError(f"m_step must be one of {HARD_EM_M_STEPS}, got {m_step!r}")

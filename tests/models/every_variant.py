@@ -31,6 +31,7 @@ SETTINGS: dict[str, list[dict[str, Any]]] = {
     "ProductOfExperts": [dict(gated=True), dict(gated=False)],
     "RegressionMoE": [dict(k=k) for k in range(E + 1)],
     "GatelessMoE": [dict(allocation="loss"), dict(allocation="entropy")],
+    "HardEMMoE": [dict(m_step="complete_data"), dict(m_step="gate_weighted")],
     "MoETransformerLM": [dict(k=k) for k in range(1, E + 1)] + [dict(router="sigmoid", k=1), dict(router="expert_choice", k=1)],
 }
 

@@ -74,7 +74,7 @@ def _product(gate: torch.Tensor, probs: torch.Tensor, model) -> torch.Tensor:
 INFERENCE = {
     "MoEModule": _mixture, "DenseMoE": _mixture, "DualTemperatureMoE": _mixture, "GatelessMoE": _mixture,
     "TopKMoE": _mixture, "AttentionGateMoE": _mixture, "SingleModel": _mixture,
-    "StochasticMoE": _argmax_expert, "ExpertLossGateMoE": _argmax_expert,
+    "StochasticMoE": _argmax_expert, "ExpertLossGateMoE": _argmax_expert, "HardEMMoE": _argmax_expert,
     "ProductOfExperts": _product,
 }
 
