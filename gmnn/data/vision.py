@@ -34,7 +34,9 @@ def check_files(folder: Path, names: Sequence[str], dataset: str) -> None:
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 images ``[N, C, H, W]`` to floats in [0, 1], then ``(x - mean) / std`` per channel."""
     shape = (1, -1, 1, 1)
-    return (images.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+    mean_, std_ = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    scale, shift = (1 / (255 * std_)).float().view(shape), (-mean_ / std_).float().view(shape)
+    return images.float().mul_(scale).add_(shift)  # one affine map in place: no full-size temporaries
 
 
 def class_subset(labels: Tensor, fractions: Sequence[float], generator: torch.Generator) -> Tensor:

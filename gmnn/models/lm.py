@@ -16,6 +16,7 @@ from gmnn.models.base import MoEModule
 from gmnn.models.checks import RNG_KEY, check_checkpoint_matches, check_labels, set_rng_states
 from gmnn.models.loading import variant_of_checkpoint
 from gmnn.models.optim import check_optimizer_args
+from gmnn.models.running_mean import RunningMean
 from gmnn.nn.moe_layer import MoELayer
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
@@ -168,6 +169,7 @@ class MoETransformerLM(MoEModule):
         self.input_shape = (int(input_shape[0]),)
         self.num_classes, self.num_experts = num_classes, num_experts
         self.temperature, self.revival, self.regularizer_weights = 1.0, None, {}
+        self.train_gate_mean = RunningMean()  # stays empty: the LM logs its routing through RoutingMonitor
         self.embedding = nn.Embedding(num_classes, d_model)
         self.position = nn.Embedding(self.input_shape[0], d_model)
         self.blocks = nn.ModuleList(
