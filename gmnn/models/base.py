@@ -77,7 +77,10 @@ class MoEModule(StepGuards, LightningModule):
             ``load_balancing`` (Switch), ``z_loss`` (router z-loss), ``ideal_gate`` (MSE to the
             one-hot lowest-loss expert), ``allocation`` / ``entropy_allocation`` (cross-entropy to
             softmin(per-expert loss / output entropy over allocation_temperature): fits a gate to a
-            gate-less model's allocation).
+            gate-less model's allocation), ``orthogonality`` (mean over sample pairs of
+            sum_{i<j} |<p_i(x_a), p_j(x_b)>|, the reference's ``w_ortho``), ``prediction_class_cv``
+            (squared CV, unbiased std, of the class mass of the batch's mixture predictions: the
+            reference base class's ``w_ortho``).
             Each is logged unweighted as ``train/reg/<name>``.
         sample_distance: Distance of the sample-similarity loss on flattened inputs:
             ``"euclidean"`` or ``"cosine"``, divided by the batch maximum (override

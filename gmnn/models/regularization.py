@@ -14,7 +14,7 @@ from gmnn.validation import check_choice, check_non_negative, check_positive
 
 REGULARIZERS = (
     "importance", "similarity_same", "similarity_different", "load_balancing", "z_loss", "ideal_gate", "allocation",
-    "entropy_allocation",
+    "entropy_allocation", "orthogonality", "prediction_class_cv",
 )
 ALLOCATION = ("allocation", "entropy_allocation")
 SIMILARITY = ("similarity_same", "similarity_different")
@@ -74,6 +74,12 @@ def regularizer_values(
         if out.gate_logits is None:
             raise ValueError("regularizers['z_loss'] needs gate logits; this model has no gate")
         values["z_loss"] = R.router_z_loss(out.gate_logits)
+    if weights.keys() & {"orthogonality", "prediction_class_cv"}:
+        probs = expert_log_probs().exp()  # the experts' class probabilities, as the reference's softmax experts
+        if "orthogonality" in weights:
+            values["orthogonality"] = R.orthogonality_loss(probs)
+        if "prediction_class_cv" in weights:
+            values["prediction_class_cv"] = R.prediction_class_cv((g.unsqueeze(-1) * probs).sum(1))
     if weights.keys() & {"ideal_gate", *ALLOCATION}:
         log_probs = expert_log_probs()
         scores = {"ideal_gate": per_expert_nll(log_probs, y), "allocation": per_expert_nll(log_probs, y)}

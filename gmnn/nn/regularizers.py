@@ -117,3 +117,40 @@ def allocation_loss(log_gate: Tensor, scores: Tensor, temperature: float) -> Ten
     """
     target = torch.softmax(-scores.detach() / temperature, dim=-1)
     return -(target * log_gate).sum(-1).mean()
+
+
+def orthogonality_loss(expert_outputs: Tensor) -> Tensor:
+    """Overlap of the experts' outputs: ``mean_{a,b} sum_{i<j} |<y_i(x_a), y_j(x_b)>|``.
+
+    The reference's ``w_ortho`` term (``moe_models/moe_pre_softmax_expectation_model.py``
+    lines 205-216 and ``moe_concat_model.py`` lines 184-195 of
+    ``yamsgithub/modular_deep_learning``): for every pair of experts i < j the
+    ``[B, B]`` matrix ``|Y_i Y_j^T|`` of their outputs' inner products over all
+    pairs of samples, summed over the expert pairs, then averaged over the
+    ``B^2`` entries. 0 when no two experts put mass on the same class.
+
+    Args:
+        expert_outputs: Every expert's outputs ``[B, E, C]`` (probabilities, or logits).
+    """
+    experts = expert_outputs.shape[1]
+    if experts < 2:
+        return expert_outputs.new_zeros(())
+    first, second = torch.triu_indices(experts, experts, offset=1, device=expert_outputs.device)
+    inner = torch.einsum("apc,bpc->pab", expert_outputs[:, first], expert_outputs[:, second])  # [pairs, B, B]
+    return inner.abs().sum(0).mean()
+
+
+def prediction_class_cv(predictions: Tensor) -> Tensor:
+    """Squared coefficient of variation (unbiased std) of the class mass of a batch's predictions.
+
+    The reference's ``w_ortho`` term of its base class (``moe_models/moe_models_base.py``
+    lines 281-286): ``(std_c(m) / mean_c(m))^2`` with ``m_c = sum_batch
+    sum_i g_i p_i(c|x)``, the importance loss applied to the mixture's class
+    probabilities instead of the gate; 0 when the batch predicts every class
+    equally often.
+
+    Args:
+        predictions: The mixture's class probabilities ``[B, C]``.
+    """
+    mass = predictions.sum(0)
+    return mass.var(correction=1) / mass.mean().pow(2).clamp_min(1e-12)
