@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader, Subset, TensorDataset, random_split
 
+from gmnn.data import reference_toys
 from gmnn.data.splits import SplitDataModule
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
@@ -62,6 +63,19 @@ def gaussian_clusters(n: int, noise: float, generator: torch.Generator) -> tuple
     return _blobs(centres, torch.arange(3), n, 0.2 + noise, generator)
 
 
+def stratified_split(labels: Tensor, val_fraction: float, test_fraction: float,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Train, validation and test indices holding ``round(fraction * n_c)`` random samples of every class c."""
+    parts: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    for c in labels.unique():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val, n_test = round(len(members) * val_fraction), round(len(members) * test_fraction)
+        for part, chosen in zip(parts, (members[n_val + n_test:], members[:n_val], members[n_val:n_val + n_test])):
+            part.append(chosen)
+    return tuple(torch.cat(part).sort().values for part in parts)  # type: ignore[return-value]
+
+
 Generator = Callable[[int, float, torch.Generator], tuple[Tensor, Tensor]]
 PROBLEMS: dict[str, tuple[Generator, int]] = {
     "checkerboard": (checkerboard, 2),
@@ -70,6 +84,10 @@ PROBLEMS: dict[str, tuple[Generator, int]] = {
     "circles": (circles, 2),
     "two_blobs_vs_one": (two_blobs_vs_one, 2),
     "gaussian_clusters": (gaussian_clusters, 3),
+    # the reference implementation's problems (gmnn/data/reference_toys.py)
+    "quadrants_rotated": (reference_toys.quadrants_rotated, 2),
+    "disc": (reference_toys.disc, 2),
+    "board_3x2": (reference_toys.board_3x2, 2),
 }
 
 
@@ -78,7 +96,12 @@ class ToyDataModule(SplitDataModule):
 
     Problems: ``checkerboard`` (2x2), ``checkerboard_4x4``,
     ``rotated_checkerboard``, ``circles``, ``two_blobs_vs_one`` and
-    ``gaussian_clusters`` (3 classes). Inputs lie roughly in [-1, 1]^2.
+    ``gaussian_clusters`` (3 classes); and the reference implementation's
+    (``helper/data_generator.py`` of ``yamsgithub/modular_deep_learning``):
+    ``quadrants_rotated`` (the 4x4 board with its quadrants rotated by 30, 45,
+    60 and 120 degrees), ``disc`` and ``board_3x2``. Inputs lie roughly in
+    [-1, 1]^2. The reference splits 80/20 into train and test, stratified by
+    class: ``val_fraction=0``, ``test_fraction=0.2``, ``stratify=True``.
 
     Args:
         problem: Which problem to generate.
@@ -89,6 +112,7 @@ class ToyDataModule(SplitDataModule):
         batch_size: Samples per batch.
         seed: Seed of the data and of the split.
         num_workers: DataLoader worker processes.
+        stratify: Split every class in the same fractions (the reference's ``train_test_split(..., stratify=y)``).
     """
 
     #: name -> (generator, number of classes); subclasses swap in their own problems.
@@ -104,6 +128,7 @@ class ToyDataModule(SplitDataModule):
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        stratify: bool = False,
     ) -> None:
         super().__init__()
         check_choice("problem", problem, tuple(self.problems))
@@ -142,9 +167,14 @@ class ToyDataModule(SplitDataModule):
             return
         hp = self.hparams
         dataset = TensorDataset(*self.generate())
-        sizes = [round(hp.num_samples * hp.val_fraction), round(hp.num_samples * hp.test_fraction)]
-        sizes = [hp.num_samples - sum(sizes), *sizes]
-        parts = random_split(dataset, sizes, generator=torch.Generator().manual_seed(hp.seed + 1))
+        generator = torch.Generator().manual_seed(hp.seed + 1)
+        if hp.get("stratify"):
+            parts = stratified_split(dataset.tensors[1], hp.val_fraction, hp.test_fraction, generator)
+            self.splits = {name: Subset(dataset, idx) for name, idx in zip(("train", "val", "test"), parts)}
+            return
+        sizes = [round(len(dataset) * hp.val_fraction), round(len(dataset) * hp.test_fraction)]
+        sizes = [len(dataset) - sum(sizes), *sizes]
+        parts = random_split(dataset, sizes, generator=generator)
         self.splits = dict(zip(("train", "val", "test"), parts))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
