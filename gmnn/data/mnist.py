@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchvision import datasets
 
 from gmnn.data.idx import check_idx_pair
 from gmnn.data.vision import ImageDataModule, check_files
+from gmnn.validation import check_choice
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -57,30 +61,71 @@ class FashionMNISTDataModule(_IDXDataModule):
     std = (0.3530,)
 
 
-class FashionMNISTMNISTDataModule(ImageDataModule):
-    """FashionMNIST and MNIST together: 20 disjoint classes, 1x28x28.
+# task -> the classes kept of (FashionMNIST, MNIST), in that order; labels are numbered on in that order
+TASKS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "all_20": (tuple(range(10)), tuple(range(10))),
+    "fashion_0-5_mnist_4-9": (tuple(range(6)), tuple(range(4, 10))),
+}
 
-    Labels 0-9 are FashionMNIST's classes and 10-19 MNIST's digits (the
-    paper's combined task, where a good gate separates the two datasets).
-    Each part is normalised with its own statistics; the validation split
-    takes ``val_size`` samples from the union of both training sets.
+
+class FashionMNISTMNISTDataModule(ImageDataModule):
+    """FashionMNIST and MNIST together, 1x28x28: classes of both datasets, disjoint labels.
+
+    ``task="all_20"`` (default): labels 0-9 are FashionMNIST's classes and
+    10-19 MNIST's digits, where a good gate separates the two datasets.
+    ``task="fashion_0-5_mnist_4-9"``: the first paper's 12-class task
+    (``xai_neurips_2021/notebooks/fmnist_mnist_classification.ipynb`` of
+    ``yamsgithub/modular_deep_learning``, with 6 experts): FashionMNIST
+    classes 0-5 keep their labels and MNIST digits 4-9 become labels 6-11.
+    Each part is normalised with its own statistics unless ``mean``/``std``
+    are given (the reference: 0.5/0.5 for both); the validation split takes
+    ``val_size`` samples from the union of both training sets. ``train_size``
+    and ``test_size`` keep the reference's subset (its ``filter_classes``):
+    half from each dataset, the first ``ceil(half / classes)`` samples of each
+    kept class in class order, cut to the half.
+
+    Args:
+        task: ``"all_20"`` or ``"fashion_0-5_mnist_4-9"``.
+        **kwargs: The arguments of :class:`~gmnn.data.vision.ImageDataModule`.
     """
 
-    num_classes = 20
     parts = (FashionMNISTDataModule, MNISTDataModule)
+
+    def __init__(self, task: str = "all_20", **kwargs: Any) -> None:
+        check_choice("task", task, tuple(TASKS))
+        self.kept = TASKS[task]
+        self.num_classes = sum(len(classes) for classes in self.kept)
+        super().__init__(**kwargs)
 
     def _parts(self) -> list[_IDXDataModule]:
         hp = self.hparams
-        return [part(root=str(self.root), download=hp.download) for part in self.parts]
+        return [part(root=str(self.root), download=hp.download, mean=hp.get("mean"), std=hp.get("std")) for part in self.parts]
 
     def download_files(self) -> None:
         for part in self._parts():
             part.download_files()
 
     def load(self, train: bool) -> tuple[Tensor, Tensor]:
-        images, labels = [], []
-        for offset, part in enumerate(self._parts()):
+        images, labels, offset = [], [], 0
+        for part, classes in zip(self._parts(), self.kept):
             x, y = part.load(train)
-            images.append(x)
-            labels.append(y + 10 * offset)
+            keep = torch.isin(y, torch.tensor(classes))
+            remap = torch.full((10,), -1, dtype=torch.long)
+            remap[list(classes)] = torch.arange(offset, offset + len(classes))
+            images.append(x[keep])
+            labels.append(remap[y[keep]])
+            offset += len(classes)
         return torch.cat(images), torch.cat(labels)
+
+    def subset(self, labels: Tensor, size: int) -> Tensor:
+        """The reference's ``filter_classes`` per dataset: ``size // 2`` from each, the first
+        ``ceil((size // 2) / classes)`` of every class in class order, cut to ``size // 2``."""
+        half, chosen, offset = size // 2, [], 0
+        for classes in self.kept:
+            per_class = math.ceil(half / len(classes))
+            part = [(labels == c).nonzero().flatten()[:per_class] for c in range(offset, offset + len(classes))]
+            chosen.append(torch.cat(part)[:half])
+            offset += len(classes)
+            if len(chosen[-1]) < half:
+                raise ValueError(f"train_size / test_size={size} needs {half} samples of each dataset, got {len(chosen[-1])}")
+        return torch.cat(chosen)

@@ -49,6 +49,26 @@ def class_subset(labels: Tensor, fractions: Sequence[float], generator: torch.Ge
     return torch.cat(keep).sort().values
 
 
+def complement(indices: Tensor, n: int) -> Tensor:
+    """The indices in ``range(n)`` that are not in ``indices``, in order."""
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[indices] = False
+    return keep.nonzero().flatten()
+
+
+def check_normalisation(
+    mean: Sequence[float] | None, std: Sequence[float] | None, default_mean: Sequence[float], default_std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation's ``(mean, std)``: the given ones (one per channel, std > 0) or the defaults."""
+    mean = tuple(default_mean if mean is None else mean)
+    std = tuple(default_std if std is None else std)
+    if len(mean) != len(default_mean) or len(std) != len(default_std):
+        raise ValueError(f"mean and std must give one value per channel ({len(default_mean)}), got {list(mean)}, {list(std)}")
+    if not all(s > 0 for s in std):
+        raise ValueError(f"std must be > 0 per channel, got {list(std)}")
+    return mean, std
+
+
 class ImageDataModule(SplitDataModule):
     """Base of the image DataModules: subclasses only say how to read the raw arrays.
 
@@ -66,6 +86,12 @@ class ImageDataModule(SplitDataModule):
         class_fractions: Optional fraction in (0, 1] of each class's training samples to keep
             (one per class): a class-imbalanced training set. Validation and test sets are untouched.
         num_workers: DataLoader worker processes.
+        train_size: Keep only this many training images, chosen as the reference implementation does
+            (:meth:`subset`: the first ``train_size`` of the official training set); the validation set
+            is then drawn (``val_size``, ``split_seed``) from the images left over. ``None``: all of them.
+        test_size: Keep only the first ``test_size`` test images (:meth:`subset`); ``None``: all of them.
+        mean: Per-channel mean of the normalisation instead of the dataset's (e.g. ``[0.5]``).
+        std: Per-channel standard deviation of the normalisation instead of the dataset's (e.g. ``[0.5]``).
     """
 
     #: Per-channel mean and standard deviation used to normalise.
@@ -83,11 +109,19 @@ class ImageDataModule(SplitDataModule):
         split_seed: int = 0,
         class_fractions: Sequence[float] | None = None,
         num_workers: int = 0,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check_positive_int("batch_size", batch_size)
         check_non_negative("val_size", val_size)
         check_non_negative("num_workers", num_workers)
+        for name, size in (("train_size", train_size), ("test_size", test_size)):
+            if size is not None:
+                check_positive_int(name, size)
+        self.mean, self.std = check_normalisation(mean, std, self.mean, self.std)
         if class_fractions is not None:
             if len(class_fractions) != self.num_classes:
                 raise ValueError(
@@ -109,6 +143,13 @@ class ImageDataModule(SplitDataModule):
         """Fetch the raw files into ``root`` (torchvision's downloader)."""
         raise NotImplementedError
 
+    def subset(self, labels: Tensor, size: int) -> Tensor:
+        """Indices of the ``size`` samples kept by ``train_size`` / ``test_size``: the first ``size``,
+        as the reference's ``Subset(dataset, range(size))``."""
+        if size > len(labels):
+            raise ValueError(f"train_size / test_size must be at most the {len(labels)} samples, got {size}")
+        return torch.arange(size)
+
     def load(self, train: bool) -> tuple[Tensor, Tensor]:
         """Normalised float images ``[N, C, H, W]`` and int64 labels ``[N]`` of the train or test set."""
         images, labels = self.read(train)
@@ -124,17 +165,26 @@ class ImageDataModule(SplitDataModule):
             return
         hp = self.hparams
         images, labels = self.load(train=True)
-        if hp.val_size >= len(labels):
-            raise ValueError(f"val_size must be smaller than the {len(labels)} training samples, got {hp.val_size}")
         generator = torch.Generator().manual_seed(hp.split_seed)
-        order = torch.randperm(len(labels), generator=generator)
-        val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
+        train_size = hp.get("train_size")
+        kept = None if train_size is None else self.subset(labels, train_size)
+        pool = torch.arange(len(labels)) if kept is None else complement(kept, len(labels))
+        if kept is None and hp.val_size >= len(pool):
+            raise ValueError(f"val_size must be smaller than the {len(pool)} training samples, got {hp.val_size}")
+        if kept is not None and hp.val_size > len(pool):
+            raise ValueError(f"val_size must be at most the {len(pool)} samples left over by train_size={train_size}, got {hp.val_size}")
+        order = pool[torch.randperm(len(pool), generator=generator)]
+        val_idx, train_idx = order[: hp.val_size], (order[hp.val_size :] if kept is None else kept)
         if hp.class_fractions is not None:
             train_idx = train_idx[class_subset(labels[train_idx], hp.class_fractions, generator)]
+        test_images, test_labels = self.load(train=False)
+        if hp.get("test_size") is not None:
+            test_idx = self.subset(test_labels, hp.test_size)
+            test_images, test_labels = test_images[test_idx], test_labels[test_idx]
         self.splits = {
             "train": TensorDataset(images[train_idx], labels[train_idx]),
             "val": TensorDataset(images[val_idx], labels[val_idx]),
-            "test": TensorDataset(*self.load(train=False)),
+            "test": TensorDataset(test_images, test_labels),
         }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
