@@ -209,6 +209,7 @@ def main(args: list[str] | None = None) -> None:
         if args and args[0] == "analyze":
             return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
         make_cli(None if from_command_line else args)
+        _close_process_group()
     except (ValueError, OSError, FloatingPointError) as error:
         full = _disk_full(error)
         other_os_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and full is None
@@ -217,6 +218,20 @@ def main(args: list[str] | None = None) -> None:
         message = f"the disk is full ({full}); free space, then resume with --ckpt_path last" if full else _root_cause(error)
         print(f"gmnn: error: {message}\n(set GMNN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _close_process_group() -> None:
+    """Destroy the process group a multi-process run opened, on every rank, once the command has finished.
+
+    Left to the interpreter's exit, gloo's worker threads are torn down without being
+    joined and the process can abort with "terminate called without an active exception"
+    (exit status -6) after a run that succeeded. Only reached when the command succeeded
+    on this rank: after an error the other ranks may still be inside a collective.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _disk_full(error: BaseException | None) -> OSError | None:

@@ -3,6 +3,7 @@ finite-loss guard), two gloo processes, and a time limit that turns a hang into 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -109,3 +110,27 @@ def test_ddp_with_tqdm_bar_revival_and_init_search_finishes(tmp_path: Path) -> N
     assert "InitSearch: validation NLL of the 2 initialisations" in result.stdout
     logged = _last_logged(tmp_path / "runs" / "gmnn" / "version_0", "train/")
     assert "train/revived_experts" in logged and "train/init_search_best_nll" in logged
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_cli_destroys_the_process_group_only_after_a_successful_command(
+    fails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left to interpreter exit, gloo can abort a finished run ("terminate called without an active
+    exception", exit -6); after an error another rank may still be in a collective, so it stays."""
+    import gmnn.cli
+
+    def command(args: object) -> None:
+        if fails:
+            raise ValueError("bad input")
+
+    monkeypatch.setattr(gmnn.cli, "make_cli", command)
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with contextlib.suppress(SystemExit):
+            gmnn.cli.main(["fit"])
+        assert torch.distributed.is_initialized() == fails
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
