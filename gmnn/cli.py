@@ -21,6 +21,7 @@ from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.models.base import MoEModule
+from gmnn.quiet import silence_known_warnings
 from gmnn.callbacks.run_config import RunConfig
 from gmnn.resume import (
     check_ckpt_path,
@@ -66,7 +67,7 @@ class GMNNCLI(LightningCLI):
 
     def _experiment(self, subcommand: str) -> dict[str, Any]:
         """The model, data and seed of the parsed config, as its ``config.yaml`` would record them."""
-        dumped = self._parser(subcommand).dump(self.config[subcommand], skip_none=False, skip_validation=True)
+        dumped = self._parser(subcommand).dump(self.config[subcommand], skip_unset=False, skip_validation=True)
         return experiment_of(yaml.safe_load(dumped))
 
     def _check_ckpt_path(self) -> None:
@@ -195,6 +196,7 @@ def main(args: list[str] | None = None) -> None:
     set ``GMNN_TRACEBACK=1`` to see the full traceback. Configuration errors
     (unknown key, wrong type) are jsonargparse's: usage, message, exit status 2.
     """
+    silence_known_warnings()
     from_command_line = args is None
     args = sys.argv[1:] if args is None else args
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,18 @@ def test_help_lists_the_subcommands() -> None:
     result = subprocess.run([sys.executable, "-m", "gmnn.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("fit", "validate", "test", "predict"):
         assert command in result.stdout
+    assert "Warning" not in result.stderr, result.stderr
+
+
+def test_the_readme_first_command_prints_no_warning(tmp_path: Path) -> None:
+    """The first command users run, with the shipped defaults, as a fresh process, as users run it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gmnn.cli", "fit", "--config", str(ROOT / "configs/toy/dense.yaml"),
+         "--trainer.max_epochs=1", "--data.init_args.num_samples=600"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr and "deprecated" not in result.stderr, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))

@@ -27,7 +27,7 @@ class RunConfig(SaveConfigCallback):
         log_dir = trainer.log_dir  # a broadcast under DDP: every process asks, in the same hook
         if not trainer.is_global_zero or log_dir is None:
             return
-        text = self.parser.dump(self.config, skip_none=False)
+        text = self.parser.dump(self.config, skip_unset=False)
         path = Path(log_dir) / self.config_filename
         if path.is_file():
             if path.read_text() == text:

@@ -1,0 +1,25 @@
+"""Narrow filters for third-party warnings that every gmnn command would otherwise print.
+
+Each filter matches one message and names why it is not the user's concern. Nothing of
+gmnn's own making is filtered here: gmnn's own code must not warn on a correct run.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    # pytorch_lightning's own use of a torch pytree API it has not caught up with (torch >= 2.10)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "pytorch_lightning"),
+    # lightning_fabric's all_gather calls a torch function torch deprecated; gmnn does not call it
+    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", Warning, "lightning_fabric"),
+    # train/* metrics are per-process on purpose: syncing them would put a collective into whichever
+    # hook first reads the epoch metrics (rank zero's progress bar), the deadlock of issue 11
+    (r"It is recommended to use `self\.log\('train/", UserWarning, "pytorch_lightning"),
+)
+
+
+def silence_known_warnings() -> None:
+    """Install the filters of :data:`THIRD_PARTY_WARNINGS` (idempotent)."""
+    for message, category, module in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
