@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -31,7 +31,7 @@ class AttentionGateMoE(MoEModule):
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, attention_dim: int = 32, k: int = 0, gate_gradient: str = "residual", **kwargs: Any) -> None:
+    def __init__(self, attention_dim: int = 32, k: int = 0, gate_gradient: Literal["residual", "renormalize"] = "residual", **kwargs: Any) -> None:
         check_non_negative("k", k)
         if k:
             check_top_k(k, kwargs.get("num_experts", 4), gate_gradient, allowed=("residual", "renormalize"))

@@ -28,17 +28,18 @@ from gmnn.models.guards import StepGuards
 from gmnn.models.loading import CLASS_KEY, class_path_of, variant_of_checkpoint
 from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.reuse import load_experts
-from gmnn.models.optim import adam, check_optimizer_args, with_schedule
+from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
 from gmnn.nn.combine import dense_mixture
 from gmnn.nn.experts import Experts
-from gmnn.nn.networks import NETWORKS, build_network
+from gmnn.nn.custom import check_network_spec
+from gmnn.nn.networks import NETWORKS, NetworkSpec, build_network
 from gmnn.nn.output import MoEOutput
-from gmnn.nn.regularizers import sample_distances
+from gmnn.nn.regularizers import Distance, sample_distances
 from gmnn.nn.routing import softmax_routing
 from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
-from gmnn.validation import check_choice, check_positive_int
+from gmnn.validation import check_positive_int
 
 STAGES = ("train", "val", "test")
 EVAL_STAGES = ("val", "test")
@@ -58,10 +59,11 @@ class MoEModule(StepGuards, LightningModule):
         input_shape: Shape of one input, e.g. ``[2]`` or ``[1, 28, 28]`` (linked from the data).
         num_classes: Number of classes C (linked from the data).
         num_experts: Number of experts E >= 1.
-        expert: Expert network: ``"mlp"`` or ``"conv"`` (the paper's MNIST expert).
+        expert: Expert network: ``"mlp"``, ``"conv"`` (the paper's MNIST expert) or any module by
+            ``{class_path: pkg.Module, init_args: {...}, hidden_from: <submodule>}`` (:mod:`gmnn.nn.custom`).
         expert_hidden: Hidden layer widths of each expert.
         expert_channels: Convolution filters of a ``"conv"`` expert.
-        gate: Gate network: ``"mlp"`` or ``"conv"``.
+        gate: Gate network, like ``expert`` (its ``out_features`` is the number of experts).
         gate_hidden: Hidden layer widths of the gate.
         gate_channels: Convolution filters of a ``"conv"`` gate.
         temperature: Gate softmax temperature T > 0.
@@ -110,10 +112,10 @@ class MoEModule(StepGuards, LightningModule):
         input_shape: Sequence[int] = (2,),
         num_classes: int = 2,
         num_experts: int = 4,
-        expert: str = "mlp",
+        expert: NetworkSpec = "mlp",
         expert_hidden: Sequence[int] = (32,),
         expert_channels: int = 1,
-        gate: str = "mlp",
+        gate: NetworkSpec = "mlp",
         gate_hidden: Sequence[int] = (32,),
         gate_channels: int = 1,
         temperature: float = 1.0,
@@ -122,7 +124,7 @@ class MoEModule(StepGuards, LightningModule):
         decoupled_weight_decay: bool = False,
         batched_experts: bool = True,
         regularizers: Mapping[str, float] | None = None,
-        sample_distance: str | None = "euclidean",
+        sample_distance: Distance | None = "euclidean",
         allocation_temperature: float = 1.0,
         temperature_decay: float = 0.0,
         temperature_decay_start: int = 0,
@@ -131,7 +133,7 @@ class MoEModule(StepGuards, LightningModule):
         revive_epochs: int = 5,
         init_experts_from: str | None = None,
         freeze_experts: bool = False,
-        scheduler: str = "none",
+        scheduler: Scheduler = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -140,8 +142,8 @@ class MoEModule(StepGuards, LightningModule):
         if num_classes < self.min_num_classes:
             raise ValueError(f"num_classes must be >= {self.min_num_classes}, got {num_classes}")
         check_positive_int("num_experts", num_experts)
-        check_choice("expert", expert, NETWORKS)
-        check_choice("gate", gate, NETWORKS)
+        check_network_spec("expert", expert, NETWORKS)
+        check_network_spec("gate", gate, NETWORKS)
         check_temperature_schedule(temperature, temperature_decay, temperature_decay_start, temperature_min)
         self.regularizer_weights = check_regularizers(regularizers, sample_distance, allocation_temperature)
         check_optimizer_args(lr, weight_decay, scheduler)

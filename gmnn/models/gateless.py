@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,8 @@ from gmnn.nn.losses import entropy, per_expert_nll, softmin_allocation
 from gmnn.nn.output import MoEOutput
 from gmnn.validation import check_choice, check_non_negative
 
-ALLOCATIONS = ("loss", "entropy")
+Allocation = Literal["loss", "entropy"]
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 
 
 class GatelessMoE(MoEModule):
@@ -38,7 +39,7 @@ class GatelessMoE(MoEModule):
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule` (the gate ones are unused).
     """
 
-    def __init__(self, allocation: str = "loss", allocation_noise: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, allocation: Allocation = "loss", allocation_noise: float = 0.0, **kwargs: Any) -> None:
         check_choice("allocation", allocation, ALLOCATIONS)
         check_non_negative("allocation_noise", allocation_noise)
         super().__init__(**kwargs)

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.losses import HARD_EM_M_STEPS, hard_assignment, hard_em_loss
+from gmnn.nn.losses import HARD_EM_M_STEPS, HardEMStep, hard_assignment, hard_em_loss
 from gmnn.nn.output import MoEOutput
 from gmnn.nn.routing import softmax_routing
 from gmnn.validation import check_choice
@@ -46,7 +46,7 @@ class HardEMMoE(MoEModule):
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, m_step: str = "complete_data", **kwargs: Any) -> None:
+    def __init__(self, m_step: HardEMStep = "complete_data", **kwargs: Any) -> None:
         check_choice("m_step", m_step, HARD_EM_M_STEPS)
         super().__init__(**kwargs)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +15,13 @@ from torch import Tensor, nn
 from gmnn.models.base import MoEModule
 from gmnn.models.checks import RNG_KEY, check_checkpoint_matches, check_labels, set_rng_states
 from gmnn.models.loading import variant_of_checkpoint
-from gmnn.models.optim import check_optimizer_args
+from gmnn.models.optim import Scheduler, check_optimizer_args
 from gmnn.models.running_mean import RunningMean
 from gmnn.nn.moe_layer import MoELayer
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
-ROUTERS = ("softmax", "sigmoid", "expert_choice")
+Router = Literal["softmax", "sigmoid", "expert_choice"]
+ROUTERS: tuple[str, ...] = get_args(Router)
 
 
 def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: str, normalize: bool | None,
@@ -135,7 +136,7 @@ class MoETransformerLM(MoEModule):
         num_heads: int = 4,
         expert_hidden: int = 128,
         k: int = 2,
-        router: str = "softmax",
+        router: Router = "softmax",
         normalize: bool | None = None,
         balance_weight: float = 1e-2,
         balance_rate: float = 0.0,
@@ -145,7 +146,7 @@ class MoETransformerLM(MoEModule):
         lr: float = 3e-3,
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
-        scheduler: str = "none",
+        scheduler: Scheduler = "none",
     ) -> None:
         super(MoEModule, self).__init__()  # LightningModule: none of MoEModule's experts, gate or image metrics
         _ = __class__  # noqa: F841 -- save_hyperparameters reads the `__class__` local that zero-argument super() creates

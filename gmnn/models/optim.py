@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from gmnn.validation import check_choice, check_non_negative, check_positive
 
-SCHEDULERS = ("none", "cosine", "onecycle")
+Scheduler = Literal["none", "cosine", "onecycle"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 
 def check_optimizer_args(lr: float, weight_decay: float, scheduler: str) -> None:

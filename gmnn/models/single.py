@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -47,7 +47,7 @@ class SingleModel(MoEModule):
     The network is an expert (``expert``, ``expert_channels``) whose hidden
     widths are ``hidden``, or by default ``expert_hidden`` scaled so that it has
     about as many parameters as a mixture of ``matched_experts`` experts plus
-    its gate. Logging is that of every gmnn model (the single "expert" has gate
+    its gate (a class-path ``expert`` is built as configured, without matching). Logging is that of every gmnn model (the single "expert" has gate
     probability 1). ``num_experts`` is ignored (always 1).
 
     Args:
@@ -67,6 +67,8 @@ class SingleModel(MoEModule):
 
     def build_expert(self) -> nn.Module:
         hp = self.hparams
+        if isinstance(hp.expert, Mapping):  # a class-path network is built as configured, not size-matched
+            return build_network(hp.expert, self.input_shape, self.num_classes, (), hp.expert_channels)
         if self.hidden is None:
             self.hidden = matched_hidden(
                 hp.expert, hp.gate, self.input_shape, self.num_classes, self._matched,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -15,7 +15,8 @@ from gmnn.nn.output import MoEOutput
 from gmnn.nn.routing import softmax_routing, top_k_routing
 from gmnn.validation import check_choice, check_non_negative
 
-GATE_GRADIENTS = ("residual", "renormalize", "stochastic")
+GateGradient = Literal["residual", "renormalize", "stochastic"]
+GATE_GRADIENTS: tuple[str, ...] = get_args(GateGradient)
 
 
 def check_top_k(k: int, num_experts: int, gate_gradient: str, allowed: tuple[str, ...] = GATE_GRADIENTS) -> None:
@@ -64,7 +65,7 @@ class TopKMoE(MoEModule):
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, k: int = 1, gate_gradient: str = "residual", capacity_factor: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, k: int = 1, gate_gradient: GateGradient = "residual", capacity_factor: float = 0.0, **kwargs: Any) -> None:
         check_top_k(k, kwargs.get("num_experts", 4), gate_gradient)
         check_non_negative("capacity_factor", capacity_factor)
         self.k = k

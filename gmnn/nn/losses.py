@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,8 @@ def entropy(log_probs: Tensor) -> Tensor:
     return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
 
 
-HARD_EM_M_STEPS = ("complete_data", "gate_weighted")
+HardEMStep = Literal["complete_data", "gate_weighted"]
+HARD_EM_M_STEPS: tuple[str, ...] = get_args(HardEMStep)
 
 
 def hard_assignment(log_gate: Tensor, expert_log_probs: Tensor, y: Tensor) -> Tensor:

@@ -7,11 +7,13 @@ pre-activations and the last hidden layer, which the attention gate reads.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
 
+from gmnn.nn.custom import build_custom, check_network_spec
 from gmnn.nn.conv_pool import conv_maxpool2, is_plain_conv_pool
 from gmnn.validation import check_positive_int, check_shape
 
@@ -94,16 +96,28 @@ class ConvNet(nn.Module):
 
 
 NETWORKS = ("mlp", "conv")
+# a shorthand or a class-path mapping (gmnn.nn.custom); the Literal makes ``--help`` list the shorthands
+NetworkSpec = Union[Literal["mlp", "conv"], dict[str, Any]]
 
 
 def build_network(
-    name: str, input_shape: Sequence[int], out_features: int | None, hidden_dims: Sequence[int], channels: int = 1
+    name: str | Mapping[str, Any],
+    input_shape: Sequence[int],
+    out_features: int | None,
+    hidden_dims: Sequence[int],
+    channels: int = 1,
 ) -> nn.Module:
-    """Build a network by name: ``"mlp"`` or ``"conv"``.
+    """Build a network by name (``"mlp"`` or ``"conv"``) or from a class-path spec (:mod:`gmnn.nn.custom`).
+
+    ``hidden_dims`` and ``channels`` configure the named networks only; a class-path
+    network takes its arguments from its ``init_args``.
 
     Raises:
         ValueError: ``name`` is unknown or the input shape does not suit the network.
     """
+    if isinstance(name, Mapping):
+        check_network_spec("network", name, NETWORKS)
+        return build_custom(name, input_shape, out_features)
     if name == "mlp":
         return MLP(math.prod(input_shape), out_features, hidden_dims)
     if name == "conv":

@@ -7,13 +7,16 @@ batch), so sparse layers can import them too.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gmnn.validation import check_choice
 
-DISTANCES = ("euclidean", "cosine")
+Distance = Literal["euclidean", "cosine"]
+DISTANCES: tuple[str, ...] = get_args(Distance)
 
 
 def _flat(t: Tensor) -> Tensor:
