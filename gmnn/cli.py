@@ -7,8 +7,10 @@ import errno
 import importlib.metadata
 import os
 import sys
+import sysconfig
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -119,7 +121,7 @@ class GMNNCLI(LightningCLI):
 
 EPILOG = (
     "other commands: gmnn report RUN_DIRS... (results table of finished runs), "
-    "gmnn analyze --ckpt_path CKPT (routing report), gmnn --version"
+    "gmnn analyze --ckpt_path CKPT (routing report), gmnn configs (folder of the shipped configs), gmnn --version"
 )
 
 
@@ -178,6 +180,20 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
         )
 
 
+def configs_dir() -> Path:
+    """The folder of the shipped configs: the source tree's, else the installed copy (``<prefix>/share/gmnn``).
+
+    Raises:
+        FileNotFoundError: neither exists (an install without its data files).
+    """
+    source = Path(__file__).resolve().parents[1] / "configs"
+    installed = Path(sysconfig.get_paths()["data"]) / "share" / "gmnn" / "configs"
+    for folder in (source, installed):
+        if (folder / "toy" / "dense.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"the shipped configs are in neither {source} nor {installed}; reinstall gmnn")
+
+
 def version() -> str:
     """The installed gmnn version (the source tree's when it is not installed)."""
     try:
@@ -207,6 +223,9 @@ def main(args: list[str] | None = None) -> None:
             from gmnn.report import main as report_main
 
             report_main(args[1:])
+            return
+        if args and args[0] == "configs":
+            print(configs_dir())
             return
         if args and args[0] == "analyze":
             return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
