@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,18 +13,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.checks import (
-    RNG_KEY,
     check_training_precision,
     FiniteLossGuard,
-    check_checkpoint_matches,
     check_input_shape,
     check_labels,
-    explain_overrides,
-    rng_states,
-    set_rng_states,
 )
 from gmnn.models.guards import StepGuards
-from gmnn.models.loading import CLASS_KEY, class_path_of, variant_of_checkpoint
+from gmnn.models.checkpoint_hooks import CheckpointHooks
 from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.reuse import load_experts
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
@@ -43,17 +37,23 @@ from gmnn.validation import check_positive_int
 
 STAGES = ("train", "val", "test")
 EVAL_STAGES = ("val", "test")
-TEMPERATURE_KEY = "gmnn_temperature"
 
 
-class MoEModule(StepGuards, LightningModule):
+class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     """Base class of every gmnn mixture of experts (a dense mixture by default).
 
     Owns the experts, the gate, the task loss, the optimizer and the logging.
-    Variants override one hook: :meth:`gate_logits` (how experts are scored),
-    :meth:`combine` (how expert predictions are mixed) or :meth:`forward`
-    (sparse routing). Subclasses in other projects override
-    :meth:`build_expert` / :meth:`build_gate` to swap the networks.
+    The hooks a variant overrides (each shipped variant overrides one to three):
+    networks :meth:`build_expert` / :meth:`build_gate` / :meth:`build_metrics`;
+    routing :meth:`gate_logits` (how experts are scored), :meth:`combine` (how
+    expert predictions are mixed), :meth:`forward` (sparse routing) and
+    :meth:`expert_logit_layer` (the gate rows revival splits); the objective
+    :meth:`loss_terms` (named terms summed into the loss) and
+    :meth:`regularizer_terms`; :meth:`set_temperature` (per-epoch schedule);
+    :meth:`log_task_metrics` / :meth:`log_step` (what is logged);
+    :meth:`predict_step`; and :meth:`configure_optimizers` / :meth:`make_adam`.
+    A variant needing its own step (manual optimization) overrides
+    ``training_step``, as :class:`~gmnn.models.dual_temperature.DualTemperatureMoE` does.
 
     Args:
         input_shape: Shape of one input, e.g. ``[2]`` or ``[1, 28, 28]`` (linked from the data).
@@ -358,41 +358,6 @@ class MoEModule(StepGuards, LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:
             raise ValueError("the training set is empty: the train dataloader yielded 0 batches, nothing was trained")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CLASS_KEY] = class_path_of(self)
-        checkpoint[TEMPERATURE_KEY] = self.temperature
-        checkpoint[RNG_KEY] = rng_states()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another variant or architecture; restore the temperature the model
-        was last trained with (training recomputes it per epoch) and, when resuming ``fit``, the random state.
-        """
-        trainer = self._trainer
-        source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
-        check_checkpoint_matches(self, checkpoint, source)
-        self.set_temperature(int(checkpoint.get("epoch", 0)))
-        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
-        if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
-            set_rng_states(checkpoint[RNG_KEY])
-
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls, checkpoint_path: str | Path | IO[bytes], *args: Any, **kwargs: Any
-    ) -> MoEModule:
-        """Load a checkpoint, rebuilding the variant that wrote it.
-
-        ``MoEModule.load_from_checkpoint(path)`` returns a ``TopKMoE`` for a
-        top-k checkpoint; ``DenseMoE.load_from_checkpoint`` on a checkpoint of
-        another variant raises a ``ValueError`` naming both classes.
-        """
-        target = variant_of_checkpoint(cls, checkpoint_path)
-        kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
-        loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
-        try:
-            return loader(target, checkpoint_path, *args, **kwargs)
-        except ValueError as error:  # name the keyword arguments that made the model not fit
-            raise explain_overrides(error, checkpoint_path, kwargs) from None
 
     def make_adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
         """Adam with ``lr``, ``weight_decay`` and ``decoupled_weight_decay`` (:func:`gmnn.models.optim.adam`)."""

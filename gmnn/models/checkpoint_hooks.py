@@ -1,0 +1,51 @@
+"""The checkpoint hooks every gmnn model shares (a mixin of :class:`~gmnn.models.base.MoEModule`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+from gmnn.models.checks import RNG_KEY, check_checkpoint_matches, explain_overrides, rng_states, set_rng_states
+from gmnn.models.loading import CLASS_KEY, class_path_of, variant_of_checkpoint
+
+TEMPERATURE_KEY = "gmnn_temperature"
+
+
+class CheckpointHooks:
+    """Checkpoint hooks of :class:`~gmnn.models.base.MoEModule`: record the class, gate temperature and
+    random state on save; on load refuse another variant or architecture and restore them."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_KEY] = class_path_of(self)
+        checkpoint[TEMPERATURE_KEY] = self.temperature
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another variant or architecture; restore the temperature the model
+        was last trained with (training recomputes it per epoch) and, when resuming ``fit``, the random state.
+        """
+        trainer = self._trainer
+        source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        check_checkpoint_matches(self, checkpoint, source)
+        self.set_temperature(int(checkpoint.get("epoch", 0)))
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
+        if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | IO[bytes], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Load a checkpoint, rebuilding the variant that wrote it.
+
+        ``MoEModule.load_from_checkpoint(path)`` returns a ``TopKMoE`` for a
+        top-k checkpoint; ``DenseMoE.load_from_checkpoint`` on a checkpoint of
+        another variant raises a ``ValueError`` naming both classes.
+        """
+        target = variant_of_checkpoint(cls, checkpoint_path)
+        kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
+        loader = super(CheckpointHooks, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
+        try:
+            return loader(target, checkpoint_path, *args, **kwargs)
+        except ValueError as error:  # name the keyword arguments that made the model not fit
+            raise explain_overrides(error, checkpoint_path, kwargs) from None
