@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from torch import Tensor, nn
 
@@ -11,7 +11,10 @@ from gmnn.models.topk import check_top_k
 from gmnn.nn.combine import top_k_mixture
 from gmnn.nn.gates import AttentionGate
 from gmnn.nn.networks import build_network, hidden_dim_of
-from gmnn.validation import check_non_negative
+from gmnn.validation import check_choice, check_non_negative
+
+QueryActivation = Literal["relu", "none"]
+QUERY_ACTIVATIONS: tuple[str, ...] = get_args(QueryActivation)
 
 
 class AttentionGateMoE(MoEModule):
@@ -28,11 +31,20 @@ class AttentionGateMoE(MoEModule):
         k: 0 for the dense mixture, else the number of experts mixed per sample.
         gate_gradient: With ``k > 0``: ``"residual"`` or ``"renormalize"``
             (see :class:`~gmnn.models.topk.TopKMoE`).
+        query_activation: Activation of the gate's last hidden layer, the query's input:
+            ``"relu"`` (gmnn's default, the gate network as built) or ``"none"`` (paper mode: the
+            reference's ``gate_attn_layers`` return ``fc2(t)`` without a ReLU,
+            ``aaai_2022/src/mnist/mnist_original_moe_training.py`` lines 254-257).
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, attention_dim: int = 32, k: int = 0, gate_gradient: Literal["residual", "renormalize"] = "residual", **kwargs: Any) -> None:
+    def __init__(
+        self, attention_dim: int = 32, k: int = 0, gate_gradient: Literal["residual", "renormalize"] = "residual",
+        query_activation: QueryActivation = "relu", **kwargs: Any,
+    ) -> None:
         check_non_negative("k", k)
+        check_choice("query_activation", query_activation, QUERY_ACTIVATIONS)
+        self.query_activation = query_activation
         if k:
             check_top_k(k, kwargs.get("num_experts", 4), gate_gradient, allowed=("residual", "renormalize"))
         self.k = k
@@ -42,9 +54,20 @@ class AttentionGateMoE(MoEModule):
         )
 
     def build_gate(self) -> nn.Module:
-        """The gate network without its output layer: it yields the query's hidden state."""
+        """The gate network without its output layer (and, with ``query_activation="none"``, without
+        its last ReLU): it yields the query's hidden state."""
         hp = self.hparams
-        return build_network(hp.gate, self.input_shape, None, hp.gate_hidden, hp.gate_channels)
+        gate = build_network(hp.gate, self.input_shape, None, hp.gate_hidden, hp.gate_channels)
+        if self.query_activation == "none":
+            mlp = getattr(gate, "mlp", gate)
+            if not isinstance(getattr(mlp, "body", None), nn.Sequential) or not isinstance(mlp.body[-1], nn.ReLU):
+                raise ValueError("query_activation='none' needs a built-in 'mlp' or 'conv' gate, got a custom network")
+            mlp.body[-1] = nn.Identity()  # the last hidden layer's ReLU
+        return gate
+
+    def mixes_densely(self) -> bool:
+        """The output is the dense mixture when ``k == 0``."""
+        return not self.k
 
     def gate_logits(self, x: Tensor, expert_hidden: Tensor) -> Tensor:
         return self.attention(self.gate(x)[0], expert_hidden)

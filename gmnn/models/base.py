@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +30,14 @@ from gmnn.nn.experts import Experts
 from gmnn.nn.custom import check_network_spec
 from gmnn.nn.networks import NETWORKS, NetworkSpec, build_network
 from gmnn.nn.output import MoEOutput
-from gmnn.nn.regularizers import Distance, sample_distances
+from gmnn.nn.regularizers import Distance, ImportanceStd, sample_distances
 from gmnn.nn.routing import softmax_routing
 from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
-from gmnn.validation import check_positive_int
+from gmnn.validation import check_choice, check_positive_int
 
 STAGES = ("train", "val", "test")
+Objective = Literal["mixture_likelihood", "softmax_of_mixture"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 EVAL_STAGES = ("val", "test")
 
 
@@ -103,6 +105,16 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         scheduler: Learning-rate schedule, stepped every batch: ``"none"`` (constant ``lr``),
             ``"cosine"`` (cosine decay from ``lr`` to 0) or ``"onecycle"`` (warm-up to ``lr``
             over the first 30% of steps, then cosine decay; Smith & Topin, 2019).
+        objective: What the dense mixture's output is (its log is trained and evaluated):
+            ``"mixture_likelihood"`` (gmnn's default: ``log sum_i g_i p_i(y|x)``) or, in paper mode,
+            ``"softmax_of_mixture"``: ``log softmax(sum_i g_i p_i(.|x))``, the probabilities mixed
+            and then softmaxed again, the output and cross-entropy of the reference's expectation
+            model (``moe_models/moe_expectation_model.py`` line 58 of yamsgithub/modular_deep_learning).
+            Its loss cannot go below ``-log(e / (e + C - 1))`` (1.46 nats for C = 10) even with
+            perfect experts. Only for variants whose output is the dense mixture.
+        importance_std: Std of the ``importance`` regularizer's coefficient of variation:
+            ``"population"`` (gmnn's default) or ``"unbiased"`` (paper mode: the reference's
+            ``torch.std``, E / (E - 1) times larger).
     """
 
     min_num_classes: int = 2
@@ -134,9 +146,13 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         init_experts_from: str | None = None,
         freeze_experts: bool = False,
         scheduler: Scheduler = "none",
+        objective: Objective = "mixture_likelihood",
+        importance_std: ImportanceStd = "population",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_choice("objective", objective, OBJECTIVES)
+        check_choice("importance_std", importance_std, get_args(ImportanceStd))
         self.input_shape = check_input_shape(input_shape)
         check_positive_int("num_classes", num_classes)
         if num_classes < self.min_num_classes:
@@ -155,6 +171,11 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         if init_experts_from:
             load_experts(self.experts, init_experts_from)
         self.experts.requires_grad_(not freeze_experts)
+        if objective != "mixture_likelihood" and not self.mixes_densely():
+            raise ValueError(
+                f"objective={objective!r} needs the dense mixture as the output; {type(self).__name__} "
+                "only allows 'mixture_likelihood'"
+            )
         self.build_metrics()
         self.train_gate_mean = RunningMean()
 
@@ -193,9 +214,17 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         """Score every expert for every sample: ``[B, E]``."""
         return self.gate(x)[0]
 
+    def mixes_densely(self) -> bool:
+        """Whether the output is :meth:`combine`'s dense mixture (where ``objective`` applies)."""
+        cls = type(self)
+        return cls.combine is MoEModule.combine and cls.forward is MoEModule.forward
+
     def combine(self, log_gate: Tensor, expert_log_probs: Tensor) -> Tensor:
-        """Mix the experts' log-probabilities ``[B, E, C]`` into ``[B, C]``."""
-        return dense_mixture(log_gate, expert_log_probs)
+        """Mix the experts' log-probabilities ``[B, E, C]`` into ``[B, C]`` (the ``objective``'s output)."""
+        mixture = dense_mixture(log_gate, expert_log_probs)
+        if self.hparams.get("objective", "mixture_likelihood") == "softmax_of_mixture":
+            return torch.log_softmax(mixture.exp(), dim=-1)
+        return mixture
 
     def forward(self, x: Tensor) -> MoEOutput:
         self.check_input(x)
@@ -232,6 +261,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             distances=lambda: self.sample_distances(x),
             expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
             else torch.log_softmax(self.experts(x)[0], dim=-1),
+            importance_std=self.hparams.get("importance_std", "population"),
         )
         if self._trainer is not None:
             logged = {f"train/reg/{k}": v.detach() for k, v in values.items()}

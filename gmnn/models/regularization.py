@@ -49,6 +49,7 @@ def regularizer_values(
     allocation_temperature: float,
     distances: Callable[[], Tensor],
     expert_log_probs: Callable[[], Tensor],
+    importance_std: str = "population",
 ) -> dict[str, Tensor]:
     """Unweighted values of the regularizers with a non-zero weight.
 
@@ -60,11 +61,12 @@ def regularizer_values(
         allocation_temperature: Temperature of the soft-min allocation target.
         distances: Returns the pairwise sample distances ``[B, B]`` (only called when needed).
         expert_log_probs: Returns every expert's log-probabilities ``[B, E, C]`` (only called when needed).
+        importance_std: ``"population"`` or ``"unbiased"`` std of the importance loss (:func:`R.importance_loss`).
     """
     values: dict[str, Tensor] = {}
     g = out.gate_probs
     if "importance" in weights:
-        values["importance"] = R.importance_loss(g)
+        values["importance"] = R.importance_loss(g, importance_std)
     if weights.keys() & set(SIMILARITY):
         same, different = R.sample_similarity_terms(g, distances())
         values.update(similarity_same=same, similarity_different=-different)

@@ -17,6 +17,8 @@ from gmnn.validation import check_choice, check_non_negative
 
 GateGradient = Literal["residual", "renormalize", "stochastic"]
 GATE_GRADIENTS: tuple[str, ...] = get_args(GateGradient)
+TrainExperts = Literal["routed", "all"]
+TRAIN_EXPERTS: tuple[str, ...] = get_args(TrainExperts)
 
 
 def check_top_k(k: int, num_experts: int, gate_gradient: str, allowed: tuple[str, ...] = GATE_GRADIENTS) -> None:
@@ -46,7 +48,13 @@ class TopKMoE(MoEModule):
     Jacobs et al. (1991), ``L_i`` being every expert's per-sample loss computed
     without gradient (the paper's "top-1, gate trained with the stochastic
     loss" row; every expert runs forward while training, only the routed ones
-    backward). The gate term is logged as ``train/loss_gate``.
+    backward). The gate term is logged as ``train/loss_gate``. With
+    ``train_experts="all"`` (paper mode, ``"stochastic"`` only) the whole loss is
+    instead that stochastic mixture loss with gradients to every expert and the
+    gate, as the reference trains its top-1 model with ``stochastic_loss``
+    (``helper/moe_models.py`` lines 52-71 of yamsgithub/modular_deep_learning:
+    every expert's loss, whichever expert was routed); the prediction is still
+    the routed expert's.
 
     With ``capacity_factor > 0`` each expert takes at most
     ``ceil(capacity_factor * B * k / E)`` (sample, expert) pairs per batch
@@ -62,12 +70,20 @@ class TopKMoE(MoEModule):
         k: Experts per sample, ``1 <= k <= num_experts``.
         gate_gradient: ``"residual"``, ``"renormalize"`` or ``"stochastic"`` (see above).
         capacity_factor: 0 for no capacity limit, else a factor > 0 (e.g. 1.25).
+        train_experts: With ``gate_gradient="stochastic"``: ``"routed"`` (gmnn's default) or ``"all"`` (see above).
         **kwargs: The arguments of :class:`~gmnn.models.base.MoEModule`.
     """
 
-    def __init__(self, k: int = 1, gate_gradient: GateGradient = "residual", capacity_factor: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, k: int = 1, gate_gradient: GateGradient = "residual", capacity_factor: float = 0.0,
+        train_experts: TrainExperts = "routed", **kwargs: Any,
+    ) -> None:
         check_top_k(k, kwargs.get("num_experts", 4), gate_gradient)
         check_non_negative("capacity_factor", capacity_factor)
+        check_choice("train_experts", train_experts, TRAIN_EXPERTS)
+        if train_experts == "all" and gate_gradient != "stochastic":
+            raise ValueError(f"train_experts='all' needs gate_gradient='stochastic', got {gate_gradient!r}")
+        self.train_experts = train_experts
         self.k = k
         self.capacity_factor = float(capacity_factor)
         super().__init__(**kwargs)
@@ -88,7 +104,7 @@ class TopKMoE(MoEModule):
         residual = self.training and self.hparams.gate_gradient == "residual"
         every_expert = None
         if self.training and self.hparams.gate_gradient == "stochastic":
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.train_experts == "all" and torch.is_grad_enabled()):
                 every_expert = torch.log_softmax(self.experts(x)[0], dim=-1)
         return MoEOutput(
             log_probs=top_k_mixture(log_gate, indices, selected_log_probs, residual),
@@ -102,11 +118,13 @@ class TopKMoE(MoEModule):
         )
 
     def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """The base terms, plus the gate's stochastic mixture loss ``gate`` with ``gate_gradient="stochastic"``."""
+        """The base terms, plus the gate's stochastic mixture loss ``gate`` with ``gate_gradient="stochastic"``
+        (with ``train_experts="all"`` that loss replaces ``nll``)."""
         terms = super().loss_terms(out, x, y)
         if out.expert_log_probs is not None and self.hparams.gate_gradient == "stochastic":
             log_gate = softmax_routing(out.gate_logits, self.temperature)
-            terms["gate"] = stochastic_mixture_loss(log_gate, per_expert_nll(out.expert_log_probs, y))
+            stochastic = stochastic_mixture_loss(log_gate, per_expert_nll(out.expert_log_probs, y))
+            terms["nll" if self.train_experts == "all" else "gate"] = stochastic
         return terms
 
     def log_step(self, stage: str, loss: Tensor, terms: dict[str, Tensor], out: MoEOutput, y: Tensor, batch_size: int) -> None:

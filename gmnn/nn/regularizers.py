@@ -23,15 +23,24 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def importance_loss(gate_probs: Tensor) -> Tensor:
+ImportanceStd = Literal["population", "unbiased"]
+IMPORTANCE_STDS: tuple[str, ...] = get_args(ImportanceStd)
+
+
+def importance_loss(gate_probs: Tensor, std: str = "population") -> Tensor:
     """Squared coefficient of variation of per-expert importance (Shazeer et al., 2017).
 
     Importance of expert e is ``sum_batch g_e``; the loss is
-    ``var(importance) / mean(importance)^2`` with the population variance
-    (0 for a uniform gate, ``E - 1`` when every sample goes to one expert).
+    ``var(importance) / mean(importance)^2``. ``std="population"`` divides the
+    variance by E (0 for a uniform gate, ``E - 1`` when every sample goes to one
+    expert); ``"unbiased"`` by E - 1, as ``torch.std`` in the reference's
+    ``loss_importance`` (``helper/moe_models.py`` lines 91-96 of
+    ``yamsgithub/modular_deep_learning``): ``E / (E - 1)`` times the population value.
     """
+    check_choice("importance_std", std, IMPORTANCE_STDS)
     importance = _flat(gate_probs).sum(0)
-    return importance.var(correction=0) / importance.mean().pow(2).clamp_min(1e-12)
+    correction = 1 if std == "unbiased" and importance.numel() > 1 else 0
+    return importance.var(correction=correction) / importance.mean().pow(2).clamp_min(1e-12)
 
 
 def sample_distances(x: Tensor, metric: str = "euclidean") -> Tensor:
