@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -94,3 +95,16 @@ def test_python_usage_example_gives_the_mixture_and_loads_a_checkpoint(tmp_path:
     assert type(loaded).__name__ == "DenseMoE" and loaded is not model
     x = torch.randn(5, 2)
     torch.testing.assert_close(loaded.eval()(x).log_probs, model.eval()(x).log_probs)
+
+
+def test_paper_mode_example_builds_the_options_and_states_the_loss_floor(capsys) -> None:
+    namespace: dict = {}
+    exec(compile(_block("paper-mode"), "README.md", "exec"), namespace)
+    paper, top1 = namespace["paper"], namespace["top1"]
+    assert paper.hparams.objective == "softmax_of_mixture" and paper.hparams.importance_std == "unbiased"
+    assert top1.train_experts == "all"
+    out = namespace["out"]
+    mixture = (out.gate_probs.unsqueeze(-1) * out.expert_log_probs.exp()).sum(1)
+    torch.testing.assert_close(out.log_probs, torch.log_softmax(mixture, dim=-1))
+    assert "1.461 nats" in capsys.readouterr().out
+    assert math.isclose(float(namespace["floor"]), math.log(1 + 9 / math.e), rel_tol=1e-6)
