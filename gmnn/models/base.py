@@ -45,7 +45,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     """Base class of every gmnn mixture of experts (a dense mixture by default).
 
     Owns the experts, the gate, the task loss, the optimizer and the logging.
-    The hooks a variant overrides (each shipped variant overrides one to three):
+    The hooks a variant may override:
     networks :meth:`build_expert` / :meth:`build_gate` / :meth:`build_metrics`;
     routing :meth:`gate_logits` (how experts are scored), :meth:`combine` (how
     expert predictions are mixed), :meth:`forward` (sparse routing) and

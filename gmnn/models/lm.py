@@ -13,6 +13,7 @@ from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 
 from gmnn.models.base import MoEModule
+from gmnn.models.checkpoint_hooks import CheckpointHooks
 from gmnn.models.checks import RNG_KEY, check_checkpoint_matches, check_labels, set_rng_states
 from gmnn.models.loading import variant_of_checkpoint
 from gmnn.models.optim import Scheduler, check_optimizer_args
@@ -246,5 +247,6 @@ class MoETransformerLM(MoEModule):
     ) -> MoETransformerLM:
         """Load a checkpoint written by this class (or a subclass: that class is rebuilt)."""
         target = variant_of_checkpoint(cls, checkpoint_path)
-        loader = super(MoEModule, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
+        # Lightning's loader: past MoEModule's own (CheckpointHooks), which would pass init_experts_from
+        loader = super(CheckpointHooks, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
         return loader(target, checkpoint_path, *args, **kwargs)
