@@ -25,7 +25,7 @@ from gmnn.models.reuse import load_experts
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
-from gmnn.nn.combine import dense_mixture
+from gmnn.nn.combine import dense_mixture, softmax_of_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.custom import check_network_spec
 from gmnn.nn.networks import NETWORKS, NetworkSpec, build_network
@@ -105,16 +105,11 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         scheduler: Learning-rate schedule, stepped every batch: ``"none"`` (constant ``lr``),
             ``"cosine"`` (cosine decay from ``lr`` to 0) or ``"onecycle"`` (warm-up to ``lr``
             over the first 30% of steps, then cosine decay; Smith & Topin, 2019).
-        objective: What the dense mixture's output is (its log is trained and evaluated):
-            ``"mixture_likelihood"`` (gmnn's default: ``log sum_i g_i p_i(y|x)``) or, in paper mode,
-            ``"softmax_of_mixture"``: ``log softmax(sum_i g_i p_i(.|x))``, the probabilities mixed
-            and then softmaxed again, the output and cross-entropy of the reference's expectation
-            model (``moe_models/moe_expectation_model.py`` line 58 of yamsgithub/modular_deep_learning).
-            Its loss cannot go below ``-log(e / (e + C - 1))`` (1.46 nats for C = 10) even with
-            perfect experts. Only for variants whose output is the dense mixture.
-        importance_std: Std of the ``importance`` regularizer's coefficient of variation:
-            ``"population"`` (gmnn's default) or ``"unbiased"`` (paper mode: the reference's
-            ``torch.std``, E / (E - 1) times larger).
+        objective: ``"mixture_likelihood"`` (default: ``log sum_i g_i p_i(y|x)``) or, in paper mode,
+            ``"softmax_of_mixture"`` (:func:`gmnn.nn.combine.softmax_of_mixture`, the reference's
+            expectation model); only for variants whose output is the dense mixture.
+        importance_std: ``"population"`` (default) or ``"unbiased"`` (paper mode: the reference's
+            ``torch.std``) std in the ``importance`` regularizer.
     """
 
     min_num_classes: int = 2
@@ -172,10 +167,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             load_experts(self.experts, init_experts_from)
         self.experts.requires_grad_(not freeze_experts)
         if objective != "mixture_likelihood" and not self.mixes_densely():
-            raise ValueError(
-                f"objective={objective!r} needs the dense mixture as the output; {type(self).__name__} "
-                "only allows 'mixture_likelihood'"
-            )
+            raise ValueError(f"objective={objective!r} needs a dense mixture output; {type(self).__name__} allows 'mixture_likelihood'")
         self.build_metrics()
         self.train_gate_mean = RunningMean()
 
@@ -222,9 +214,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     def combine(self, log_gate: Tensor, expert_log_probs: Tensor) -> Tensor:
         """Mix the experts' log-probabilities ``[B, E, C]`` into ``[B, C]`` (the ``objective``'s output)."""
         mixture = dense_mixture(log_gate, expert_log_probs)
-        if self.hparams.get("objective", "mixture_likelihood") == "softmax_of_mixture":
-            return torch.log_softmax(mixture.exp(), dim=-1)
-        return mixture
+        return softmax_of_mixture(mixture) if self.hparams.get("objective") == "softmax_of_mixture" else mixture
 
     def forward(self, x: Tensor) -> MoEOutput:
         self.check_input(x)

@@ -94,3 +94,15 @@ def top_k_mixture(log_gate: Tensor, indices: Tensor, selected_log_probs: Tensor,
         masked = log_gate.scatter(-1, indices, float("-inf"))
         return sparse_mixture(log_selected, selected_log_probs, torch.logsumexp(masked, dim=-1))
     return sparse_mixture(torch.log_softmax(log_selected, dim=-1), selected_log_probs)
+
+
+def softmax_of_mixture(log_mixture: Tensor) -> Tensor:
+    """Log of ``softmax(sum_i g_i p_i(.|x))`` from the mixture's log-probabilities ``[..., C]``.
+
+    The output (and, through its cross-entropy, the objective) of the reference's
+    expectation model (``moe_models/moe_expectation_model.py`` line 58 of
+    yamsgithub/modular_deep_learning): the probabilities are mixed, then softmaxed
+    again. The resulting loss cannot go below ``-log(e / (e + C - 1))`` (1.46 nats
+    for C = 10) even with perfect experts.
+    """
+    return torch.log_softmax(log_mixture.exp(), dim=-1)
