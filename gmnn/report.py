@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from gmnn.reference import PAPER_MNIST, REFERENCES, Value, read_reference_csv  # noqa: F401 (PAPER_MNIST re-exported)
+
 COLUMNS: dict[str, str] = {
     "train_error": "train error",
     "test_error": "test error",
@@ -167,43 +169,50 @@ def plot(summary: Sequence[dict[str, object]], path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-# The paper's MNIST table (Krishnamurthy, Watkins & Gaertner, 2023; 5 experts, 20 epochs), by config name.
-PAPER_MNIST: dict[str, dict[str, float]] = {
-    "single": {"test_error": 0.096},
-    "dense": {"test_error": 0.038, "mutual_information": 2.022, "sample_entropy": 0.092, "expert_usage": 2.172},
-    "importance": {"test_error": 0.032, "mutual_information": 2.262, "sample_entropy": 0.061, "expert_usage": 2.320},
-    "sample_similarity": {"test_error": 0.029, "mutual_information": 2.244, "sample_entropy": 0.051, "expert_usage": 2.246},
-    "attention_importance": {"test_error": 0.030, "mutual_information": 2.301, "sample_entropy": 0.036, "expert_usage": 2.320},
-    "attention_similarity": {"test_error": 0.028, "mutual_information": 2.191, "sample_entropy": 0.056, "expert_usage": 2.319},
-    "top1_stochastic": {"test_error": 0.066, "mutual_information": 1.107, "expert_usage": 1.265},
-    "stochastic": {"test_error": 0.112, "mutual_information": 0.323, "expert_usage": 1.609},
-}
-REFERENCES = {"mnist": PAPER_MNIST}
+
+
+def load_reference(reference: str) -> dict[str, dict[str, Value]]:
+    """A reference table by name (``mnist``) or from a reference results CSV (``.../mnist_final_results.csv``)."""
+    if reference in REFERENCES:
+        return REFERENCES[reference]
+    if reference.endswith(".csv") and Path(reference).is_file():
+        return read_reference_csv(reference)
+    raise ValueError(f"reference must be one of {sorted(REFERENCES)} or an existing .csv file, got {reference!r}")
+
 COMPARED = ("test_error", "mutual_information", "sample_entropy", "expert_usage")
 
 
-def comparison_markdown(summary: Sequence[dict[str, object]], reference: dict[str, dict[str, float]]) -> str:
+def _ref(value: Value | None) -> str:
+    return value if isinstance(value, str) else _fmt(math.nan if value is None else value)
+
+
+def comparison_markdown(summary: Sequence[dict[str, object]], reference: dict[str, dict[str, Value]]) -> str:
     """Mean ± std per configuration next to a published reference, matched by the name after the last ``-``.
 
-    A configuration ``mnist-dense`` is compared with ``reference["dense"]``.
+    A configuration ``mnist-dense`` is compared with ``reference["dense"]``; a reference number that
+    measures something else (``gmnn.reference.NOT_COMPARABLE``) is shown as ``n/c``.
     """
     head = " | ".join(f"{COLUMNS[c]} | paper" for c in COMPARED)
     lines = [f"| configuration | runs | {head} |", "|---|---|" + "---|---|" * len(COMPARED)]
     for entry in summary:
         paper = reference.get(str(entry["configuration"]).rsplit("-", 1)[-1], {})
         cells = [
-            f"{_fmt(float(entry[c + '_mean']))} ± {_fmt(float(entry[c + '_std']))} | {_fmt(paper.get(c, math.nan))}"
+            f"{_fmt(float(entry[c + '_mean']))} ± {_fmt(float(entry[c + '_std']))} | {_ref(paper.get(c))}"
             for c in COMPARED
         ]
         lines.append(f"| {entry['configuration']} | {entry['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def report(paths: Sequence[str | Path], out: str | Path = ".", retest_missing: bool = False) -> list[dict[str, object]]:
+def report(
+    paths: Sequence[str | Path], out: str | Path = ".", retest_missing: bool = False, reference: str | None = None
+) -> list[dict[str, object]]:
     """Write ``results.csv`` (per run), ``results_summary.csv``, ``results.md`` and ``results.png`` to ``out``.
 
+    With ``reference`` (see :func:`load_reference`), ``results.md`` starts with the comparison table.
     Returns the per-run rows; :func:`summarise` gives the per-configuration summary.
     """
+    table = load_reference(reference) if reference is not None else None
     runs = find_runs(paths)
     if not runs:
         raise ValueError(f"RUN_DIRS: no TensorBoard event files under {[str(p) for p in paths]}")
@@ -218,7 +227,8 @@ def report(paths: Sequence[str | Path], out: str | Path = ".", retest_missing: b
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
     write_csv(out / "results_summary.csv", summary)
-    (out / "results.md").write_text(markdown(rows, summary))
+    comparison = "" if table is None else comparison_markdown(summary, table) + "\n"
+    (out / "results.md").write_text(comparison + markdown(rows, summary))
     plot(summary, out / "results.png")
     return rows
 
@@ -229,6 +239,9 @@ def main(args: Sequence[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", help="run folders (runs/NAME/version_N), or folders above them")
     parser.add_argument("--out", default=".", help="folder for results.csv/.md/.png (default: .)")
     parser.add_argument("--retest", action="store_true", help="test last.ckpt of runs that logged no test metrics")
+    parser.add_argument(
+        "--reference", help="compare with a published table: 'mnist', or the reference's results .csv (n/c: not comparable)"
+    )
     options = parser.parse_args(args)
-    report(options.run_dirs, options.out, options.retest)
+    report(options.run_dirs, options.out, options.retest, options.reference)
     print((Path(options.out) / "results.md").read_text())
