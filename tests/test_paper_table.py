@@ -42,5 +42,5 @@ def test_table_shows_reference_row_mean_std_and_best(tmp_path: Path) -> None:
     text = paper_table.main([str(_fake_sweep(tmp_path))])
     line = next(row for row in text.splitlines() if row.startswith("| dense |"))
     # test errors 0.09, 0.07, 0.03: mean 0.063, sample std 0.031; MI 1, 2, 3: mean 2, std 1
-    assert "`mnist_without_reg_hidden_32` | 0.038 | 2.022 | 3 | 0.063 ± 0.031 | 2.000 ± 1.000 | 0.070 / 2.000 (seed1)" in line
+    assert "`mnist_without_reg_hidden_32` | 0.038 (0.030) | 2.022 | 3 | 0.063 ± 0.031 | 2.000 ± 1.000 | 0.070 / 2.000 (seed1)" in line
     assert "3 runs, 3 min of run time" in text
