@@ -195,8 +195,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "report_ignores_retest", "gmnn/report.py",
-        "report(options.run_dirs, options.out, options.retest)",
-        "report(options.run_dirs, options.out)",
+        "report(options.run_dirs, options.out, options.retest, options.reference)",
+        "report(options.run_dirs, options.out, False, options.reference)",
         ("tests/test_report.py",),
         "gmnn report drops --retest",
     ),
