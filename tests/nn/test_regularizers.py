@@ -107,3 +107,42 @@ def test_allocation_loss_is_cross_entropy_to_the_softmin() -> None:
     losses = torch.tensor([[0.0, math.log(3.0)]])  # softmin at T=1: (3/4, 1/4)
     expected = -(0.75 * math.log(0.25) + 0.25 * math.log(0.75))
     assert allocation_loss(log_gate, losses, 1.0).item() == pytest.approx(expected)
+
+
+def test_reference_betas_rescale_by_batch_squared_for_same_only() -> None:
+    """The configs' reference-equivalent betas: at B = 512 -> 128 only beta_s changes, by (512/128)^2 = 16.
+
+    The reference (moe_models_base.py) computes beta_s * sum_ij S_ij - beta_d * sum_ij D_ij / B^2 on distances
+    divided by the batch maximum, as gmnn does; re-implemented here with its double loop over experts.
+    """
+
+    def reference_terms(g: torch.Tensor, dist: torch.Tensor) -> tuple[float, float]:
+        batch, experts = g.shape
+        same = torch.zeros(batch, batch)
+        diff = torch.zeros(batch, batch)
+        for i in range(experts):
+            for j in range(experts):
+                pair = g[:, i].view(-1, 1) * g[:, j].view(1, -1) * dist
+                if i == j:
+                    same += pair / experts
+                else:
+                    diff += pair / (experts**2 - experts)
+        return float(same.sum()), float(diff.sum() / batch**2)
+
+    torch.manual_seed(0)
+    x, g = torch.randn(512, 20), torch.softmax(torch.randn(512, 5), -1)
+    terms = {}
+    for batch in (512, 128):
+        dist = torch.cdist(x[:batch], x[:batch])
+        dist = dist / dist.max()
+        same, diff = sample_similarity_terms(g[:batch], sample_distances(x[:batch]))
+        ref_same, ref_diff = reference_terms(g[:batch], dist)
+        assert same.item() == pytest.approx(ref_same, rel=1e-4) and diff.item() == pytest.approx(ref_diff, rel=1e-4)
+        terms[batch] = (same.item(), diff.item(), torch.cdist(x[:batch], x[:batch]).max().item())
+    # before the division by the batch maximum the 'same' sum grows as B^2: beta_s 1e-6 at 512 is 1.6e-5 at 128 ...
+    raw_ratio = terms[512][0] * terms[512][2] / (terms[128][0] * terms[128][2])
+    assert raw_ratio == pytest.approx(16, rel=0.05)
+    # ... a little less after it, since the batch maximum grows with B (15.3x on MNIST batches, 13.9x here)
+    assert 12 < terms[512][0] / terms[128][0] < 16
+    raw_diff = terms[512][1] * terms[512][2] / (terms[128][1] * terms[128][2])
+    assert raw_diff == pytest.approx(1, rel=0.05)  # and beta_d carries over unchanged
