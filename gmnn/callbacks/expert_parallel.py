@@ -31,11 +31,17 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 
-from gmnn.nn.expert_parallel import ExpertParallelMoELayer, expert_keys
+from gmnn.nn.expert_parallel import ExpertParallelMoELayer, check_shardable, clip_grad_norm_, expert_keys
 from gmnn.nn.moe_layer import MoELayer
 from gmnn.validation import check_positive_int
 
 __all__ = ["ExpertParallel"]
+
+
+def _count(values: list[float]) -> str:
+    """Batch counts per dataloader as a short string (``inf``: a loader without a length)."""
+    text = ", ".join("inf" if v == float("inf") else str(int(v)) for v in values)
+    return text if len(values) == 1 else f"[{text}]"
 
 
 class ExpertParallel(Callback):
@@ -45,11 +51,19 @@ class ExpertParallel(Callback):
     does nothing. By default the experts are sharded over all processes; with
     ``expert_parallel_size`` = P_e < world size W, consecutive blocks of P_e
     ranks each shard the experts (data x expert layout) and the expert
-    gradients are summed over the W / P_e replicas before each optimizer step. Limits: every rank must run the same number of forward passes
-    (evaluation shards with equal batch counts); gradient clipping by norm
-    would see only the local experts' gradients (not supported); P must
-    divide E; the ranks must build the same initial model (rank 0's experts
-    are broadcast before sharding, so an unseeded run is still consistent).
+    gradients are summed over the W / P_e replicas before each optimizer step.
+
+    Every rank must run the same number of forward passes (each one enters the
+    same all-to-alls): at the start of every train / validation / test /
+    predict epoch the processes compare their batch counts and all raise a
+    ``ValueError`` if they differ (rather than hang). Gradient clipping by
+    norm (``gradient_clip_val``) counts every expert shard and every
+    replicated parameter once, as one process would
+    (:func:`~gmnn.nn.expert_parallel.clip_grad_norm_` in place of the
+    precision plugin's local ``clip_grad_norm_``). Only token-choice routers
+    shard (expert choice and Soft MoE are refused at ``setup``). P must divide
+    E; the ranks must build the same initial model (rank 0's experts are
+    broadcast before sharding, so an unseeded run is still consistent).
 
     Args:
         expert_parallel_size: Processes sharing one copy of the experts (``None``: all).
@@ -90,10 +104,9 @@ class ExpertParallel(Callback):
         if not isinstance(trainer.strategy, DDPStrategy):
             raise ValueError(f"strategy: ExpertParallel needs DDPStrategy ('ddp'), got {type(trainer.strategy).__name__}")
         device = trainer.strategy.root_device
+        targets = self.shardable_layers(pl_module)  # every rank raises here, before any collective
         expert_group, self.replica_group = self._groups(trainer)
-        for name, module in list(pl_module.named_modules()):
-            if type(module) is not MoELayer:
-                continue
+        for name, module in targets:
             for param in module.experts.parameters():  # the same full experts on every rank before sharding
                 buffer = param.data.to(device)
                 dist.broadcast(buffer, src=0)
@@ -115,6 +128,53 @@ class ExpertParallel(Callback):
             module_hook(checkpoint)
 
         pl_module.on_load_checkpoint = on_load_checkpoint  # the module's checks then see this rank's shapes
+        self._take_over_norm_clipping(trainer)
+
+    @staticmethod
+    def shardable_layers(pl_module: torch.nn.Module) -> list[tuple[str, MoELayer]]:
+        """The ``(name, layer)`` of every :class:`~gmnn.nn.MoELayer` to shard; a one-line ``ValueError`` for one that cannot."""
+        layers = [(name, module) for name, module in pl_module.named_modules() if type(module) is MoELayer]
+        for name, module in layers:
+            check_shardable(module, name)
+        return layers
+
+    def _take_over_norm_clipping(self, trainer: pl.Trainer) -> None:
+        """Norm clipping over the whole model: the precision plugin's local ``clip_grad_norm_`` would miss the other shards."""
+        precision = trainer.precision_plugin
+        sharded = [param for _, _, param in self._expert_params()]
+        group = next(iter(self.layers.values())).group if self.layers else None
+
+        def clip_grad_by_norm(optimizer, clip_val) -> None:
+            clip_grad_norm_(list(precision.main_params(optimizer)), sharded, float(clip_val), group)
+
+        precision.clip_grad_by_norm = clip_grad_by_norm  # this trainer's plugin only; Lightning still validates the settings
+
+    def _check_equal_batches(self, trainer: pl.Trainer, counts: Any, loop: str) -> None:
+        """All ranks raise together if their numbers of batches differ (a rank with more would hang in an all-to-all)."""
+        if not self.layers:
+            return
+        counts = [counts] if isinstance(counts, (int, float)) else list(counts)
+        local = torch.tensor(counts, dtype=torch.float64, device=trainer.strategy.root_device)
+        both = torch.cat([local, -local])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        most, fewest = both[:len(counts)].tolist(), (-both[len(counts):]).tolist()
+        if most != fewest:
+            raise ValueError(f"ExpertParallel: the processes have between {_count(fewest)} and {_count(most)} {loop} "
+                             f"batches; every process must run the same number (make the {loop} set a multiple of "
+                             f"devices x batch_size, or set limit_{loop}_batches to an integer all can reach)")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_equal_batches(trainer, trainer.num_training_batches, "train")
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counts = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+        self._check_equal_batches(trainer, counts, "val")
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_equal_batches(trainer, trainer.num_test_batches, "test")
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_equal_batches(trainer, trainer.num_predict_batches, "predict")
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:

@@ -25,8 +25,10 @@ all-reduced by the caller (DDP does it for the parameters it does not ignore).
 
 Every rank of the group must call ``forward`` (and ``backward``) in step, with
 the same layer configuration. Expert choice and Soft MoE routers are not
-supported (their plans are static per call and could be sharded the same way;
-not done here).
+supported: an expert picks its tokens (or mixes its slots) among all tokens
+of the batch, so sharding them would need every rank's tokens at every
+expert. Gradient clipping by norm must count the shards once each:
+:func:`clip_grad_norm_`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from gmnn.nn.routing_record import Routing
 __all__ = [
     "ExpertParallelMoELayer",
     "all_to_all",
+    "check_shardable",
+    "clip_grad_norm_",
     "expert_keys",
     "gather_expert_state",
     "shard_expert_state",
@@ -81,6 +85,48 @@ def all_to_all(x: Tensor, output_splits: list[int], input_splits: list[int], gro
         group: The process group (``None``: the default group).
     """
     return _AllToAll.apply(x, list(output_splits), list(input_splits), group)
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters, sharded, max_norm: float, group=None) -> Tensor:
+    """Clip gradients by the 2-norm of the whole model when some parameters are shards (expert parallelism).
+
+    The squared norm counts every replicated parameter once (its gradient is
+    the same on every rank after DDP's all-reduce) and every shard once: the
+    shards' squared sums are added over ``group``. The result equals
+    ``torch.nn.utils.clip_grad_norm_`` of the single-process model, with the
+    same coefficient ``min(1, max_norm / (norm + 1e-6))`` on every rank. A
+    collective over ``group``: call it on every rank in step.
+
+    Args:
+        parameters: All parameters to clip (those without a gradient are skipped).
+        sharded: The parameters among them that are rank-local shards (the experts).
+        max_norm: The largest total norm (> 0).
+        group: The process group the shards are spread over (``None``: the default group).
+
+    Returns:
+        The total norm before clipping.
+
+    Raises:
+        ValueError: ``max_norm`` is not positive.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    shard_ids = {id(p.grad) for p in sharded if p.grad is not None}
+    squares = torch.zeros(2, dtype=torch.float32, device=grads[0].device)  # [replicated, sharded]
+    for grad in grads:
+        squares[int(id(grad) in shard_ids)] += torch.linalg.vector_norm(grad.detach(), 2, dtype=torch.float32).pow(2)
+    shard_part = squares[1:].clone()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(shard_part, group=group)
+    total = (squares[0] + shard_part[0]).sqrt()
+    coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.detach().mul_(coefficient.to(grad.dtype))
+    return total
 
 
 def expert_keys(state: Mapping[str, Tensor], prefix: str = "") -> list[str]:
@@ -133,6 +179,27 @@ def gather_expert_state(shards: list[Mapping[str, Tensor]], prefixes: list[str] 
     return out
 
 
+TOKEN_CHOICE = "token-choice routers (SoftmaxTopKRouter, NoisyTopKRouter, SigmoidRouter)"
+
+
+def check_shardable(layer: MoELayer, name: str = "layer") -> None:
+    """Raise a one-line ``ValueError`` unless ``layer`` (called ``name`` in the message) can run expert-parallel.
+
+    Token choice shards: a token's k experts are found from the token alone.
+    Expert choice (an expert takes its top tokens of the batch) and Soft MoE
+    (a slot mixes all tokens of a sequence) need every rank's tokens at every
+    expert, so they are refused; so are experts other than a plain
+    :class:`~gmnn.nn.moe_experts.MLPExperts` (or subclass without submodules).
+    """
+    router = layer.router
+    if router.kind != "token":
+        raise ValueError(f"{name}.router: expert parallelism supports {TOKEN_CHOICE}, got {type(router).__name__} "
+                         f"(kind {router.kind!r}: each expert's input depends on all the tokens of the batch)")
+    if not isinstance(layer.experts, MLPExperts) or list(layer.experts.children()):
+        raise ValueError(f"{name}.experts: expert parallelism supports MLPExperts (MLP or GLU, no submodules), "
+                         f"got {type(layer.experts).__name__}")
+
+
 def _local_experts(experts: MLPExperts, start: int, stop: int) -> MLPExperts:
     """A copy of ``experts`` holding experts ``start ... stop - 1`` (fresh parameters, no full-size copy)."""
     if list(experts.children()):
@@ -173,10 +240,7 @@ class ExpertParallelMoELayer(MoELayer):
 
     def __init__(self, layer: MoELayer, group=None) -> None:
         nn.Module.__init__(self)
-        if layer.router.kind != "token":
-            raise ValueError(f"layer: expert parallelism supports token-choice routers, not kind {layer.router.kind!r}")
-        if not isinstance(layer.experts, MLPExperts):
-            raise ValueError(f"layer.experts must be an MLPExperts, got {type(layer.experts).__name__}")
+        check_shardable(layer)
         distributed = dist.is_available() and dist.is_initialized()
         self.group = group
         self.num_ranks = dist.get_world_size(group) if distributed else 1

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from gmnn.nn import MLPExperts, MoELayer, SharedExperts, SigmoidRouter, SoftmaxTopKRouter, SwiGLUExperts
-from gmnn.nn.expert_parallel import ExpertParallelMoELayer, gather_expert_state, shard_expert_state
+from gmnn.nn.expert_parallel import (ExpertParallelMoELayer, check_shardable, clip_grad_norm_, gather_expert_state,
+                                     shard_expert_state)
 
 WORLD = 2
 HANG_LIMIT_S = 120
@@ -112,6 +113,37 @@ def _case(name: str, rank: int) -> dict[str, float]:
     return errors
 
 
+def _clip_case(rank: int) -> dict[str, float]:
+    """Norm clipping of the sharded layer = ``torch.nn.utils.clip_grad_norm_`` of the full layer on all tokens."""
+    torch.manual_seed(0)
+    full = MoELayer(router=SoftmaxTopKRouter(16, 4, 2), experts=SwiGLUExperts(16, 16, 4),
+                    shared=SharedExperts(16, 16, num_shared=1))
+    xs = torch.randn(WORLD, 24, 16)
+    reference = copy.deepcopy(full)
+    for r in range(WORLD):
+        out, aux = reference(xs[r])
+        (out.pow(2).sum() + aux).backward()
+    max_norm = 0.3 * float(torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]))
+    ref_norm = torch.nn.utils.clip_grad_norm_(list(reference.parameters()), max_norm)
+    layer = ExpertParallelMoELayer(copy.deepcopy(full))
+    out, aux = layer(xs[rank])
+    (out.pow(2).sum() + aux).backward()
+    for pname, param in layer.named_parameters():
+        if not pname.startswith("experts."):
+            torch.distributed.all_reduce(param.grad)  # replicated: what DDP leaves on every rank (summed here)
+    norm = clip_grad_norm_(list(layer.parameters()), list(layer.experts.parameters()), max_norm)
+    errors = {"norm": _max_err(norm, ref_norm), "clipping_happens": float(not float(ref_norm) > max_norm * 2)}
+    ref_params = dict(reference.named_parameters())
+    for pname, param in layer.named_parameters():
+        grad = param.grad
+        if pname.startswith("experts."):
+            parts = [torch.empty_like(grad) for _ in range(WORLD)]
+            torch.distributed.all_gather(parts, grad)
+            grad = torch.cat(parts)
+        errors[f"clipped_grad_{pname}"] = _max_err(grad, ref_params[pname].grad)
+    return errors
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -119,6 +151,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         for name in CASES:
             results[name] = _case(name, rank)
+        results["clip"] = _clip_case(rank)
     except Exception:  # noqa: BLE001 - reported by the test
         results["error"] = traceback.format_exc()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
@@ -166,14 +199,29 @@ def test_expert_parallel_equals_single_process(results: list[dict], name: str) -
         assert not bad, f"rank {rank}, {name}: {bad}"
 
 
+@pytest.mark.slow
+def test_norm_clipping_counts_each_shard_once(results: list[dict]) -> None:
+    for rank, per_rank in enumerate(results):
+        errors = per_rank["clip"]
+        assert any(key.startswith("clipped_grad_experts.") for key in errors)
+        bad = {key: value for key, value in errors.items() if not value <= TOL}
+        assert not bad, f"rank {rank}: {bad}"
+
+
 def test_bad_layouts_raise_value_error() -> None:
     with pytest.raises(ValueError, match="num_ranks=3 must divide num_experts=4"):
         shard_expert_state(MoELayer(8, 8, 4).state_dict(), 0, 3)
     with pytest.raises(ValueError, match="rank"):
         shard_expert_state(MoELayer(8, 8, 4).state_dict(), 2, 2)
-    from gmnn.nn import ExpertChoiceRouter
-    with pytest.raises(ValueError, match="layer: expert parallelism supports token-choice"):
+    from gmnn.nn import ExpertChoiceRouter, SoftMoERouter
+    with pytest.raises(ValueError, match=r"^layer.router: expert parallelism supports token-choice routers "
+                                         r"\(SoftmaxTopKRouter, NoisyTopKRouter, SigmoidRouter\), got ExpertChoiceRouter"):
         ExpertParallelMoELayer(MoELayer(router=ExpertChoiceRouter(8, 4), experts=MLPExperts(8, 8, 4)))
+    with pytest.raises(ValueError, match=r"^blocks.1.ffn.router: .* got SoftMoERouter \(kind 'soft'"):
+        check_shardable(MoELayer(router=SoftMoERouter(8, 4), experts=MLPExperts(8, 8, 4)), "blocks.1.ffn")
+    check_shardable(MoELayer(router=SigmoidRouter(8, 4, 2), experts=SwiGLUExperts(8, 8, 4)))  # token choice: fine
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        clip_grad_norm_([], [], 0.0)
 
 
 def test_one_process_without_distributed_equals_the_layer() -> None:
