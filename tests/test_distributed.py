@@ -24,8 +24,11 @@ DATA = dict(num_samples=4007, batch_size=128)
 HANG_LIMIT_S = 240
 
 
-def run_gmnn(args: list[str], cwd: Path, timeout: float = HANG_LIMIT_S) -> subprocess.CompletedProcess:
-    """Run ``python -m gmnn.cli ARGS`` in its own process group; a run past ``timeout`` is killed and fails the test."""
+def run_gmnn(args: list[str], cwd: Path, timeout: float = HANG_LIMIT_S, succeed: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m gmnn.cli ARGS`` in its own process group; a run past ``timeout`` is killed and fails the test.
+
+    ``succeed=False``: the run must fail (exit code != 0), in time.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "gmnn.cli", *args], cwd=cwd, env=env, text=True,
@@ -37,7 +40,7 @@ def run_gmnn(args: list[str], cwd: Path, timeout: float = HANG_LIMIT_S) -> subpr
         os.killpg(process.pid, signal.SIGKILL)  # gloo collectives ignore SIGTERM
         output, _ = process.communicate()
         pytest.fail(f"`gmnn {' '.join(args[:3])} ...` hung: killed after {timeout:.0f} s\n{output[-3000:]}")
-    assert process.returncode == 0, output[-4000:]
+    assert (process.returncode == 0) == succeed, output[-4000:]
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 

@@ -1,18 +1,26 @@
 """``gmnn fit`` with expert parallelism (configs/lm/expert_parallel.yaml) on 2 gloo CPU processes.
 
-The reference is the same model under plain DDP with 2 processes (top2_switch.yaml: same model, same data
+The references: the same model under plain DDP with 2 processes (top2_switch.yaml: same model, same data
 shards per rank): the per-step losses, the final weights and Adam's moments must agree, and a checkpoint
-moves between the layouts (written by DDP, resumed expert-parallel, and the other way round).
+moves between the layouts (written by DDP, resumed expert-parallel, and the other way round); and one
+process on the union of the two ranks' batches, with gradient clipping by norm. Unequal batch counts per
+rank must fail at once, not hang.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from pytorch_lightning import Callback
+from torch.utils.data import DataLoader, DistributedSampler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gmnn.cli import make_cli
 from gmnn.models import MoETransformerLM
 from tests.test_distributed import ROOT, run_gmnn
 
@@ -92,3 +100,68 @@ def test_data_by_expert_layout_on_four_processes_matches_ddp(tmp_path: Path) -> 
     ddp = _fit("top2_switch.yaml", tmp_path / "ddp", *four)
     torch.testing.assert_close(_losses(ep), _losses(ddp), rtol=1e-5, atol=1e-6)
     _assert_same_state(_checkpoint(ep), _checkpoint(ddp))
+
+
+class RecordLosses(Callback):
+    """Test helper: each rank writes its per-step training losses (and the gradient norm before clipping)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters() if p.grad is not None])))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        Path(f"losses_rank{trainer.global_rank}.json").write_text(json.dumps({"loss": self.losses, "norm": self.norms}))
+
+
+CLIP = 0.05  # well below the gradient norm of this model (checked), so every step is clipped
+MATCH = [*SMALL, "--trainer.max_steps=4", "--trainer.limit_val_batches=0", f"--trainer.gradient_clip_val={CLIP}",
+         "--model.init_args.balance_weight=0",  # the balance loss is not a mean over tokens: per-rank != one batch
+         "--trainer.callbacks+=tests.test_expert_parallel_cli.RecordLosses"]
+
+
+@pytest.mark.slow
+def test_expert_parallel_fit_matches_one_process_step_by_step_with_norm_clipping(tmp_path: Path, monkeypatch) -> None:
+    """2 expert-parallel processes (batch 8 each) = 1 process on the union of their batches (batch 16), per step.
+
+    Lightning's DistributedSampler gives rank r the positions r, r + 2, ... of one seeded permutation; the one
+    process reads the same permutation with one replica, so its batch s is the union of the ranks' batches s.
+    Its loss is the mean of the ranks' losses (equal tokens per sequence) and its gradient their average; the
+    norm clipping must count every expert once (a rank's local norm misses the other rank's experts).
+    """
+    ep = tmp_path / "ep"
+    ep.mkdir()
+    run_gmnn(["fit", "--config", str(ROOT / "configs/lm/expert_parallel.yaml"), *DDP, *MATCH], cwd=ep)
+    ranks = [json.loads((ep / f"losses_rank{r}.json").read_text()) for r in range(2)]
+    ep_losses = [(a + b) / 2 for a, b in zip(ranks[0]["loss"], ranks[1]["loss"])]
+
+    one = tmp_path / "one"
+    one.mkdir()
+    monkeypatch.chdir(one)
+    cli = make_cli(["--config", str(ROOT / "configs/lm/expert_parallel.yaml"), "--trainer.devices=1",
+                    "--trainer.strategy=auto", "--trainer.accelerator=cpu", *MATCH, "--data.init_args.batch_size=16"],
+                   run=False)
+    data = cli.datamodule
+    data.setup("fit")
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    data.train_dataloader = lambda: DataLoader(data.splits["train"], batch_size=16,  # the DDP permutation, 1 replica
+                                               sampler=DistributedSampler(data.splits["train"], 1, 0, seed=seed))
+    cli.trainer.fit(cli.model, datamodule=data)
+    reference = json.loads((one / "losses_rank0.json").read_text())
+    assert len(reference["loss"]) == len(ep_losses) == 4, (reference, ep_losses)
+    assert min(reference["norm"]) > 2 * CLIP, reference["norm"]  # clipping acts at every step
+    torch.testing.assert_close(ep_losses, reference["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_unequal_evaluation_batches_per_rank_fail_at_once_instead_of_hanging(tmp_path: Path) -> None:
+    """65 validation sequences: rank 0 gets 33 (5 batches of 8), rank 1 32 (4): rank 0's 5th forward would wait forever."""
+    result = run_gmnn(["fit", "--config", str(ROOT / "configs/lm/expert_parallel.yaml"), *DDP, *SMALL,
+                       "--data.init_args.num_val=65", "--trainer.limit_val_batches=1.0", "--trainer.max_steps=2"],
+                      cwd=tmp_path, timeout=90, succeed=False)
+    assert "error: ExpertParallel: the processes have between 4 and 5 val batches" in result.stdout, result.stdout[-3000:]
