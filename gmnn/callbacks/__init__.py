@@ -4,6 +4,7 @@ from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.init_search import InitSearch
 from gmnn.callbacks.predictions import PredictionWriter
+from gmnn.callbacks.revival import ReviveDeadExperts
 from gmnn.callbacks.routing_monitor import RoutingMonitor
 from gmnn.callbacks.run_config import RunConfig
 
@@ -13,6 +14,7 @@ __all__ = [
     "InitSearch",
     "LastCheckpoint",
     "PredictionWriter",
+    "ReviveDeadExperts",
     "RoutingMonitor",
     "RunConfig",
 ]

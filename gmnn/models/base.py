@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from pytorch_lightning import LightningModule
+from pytorch_lightning import Callback, LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -97,7 +97,8 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         revive_below: 0 never revives experts. A threshold in (0, 1 / num_experts): at the end of
             each of the first ``revive_epochs`` training epochs, every expert whose mean gate
             probability over the epoch is below it is replaced by a noisy copy of the busiest expert,
-            which shares that expert's gate mass (:mod:`gmnn.models.revival`).
+            which shares that expert's gate mass (adds the callback
+            :class:`~gmnn.callbacks.revival.ReviveDeadExperts`).
         revive_epochs: Number of first epochs after which dead experts are revived.
         init_experts_from: Checkpoint of any gmnn variant whose experts initialise this model's
             (same count and architecture), e.g. to train a new gate on trained experts.
@@ -162,7 +163,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         self.temperature = float(temperature)
         self.experts = Experts(self.build_expert, num_experts, batched=batched_experts)
         self.gate = self.build_gate()
-        self.revival = revival_of(num_experts, revive_below, revive_epochs)
+        revival_of(num_experts, revive_below, revive_epochs)  # checks; ReviveDeadExperts (configure_callbacks) revives
         if init_experts_from:
             load_experts(self.experts, init_experts_from)
         self.experts.requires_grad_(not freeze_experts)
@@ -334,12 +335,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             self.log_dict(self.decomposition[stage], on_step=False, on_epoch=True, batch_size=batch_size)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, out = self.shared_step(batch, "train")
-        if self.revival is not None and self.current_epoch < self.hparams.revive_epochs:
-            self.revival.record(out.gate_probs)
-            if self.is_last_training_batch():  # the cross-process reduce runs in a step, on every rank
-                self.revival.finish_epoch(self._trainer)
-        return loss
+        return self.shared_step(batch, "train")[0]
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "val")[0]
@@ -362,18 +358,19 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             check_training_precision(self.trainer.precision)
 
     def on_train_epoch_end(self) -> None:
-        """Log this rank's ``train/gate_prob/*`` and revive dead experts: no collective here (the progress bar
-        may interleave); revival's usage was reduced in the epoch's last step."""
+        """Log this rank's ``train/gate_prob/*``: no collective here (the progress bar may interleave)."""
         self.log_dict(self.train_gate_mean.as_logged("train/gate_prob/expert_"), on_step=False, on_epoch=True, batch_size=1)
-        self.revive_dead_experts()
 
     def expert_logit_layer(self) -> nn.Linear | None:
         """The gate's output layer when its outputs are the expert logits (row i scores expert i), else ``None``."""
         return None if self.gate is None else output_layer(self.gate)
 
-    def revive_dead_experts(self) -> list[tuple[int, int]]:
-        """Split the busiest expert into every dead one (``revive_below``); returns the ``(busiest, dead)`` pairs."""
-        return [] if self.revival is None else self.revival.revive(self)
+    def configure_callbacks(self) -> list[Callback]:
+        """:class:`~gmnn.callbacks.revival.ReviveDeadExperts` when ``revive_below > 0``."""
+        from gmnn.callbacks.revival import ReviveDeadExperts
+
+        below = self.hparams.get("revive_below", 0.0)
+        return [ReviveDeadExperts(below, self.hparams.revive_epochs)] if below > 0 else []
 
     def on_fit_end(self) -> None:
         if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:

@@ -170,7 +170,7 @@ class MoETransformerLM(MoEModule):
         check_optimizer_args(lr, weight_decay, scheduler)
         self.input_shape = (int(input_shape[0]),)
         self.num_classes, self.num_experts = num_classes, num_experts
-        self.temperature, self.revival, self.regularizer_weights = 1.0, None, {}
+        self.temperature, self.regularizer_weights = 1.0, {}
         self.train_gate_mean = RunningMean()  # stays empty: the LM logs its routing through RoutingMonitor
         self.embedding = nn.Embedding(num_classes, d_model)
         self.position = nn.Embedding(self.input_shape[0], d_model)

@@ -52,10 +52,11 @@ class ExpertRevival:
     def reset(self) -> None:
         self.usage, self.count = None, 0
 
-    def finish_epoch(self, trainer: Any | None) -> None:
-        """Average this epoch's usage over all processes (a collective: call it in the epoch's last
-        training step, which every process runs in lockstep) and keep it for :meth:`revive`."""
-        usage = self.mean_usage()
+    def finish_epoch(self, trainer: Any | None, usage: Tensor | None = None) -> None:
+        """Average this epoch's usage (``usage``, else the recorded one) over all processes (a
+        collective: call it in the epoch's last training batch, which every process runs in
+        lockstep) and keep it for :meth:`revive`."""
+        usage = self.mean_usage() if usage is None else usage.float()
         if usage is not None and trainer is not None and trainer.world_size > 1:
             usage = trainer.strategy.reduce(usage, reduce_op="mean")
         self.epoch_usage = usage

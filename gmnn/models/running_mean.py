@@ -28,6 +28,10 @@ class RunningMean:
         self.total = batch_total if self.total is None else self.total + batch_total
         self.count += rows.shape[0]
 
+    def mean(self) -> Tensor | None:
+        """The mean row ``[D]`` (float64), or ``None`` when nothing was added."""
+        return None if self.total is None or self.count == 0 else self.total / self.count
+
     def as_logged(self, prefix: str) -> dict[str, Tensor]:
         """``{f"{prefix}{i}": mean_i}`` for ``self.log_dict``; empty when nothing was added."""
         if self.total is None or self.count == 0:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from gmnn.models import AttentionGateMoE, DenseMoE
+from gmnn.callbacks import ReviveDeadExperts
 from gmnn.models.revival import ExpertRevival, split_expert
 from tests.conftest import tiny_trainer
 
@@ -64,7 +65,8 @@ def test_fit_revives_an_expert_the_gate_has_shut_out() -> None:
     trainer = tiny_trainer(max_epochs=2)
     trainer.fit(model, data)
     assert trainer.callback_metrics["train/revived_experts"] == 1.0  # after epoch 1
-    assert model.revival.mean_usage() is None  # epoch 2 is past revive_epochs: nothing recorded
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, ReviveDeadExperts)]  # added by revive_below
+    assert callback.revival.epoch_usage is None  # epoch 2 is past revive_epochs: nothing kept
     assert model.expert_logit_layer().bias[2] > -10  # took over half of a live expert's gate mass
     assert not any(torch.equal(a, b) for a, b in zip(dead_before, model.experts[2].parameters()))
     with torch.no_grad():
@@ -80,9 +82,10 @@ def test_attention_gate_revival_copies_the_busiest_expert_and_leaves_the_gate_al
         before = model(x)
     gate = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("gate.", "attention."))}
     dead_before = [p.clone() for p in model.experts[2].parameters()]
-    model.revival.record(torch.tensor([[0.6, 0.3, 0.01, 0.09], [0.6, 0.3, 0.01, 0.09]]))  # expert 2 below 0.05
-    assert model.revive_dead_experts() == [(0, 2)]
-    assert model.revival.mean_usage() is None
+    revival = ReviveDeadExperts(0.05).revival
+    revival.finish_epoch(None, torch.tensor([0.6, 0.3, 0.01, 0.09]))  # expert 2 below 0.05
+    assert revival.revive(model) == [(0, 2)]
+    assert revival.epoch_usage is None
     for dead, busiest, old in zip(model.experts[2].parameters(), model.experts[0].parameters(), dead_before):
         assert not torch.equal(dead, old)  # expert 2 is now a copy of expert 0, up to 5% multiplicative noise
         torch.testing.assert_close(dead, busiest, rtol=0.25, atol=1e-6)
@@ -94,6 +97,29 @@ def test_attention_gate_revival_copies_the_busiest_expert_and_leaves_the_gate_al
     gap_after = (after.gate_logits[:, 2] - after.gate_logits[:, 0]).abs().mean()
     assert gap_after < 0.2 * gap_before
     torch.testing.assert_close(after.expert_log_probs[:, 2], after.expert_log_probs[:, 0], atol=0.2, rtol=0)
+
+
+def test_the_callback_added_by_hand_revives_with_its_own_threshold() -> None:
+    """No model option: ReviveDeadExperts in the trainer's callbacks, usage from the model's epoch mean."""
+    torch.manual_seed(0)
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=3)
+    assert model.configure_callbacks() == []
+    with torch.no_grad():
+        model.expert_logit_layer().bias[2] = -30.0
+    data = DataLoader(TensorDataset(torch.randn(64, 2), torch.randint(0, 2, (64,))), batch_size=16)
+    trainer = tiny_trainer(max_epochs=1, callbacks=[ReviveDeadExperts(below=0.2, epochs=1)])
+    trainer.fit(model, data)
+    assert trainer.callback_metrics["train/revived_experts"] == 1.0  # expert 2 (usage ~0) only
+    assert model.expert_logit_layer().bias[2] > -10
+
+
+def test_the_callback_refuses_a_threshold_the_model_cannot_meet() -> None:
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=4)
+    data = DataLoader(TensorDataset(torch.randn(8, 2), torch.randint(0, 2, (8,))), batch_size=8)
+    with pytest.raises(ValueError, match=r"revive_below must be in \[0, 1 / num_experts = 0.25\)"):
+        tiny_trainer(max_epochs=1, callbacks=[ReviveDeadExperts(below=0.3)]).fit(model, data)
+    with pytest.raises(ValueError, match=r"below must be in \(0, 1 / num_experts\)"):
+        ReviveDeadExperts(below=0.0)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
