@@ -2,6 +2,7 @@
 
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
+from gmnn.callbacks.gate_transfer import GateTransfer
 from gmnn.callbacks.init_search import InitSearch
 from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.callbacks.revival import ReviveDeadExperts
@@ -11,6 +12,7 @@ from gmnn.callbacks.run_config import RunConfig
 __all__ = [
     "AtomicModelCheckpoint",
     "DecompositionFigures",
+    "GateTransfer",
     "InitSearch",
     "LastCheckpoint",
     "PredictionWriter",

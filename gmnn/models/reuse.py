@@ -36,3 +36,29 @@ def load_experts(experts: nn.Module, checkpoint_path: str) -> None:
             f"({theirs} experts there, {ours} here; differing parameters: {mismatched[:4]})"
         )
     experts.load_state_dict(source)
+
+
+GATE_PREFIX = "gate."
+
+
+def load_gate(gate: nn.Module, checkpoint_path: str) -> None:
+    """Copy the gate weights of a gmnn checkpoint (a gated variant) into ``gate``.
+
+    Raises:
+        ValueError: The file is missing or holds no gate, or its gate differs from ``gate``
+            in architecture (parameter names or shapes).
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise ValueError(f"gate_from must be an existing checkpoint file, got {checkpoint_path!r}")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    source = {k[len(GATE_PREFIX):]: v for k, v in state.items() if k.startswith(GATE_PREFIX)}
+    if not source:
+        raise ValueError(f"gate_from={checkpoint_path!r} holds no gate weights (no '{GATE_PREFIX}*' keys)")
+    target = gate.state_dict()
+    mismatched = sorted(set(source) ^ set(target)) + sorted(
+        k for k in set(source) & set(target) if source[k].shape != target[k].shape
+    )
+    if mismatched:
+        raise ValueError(f"gate_from={checkpoint_path!r} has a gate of another architecture (differing: {mismatched[:4]})")
+    gate.load_state_dict(source)

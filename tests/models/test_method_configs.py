@@ -24,9 +24,18 @@ def _experts_checkpoint(path: Path, expert_hidden: list[int]) -> str:
 
 
 @pytest.mark.parametrize("config", METHOD_CONFIGS, ids=lambda p: p.stem)
-def test_method_config_builds_its_model_logs_its_terms_and_descends(config: Path, tmp_path: Path) -> None:
+def test_method_config_builds_its_model_logs_its_terms_and_descends(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     extra = []
+    gate_checkpoint = None
+    for callback in yaml.safe_load(config.read_text()).get("trainer", {}).get("callbacks", []) or []:
+        if callback["class_path"].endswith("GateTransfer"):  # the gate of a trained model, at the config's path
+            monkeypatch.chdir(tmp_path)
+            gate_checkpoint = Path(callback["init_args"]["checkpoint"])
+            gate_checkpoint.parent.mkdir(parents=True)
+            _experts_checkpoint(gate_checkpoint, init_args["expert_hidden"])
     if init_args.get("init_experts_from"):
         extra.append(f"--model.init_args.init_experts_from={_experts_checkpoint(tmp_path / 'experts.ckpt', init_args['expert_hidden'])}")
     # the shipped trainer settings (progress bar, summary, figures); 2 batches (see test_experiment_configs).
@@ -43,3 +52,7 @@ def test_method_config_builds_its_model_logs_its_terms_and_descends(config: Path
         saved = torch.load(tmp_path / "experts.ckpt", weights_only=False)["state_dict"]
         for name, value in cli.model.experts.state_dict().items():
             assert torch.equal(value, saved[f"experts.{name}"]) == bool(init_args.get("freeze_experts")), name
+    if gate_checkpoint is not None:  # the loaded gate, kept fixed
+        saved = torch.load(gate_checkpoint, weights_only=False)["state_dict"]
+        for name, value in cli.model.gate.state_dict().items():
+            assert torch.equal(value, saved[f"gate.{name}"]), name
