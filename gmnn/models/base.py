@@ -230,6 +230,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             expert_log_probs=expert_log_probs,
             selected=None,
             aux_loss=x.new_zeros(()),
+            log_gate=log_gate,
         )
 
     # --------------------------------------------------------------------- loss

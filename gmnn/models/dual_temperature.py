@@ -61,8 +61,7 @@ class DualTemperatureMoE(MoEModule):
         expert_gate = softmax_routing(out.gate_logits.detach(), self.expert_temperature)
         expert_loss = F.nll_loss(dense_mixture(expert_gate, out.expert_log_probs), y)
         frozen = out.expert_log_probs.detach()
-        log_gate = softmax_routing(out.gate_logits, self.temperature)
-        gate_out = replace(out, log_probs=self.combine(log_gate, frozen), expert_log_probs=frozen)
+        gate_out = replace(out, log_probs=self.combine(out.log_gate, frozen), expert_log_probs=frozen)
         return expert_loss, self.loss_terms(gate_out, x, y), gate_out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

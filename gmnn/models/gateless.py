@@ -58,6 +58,7 @@ class GatelessMoE(MoEModule):
             expert_log_probs=expert_log_probs,
             selected=None,
             aux_loss=x.new_zeros(()),
+            log_gate=log_weights,
         )
 
     def allocate(self, expert_log_probs: Tensor, y: Tensor) -> Tensor:

@@ -10,7 +10,6 @@ from torch import Tensor
 from gmnn.models.base import MoEModule
 from gmnn.nn.losses import HARD_EM_M_STEPS, HardEMStep, hard_assignment, hard_em_loss
 from gmnn.nn.output import MoEOutput
-from gmnn.nn.routing import softmax_routing
 from gmnn.validation import check_choice
 
 class HardEMMoE(MoEModule):
@@ -58,7 +57,6 @@ class HardEMMoE(MoEModule):
     def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """``nll`` is the M-step loss of the E-step assignments; regularizers as in the base class."""
         terms = super().loss_terms(out, x, y)
-        log_gate = softmax_routing(out.gate_logits, self.temperature)
-        assigned = hard_assignment(log_gate, out.expert_log_probs, y)
-        terms["nll"] = hard_em_loss(log_gate, out.expert_log_probs, y, assigned, self.hparams.m_step)
+        assigned = hard_assignment(out.log_gate, out.expert_log_probs, y)
+        terms["nll"] = hard_em_loss(out.log_gate, out.expert_log_probs, y, assigned, self.hparams.m_step)
         return terms

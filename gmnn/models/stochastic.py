@@ -10,7 +10,6 @@ from torch import Tensor
 from gmnn.models.base import MoEModule
 from gmnn.nn.losses import per_expert_nll, stochastic_mixture_loss
 from gmnn.nn.output import MoEOutput
-from gmnn.nn.routing import softmax_routing
 
 
 class StochasticMoE(MoEModule):
@@ -37,6 +36,5 @@ class StochasticMoE(MoEModule):
     def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """``nll`` is the stochastic mixture loss; regularizers as in the base class."""
         terms = super().loss_terms(out, x, y)
-        log_gate = softmax_routing(out.gate_logits, self.temperature)
-        terms["nll"] = stochastic_mixture_loss(log_gate, per_expert_nll(out.expert_log_probs, y))
+        terms["nll"] = stochastic_mixture_loss(out.log_gate, per_expert_nll(out.expert_log_probs, y))
         return terms

@@ -115,6 +115,7 @@ class TopKMoE(MoEModule):
             aux_loss=x.new_zeros(()),
             selected_log_probs=selected_log_probs,
             dropped=dropped,
+            log_gate=log_gate,
         )
 
     def loss_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -122,8 +123,7 @@ class TopKMoE(MoEModule):
         (with ``train_experts="all"`` that loss replaces ``nll``)."""
         terms = super().loss_terms(out, x, y)
         if out.expert_log_probs is not None and self.hparams.gate_gradient == "stochastic":
-            log_gate = softmax_routing(out.gate_logits, self.temperature)
-            stochastic = stochastic_mixture_loss(log_gate, per_expert_nll(out.expert_log_probs, y))
+            stochastic = stochastic_mixture_loss(out.log_gate, per_expert_nll(out.expert_log_probs, y))
             terms["nll" if self.train_experts == "all" else "gate"] = stochastic
         return terms
 

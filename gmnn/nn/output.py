@@ -24,6 +24,9 @@ class MoEOutput:
             for sparse variants, else ``None``.
         dropped: ``[B, k]`` bool, the routed pairs dropped by an expert's
             capacity (top-k with a capacity factor), else ``None``.
+        log_gate: ``log gate_probs`` ``[B, E]`` as computed by the forward pass (a log-softmax,
+            finite where a probability underflows to 0), for losses that need it; ``None`` when
+            a variant does not provide it.
     """
 
     log_probs: Tensor
@@ -34,6 +37,7 @@ class MoEOutput:
     aux_loss: Tensor
     selected_log_probs: Tensor | None = None
     dropped: Tensor | None = None
+    log_gate: Tensor | None = None
 
     @property
     def chosen_expert(self) -> Tensor:
