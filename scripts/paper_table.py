@@ -30,6 +30,10 @@ from gmnn.report import find_runs, read_scalars, run_row, summarise  # noqa: E40
 
 
 
+# configs whose reference row is another config's (the loss-gate models of the '_loss_gate' rows)
+SAME_ROW = {"top1_loss_gate": "top1_stochastic", "stochastic_loss_gate": "stochastic"}
+
+
 def rows_of(sweep: Path) -> list[dict[str, object]]:
     """One row per finished run below ``sweep``: ``run_row``'s columns plus ``val_error`` and ``wall_s``."""
     rows = []
@@ -69,11 +73,11 @@ def table(rows: Sequence[dict[str, object]]) -> str:
     for entry in summarise(rows):
         config = str(entry["configuration"])
         name = config.rsplit("-", 1)[-1]
-        ref = PAPER_MNIST.get(name, {})
+        ref = PAPER_MNIST.get(SAME_ROW.get(name, name), {})
         ref_error, ref_std, ref_mi = (float(ref.get(k, math.nan)) for k in ("test_error", "test_error_std", "mutual_information"))
         chosen = best[config]
         lines.append(
-            f"| {name} | `{MNIST_ROWS.get(name, '–')}` | {_f(ref_error)} ({_f(ref_std)}) | {_f(ref_mi)} | {entry['runs']} "
+            f"| {name} | `{MNIST_ROWS.get(SAME_ROW.get(name, name), '–')}` | {_f(ref_error)} ({_f(ref_std)}) | {_f(ref_mi)} | {entry['runs']} "
             f"| {_f(float(entry['test_error_mean']))} ± {_f(float(entry['test_error_std']))} "
             f"| {_f(float(entry['mutual_information_mean']))} ± {_f(float(entry['mutual_information_std']))} "
             f"| {_f(float(chosen['test_error']))} / {_f(float(chosen['mutual_information']))} "

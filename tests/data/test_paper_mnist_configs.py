@@ -15,7 +15,7 @@ from tests.data.fake_files import write_idx
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "paper" / "mnist").glob("*.yaml"))
 ROWS = ["attention_importance", "attention_similarity", "dense", "importance", "sample_similarity", "single",
-        "stochastic", "top1_stochastic"]
+        "stochastic", "stochastic_loss_gate", "top1_loss_gate", "top1_stochastic"]
 # the paper-mode options each row must set (what the reference computes), beside the shared protocol
 PAPER_MODE = {
     "dense": {"objective": "softmax_of_mixture"},
@@ -26,6 +26,8 @@ PAPER_MODE = {
     "top1_stochastic": {"k": 1, "gate_gradient": "stochastic", "train_experts": "all"},
     "stochastic": {},
     "single": {},
+    "top1_loss_gate": {"gate_loss": "l1_sum", "train_experts": "argmax"},
+    "stochastic_loss_gate": {"gate_loss": "l1_sum", "train_experts": "sampled"},
 }
 # the reference betas, from the CSV row names (w_importance, w_sample_sim_same, w_sample_sim_diff)
 REGULARIZERS = {

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gmnn.models import AttentionGateMoE, DenseMoE, ProductOfExperts, StochasticMoE, TopKMoE
+from gmnn.models import AttentionGateMoE, DenseMoE, ExpertLossGateMoE, ProductOfExperts, StochasticMoE, TopKMoE
 from gmnn.nn.regularizers import importance_loss
 
 GATES = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
@@ -188,3 +188,70 @@ def test_query_activation_none_drops_only_the_conv_gates_last_relu() -> None:
 def test_bad_query_activation_names_the_parameter() -> None:
     with pytest.raises(ValueError, match="query_activation"):
         AttentionGateMoE(query_activation="tanh", **SMALL)
+
+
+# ------------------------------------------------------------ expert-loss gate
+PREDICTED = torch.tensor([[0.2, 1.0, 2.0], [3.0, 0.5, 0.1]])  # the gate's predicted losses l on A and B
+
+
+def _loss_gate(**kwargs) -> ExpertLossGateMoE:
+    model = ExpertLossGateMoE(**kwargs, **SMALL)
+    with torch.no_grad():
+        body, head = model.gate.body[0], model.gate.head
+        body.weight.copy_(torch.eye(2)), body.bias.zero_()
+        head.weight.copy_(PREDICTED.T), head.bias.zero_()
+        for expert, probs in zip(model.experts.experts, EXPERTS):
+            expert.head.weight.zero_()
+            expert.head.bias.copy_(probs.log())
+    return model.train()
+
+
+def reference_expert_entropy_loss(gate_outputs: torch.Tensor, experts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """helper/moe_models.py expert_entropy_loss: sum over experts of the batch mean of |g_i - log(p_i(y) + 1e-15)|."""
+    e_logp = torch.log(experts[torch.arange(len(y)), :, y] + 1e-15)
+    return torch.sum(torch.mean(torch.abs(gate_outputs - e_logp), dim=0))
+
+
+def test_l1_sum_gate_loss_is_the_references_expert_entropy_loss() -> None:
+    model = _loss_gate(gate_loss="l1_sum", train_experts="argmax")
+    terms = model.loss_terms(model(X), X, Y)
+    # the reference's gate outputs g = log p estimates, gmnn's l = -g; A: L = -log [0.9, 0.2, 0.5], B: -log [0.1, 0.8, 0.5]
+    hand_a = abs(0.2 + math.log(0.9)) + abs(1.0 + math.log(0.2)) + abs(2.0 + math.log(0.5))
+    hand_b = abs(3.0 + math.log(0.1)) + abs(0.5 + math.log(0.8)) + abs(0.1 + math.log(0.5))
+    assert float(terms["loss_prediction"].detach()) == pytest.approx((hand_a + hand_b) / 2, abs=1e-5)
+    expected = reference_expert_entropy_loss(-PREDICTED, EXPERTS.expand(2, -1, -1), Y)
+    torch.testing.assert_close(terms["loss_prediction"], expected, atol=1e-5, rtol=0)
+
+
+def test_argmax_expert_training_trains_only_the_lowest_predicted_loss_expert() -> None:
+    model = _loss_gate(gate_loss="l1_sum", train_experts="argmax")
+    out = model(X)
+    assert out.selected[:, 0].tolist() == [0, 2]  # argmin of the predicted losses
+    terms = model.loss_terms(out, X, Y)
+    # the reference's cross_entropy_loss of the selected expert's output: A expert 0 p(0) = 0.9, B expert 2 p(1) = 0.5
+    assert float(terms["nll"].detach()) == pytest.approx(-(math.log(0.9) + math.log(0.5)) / 2, abs=1e-6)
+    terms["nll"].backward()
+    grads = [e.head.bias.grad for e in model.experts.experts]
+    assert grads[1] is None or float(grads[1].abs().sum()) == 0.0
+    assert float(grads[0].abs().sum()) > 0 and float(grads[2].abs().sum()) > 0
+
+
+def test_sampled_expert_training_samples_from_softmin_of_the_predicted_losses_at_inference_too() -> None:
+    model = _loss_gate(train_experts="sampled").eval()
+    torch.manual_seed(0)
+    x = X[:1].expand(4000, -1)
+    frequencies = torch.bincount(model(x).selected[:, 0], minlength=3).float() / 4000
+    torch.testing.assert_close(frequencies, torch.softmax(-PREDICTED[0], dim=0), atol=0.03, rtol=0)
+
+
+def test_the_default_expert_loss_gate_is_unchanged() -> None:
+    model = _loss_gate()
+    terms = model.loss_terms(model(X), X, Y)
+    losses = -torch.log(EXPERTS[:, [0, 1]].T)  # [B, E]: A's y = 0, B's y = 1
+    torch.testing.assert_close(terms["loss_prediction"], F.mse_loss(PREDICTED, losses))
+
+
+@pytest.mark.parametrize("kwargs", [dict(gate_loss="l2"), dict(train_experts="all")], ids=["gate_loss", "train_experts"])
+def test_bad_expert_loss_gate_options_name_the_parameter(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ExpertLossGateMoE(**kwargs, **SMALL)
