@@ -28,6 +28,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 
@@ -78,25 +79,24 @@ class ExpertParallel(Callback):
         self.expert_parallel_size = expert_parallel_size
         self.layers: dict[str, ExpertParallelMoELayer] = {}
         self.replica_group = None  # the ranks holding the same experts (data x expert layout), or None
+        self.mesh: DeviceMesh | None = None  # the (data, expert) mesh of a data x expert layout
         self._pending: dict[str, Any] | None = None
 
     def _groups(self, trainer: pl.Trainer):
-        """``(expert group, replica group)`` of this rank; every rank creates every group, in the same order."""
+        """``(expert group, replica group)`` of this rank, the two dimensions of a ``("data", "expert")`` DeviceMesh.
+
+        Consecutive ranks form one row of the mesh (they share the experts out); a column holds
+        the ranks with the same block of experts. A dimension of size 1 gives ``None`` (the
+        default group for the expert dimension, no reduction for the data dimension).
+        """
         world, size = trainer.world_size, self.expert_parallel_size or trainer.world_size
         if world % size:
             raise ValueError(f"expert_parallel_size={size} must divide the number of processes {world}")
         if size == world:
             return None, None
-        expert_group = replica_group = None
-        for first in range(0, world, size):  # consecutive ranks share the experts out
-            group = dist.new_group(list(range(first, first + size)))
-            if trainer.global_rank // size == first // size:
-                expert_group = group
-        for offset in range(size):  # ranks with the same block of experts
-            group = dist.new_group(list(range(offset, world, size)))
-            if trainer.global_rank % size == offset:
-                replica_group = group
-        return expert_group, replica_group
+        self.mesh = init_device_mesh(trainer.strategy.root_device.type, (world // size, size),
+                                     mesh_dim_names=("data", "expert"))
+        return self.mesh.get_group("expert"), self.mesh.get_group("data")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.world_size <= 1 or self.layers:
