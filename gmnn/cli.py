@@ -18,18 +18,21 @@ import yaml
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.models.base import MoEModule
 from gmnn.quiet import silence_known_warnings
+from gmnn.run_folder import run_folder
 from gmnn.callbacks.run_config import RunConfig
 from gmnn.resume import (
     check_ckpt_path,
     check_config_fits_checkpoint,
     check_readable,
     experiment_of,
+    keep_csv_metrics,
     log_into_checkpoint_run,
     resolve_last,
 )
@@ -79,6 +82,10 @@ class GMNNCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
+        if self.config_init[self.subcommand].get("ckpt_path"):  # resuming, into the run's own folder
+            keep_csv_metrics(self.trainer)
+            # Lightning's note on a non-empty checkpoint folder: here it is the resumed run's own folder
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         schedule = self.model.hparams.get("scheduler", "none") != "none" or bool(self._get(self.config_init, "lr_scheduler"))
         monitored = any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks)
         if schedule and self.trainer.loggers and not monitored:
@@ -98,7 +105,7 @@ class GMNNCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Say where the run went: its folder, best and last checkpoints, final validation metrics."""
-        log_dir = self.trainer.log_dir if self.trainer.loggers else None  # a broadcast: every process takes part
+        log_dir = run_folder(self.trainer)  # a broadcast: every process takes part
         if self.trainer.is_global_zero:
             print(fit_summary(self.trainer, log_dir), file=sys.stderr)
 
@@ -156,9 +163,9 @@ def fit_summary(trainer: Any, log_dir: str | None = None) -> str:
     shown = [f"{name.split('/', 1)[1]} {float(metrics[name]):.4g}" for name in SUMMARY_METRICS if name in metrics]
     if shown:
         lines.append(f"  validation:  {', '.join(shown)} (MI, usage, entropy in bits)")
-    save_dir = getattr(trainer.logger, "save_dir", None) if trainer.logger is not None else None
-    if save_dir:
-        lines.append(f"  look at it:  tensorboard --logdir {save_dir}")
+    board = next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+    if board is not None:
+        lines.append(f"  look at it:  tensorboard --logdir {board.save_dir}")
     return "\n".join(lines)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,21 +30,34 @@ def _get(namespace: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def run_root(config: Any) -> Path | None:
-    """The folder whose ``<version>/checkpoints/last.ckpt`` files belong to runs of ``config``.
+#: Loggers that write ``<save_dir>/<name>/version_N`` themselves (their ``name`` argument is the folder).
+FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
-    ``<save_dir>/<name>`` of a TensorBoard/CSV logger, ``<default_root_dir>/lightning_logs``
-    with Lightning's default logger, ``None`` when the logger is off or unknown.
+
+def run_root(config: Any) -> tuple[Path, str] | None:
+    """Where earlier runs of ``config`` keep their checkpoints: a folder and the glob of the checkpoints under it.
+
+    ``<save_dir>/<name>`` with ``*/checkpoints/*.ckpt`` for TensorBoard's and the CSV logger,
+    ``<default_root_dir>/lightning_logs`` with Lightning's default logger; for any other logger
+    (W&B, MLflow, your own) ``<save_dir>`` (else ``default_root_dir``) with
+    ``*/*/checkpoints/*.ckpt``, since its folder name (a project, an experiment id) is the
+    logger's to choose (:mod:`gmnn.run_folder`). ``None`` when the logger is off.
     """
     trainer = _get(config, "trainer")
     logger = _get(trainer, "logger", True)
+    default_root = Path(_get(trainer, "default_root_dir", "."))
     if logger is True:
-        return Path(_get(trainer, "default_root_dir", ".")) / "lightning_logs"
+        return default_root / "lightning_logs", "*/checkpoints/*.ckpt"
+    if logger is False or isinstance(logger, (list, tuple)) and not logger:
+        return None
+    logger = logger[0] if isinstance(logger, (list, tuple)) else logger
     init_args = _get(logger, "init_args")
     save_dir = _get(init_args, "save_dir")
-    if save_dir is None:
-        return None
-    return Path(save_dir) / _get(init_args, "name", "lightning_logs")
+    if str(_get(logger, "class_path", "")).rpartition(".")[2] in FOLDER_LOGGERS:
+        if save_dir is None:
+            return None
+        return Path(save_dir) / _get(init_args, "name", "lightning_logs"), "*/checkpoints/*.ckpt"
+    return Path(save_dir) if save_dir is not None else default_root, "*/*/checkpoints/*.ckpt"
 
 
 EXPERIMENT_KEYS = ("model", "data", "seed_everything", "optimizer", "lr_scheduler")
@@ -116,10 +131,11 @@ def find_last_checkpoint(config: Any, experiment: Mapping[str, Any] | None = Non
     dirpath = _get(_get(config, "last_checkpoint"), "dirpath")
     if dirpath is not None:
         return newest_readable(Path(dirpath)) if Path(dirpath).is_dir() else None
-    root = run_root(config)
-    if root is None or not root.is_dir():
+    where = run_root(config)
+    if where is None or not where[0].is_dir():
         return None
-    runs = sorted((p.parent.parent for p in root.glob("*/checkpoints/*.ckpt")), key=lambda r: _newest_mtime(r), reverse=True)
+    root, pattern = where
+    runs = sorted((p.parent.parent for p in root.glob(pattern)), key=lambda r: _newest_mtime(r), reverse=True)
     for run_dir in dict.fromkeys(runs):  # newest first, each run once
         if experiment is not None:
             saved = _saved_experiment(run_dir)
@@ -170,7 +186,7 @@ DERIVED_STAGES = ("validate", "test", "predict")
 
 
 def log_into_checkpoint_run(config: Any, subcommand: str) -> Path | None:
-    """Point a TensorBoard logger of ``validate`` / ``test`` / ``predict`` at the checkpoint's own run.
+    """Point a TensorBoard or CSV logger of ``validate`` / ``test`` / ``predict`` at the checkpoint's own run.
 
     A checkpoint at ``<save_dir>/<name>/<version>/checkpoints/x.ckpt`` of a gmnn run (its
     folder holds ``config.yaml``) gets its evaluation logged to ``<version>/<subcommand>/``,
@@ -185,10 +201,20 @@ def log_into_checkpoint_run(config: Any, subcommand: str) -> Path | None:
     init_args = _get(_get(_get(config, "trainer"), "logger"), "init_args")
     if checkpoint.parent.name != "checkpoints" or not (run / "config.yaml").is_file() or init_args is None:
         return None
-    if "sub_dir" not in init_args or init_args.get("version") is not None:  # TensorBoard's logger, version not pinned
+    if init_args.get("version") is not None:  # pinned by the user
         return None
-    init_args["save_dir"], init_args["name"] = str(run.parent.parent), run.parent.name
-    init_args["version"], init_args["sub_dir"] = run.name, subcommand
+    kind = str(_get(_get(_get(config, "trainer"), "logger"), "class_path", "")).rpartition(".")[2]
+    if "sub_dir" in init_args:  # TensorBoard's logger
+        init_args["save_dir"], init_args["name"] = str(run.parent.parent), run.parent.name
+        init_args["version"], init_args["sub_dir"] = run.name, subcommand
+    elif kind == "CSVLogger":  # log_dir = <save_dir>/<name>/<version>
+        init_args["save_dir"], init_args["name"] = str(run.parent.parent), f"{run.parent.name}/{run.name}"
+        init_args["version"] = subcommand
+        for key in ("checkpoint", "last_checkpoint"):  # still the run's checkpoints/, not <run>/<subcommand>/checkpoints
+            if _get(config, key) is not None and _get(config[key], "dirpath") is None:
+                config[key]["dirpath"] = str(run / "checkpoints")
+    else:
+        return None
     return run / subcommand
 
 
@@ -246,3 +272,31 @@ def check_config_fits_checkpoint(config: Any) -> None:
         f"--ckpt_path {ckpt_path} holds a {str(saved).rpartition('.')[2]} with num_experts={saved_experts}, "
         f"but the config asks for a {wanted.rpartition('.')[2]} with num_experts={wanted_experts}; use {hint}"
     )
+
+
+def keep_csv_metrics(trainer: Any) -> None:
+    """Resuming into a CSV logger's run: keep the run's ``metrics.csv``.
+
+    Lightning's CSV writer deletes a ``metrics.csv`` it finds when it opens the
+    folder (with a warning), so a resumed run would lose the curves of its
+    earlier epochs. The old rows are read first and handed to the writer, which
+    writes them back with the new ones. Call it before anything logs.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or logger._experiment is not None:
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows, keys = list(reader), list(reader.fieldnames or [])
+        with warnings.catch_warnings():  # "... will be deleted": we hold its rows
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            experiment = logger.experiment
+        experiment.metrics_keys = sorted(keys)
+        experiment.metrics = [{key: value for key, value in row.items() if value != ""} for row in rows]

@@ -10,11 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from gmnn.run_folder import image_logger, run_folder  # noqa: E402
 from gmnn.validation import check_positive_int  # noqa: E402
 
 
@@ -188,20 +190,30 @@ class DecompositionFigures(Callback):
         if stage not in getattr(pl_module, "allocation", {}) or not trainer.loggers:
             return
         result = pl_module.allocation[stage].compute()  # collective under DDP: every rank takes part
-        log_dir = trainer.log_dir  # a broadcast under DDP: asked on every rank
+        log_dir = run_folder(trainer)  # a broadcast under DDP: asked on every rank
         if not trainer.is_global_zero:
             return
-        writer = tensorboard_writer(trainer)
+        writer, images = tensorboard_writer(trainer), image_logger(trainer)
         if writer is not None:
             write_histograms(writer, f"{stage}/gate_probs", result["histogram"].cpu(), trainer.global_step)
         for tag, fig in self.figures(trainer, pl_module, stage).items():
             if writer is not None:
                 writer.add_figure(tag, fig, global_step=trainer.global_step, close=True)
+            elif images is not None:
+                images.log_image(key=tag, images=[figure_pixels(fig)], step=trainer.global_step)
             elif log_dir is not None:
                 save_png(fig, Path(log_dir) / FIGURES_DIR / f"{tag.replace('/', '_')}_step{trainer.global_step}.png")
 
 
 FIGURES_DIR = "figures"
+
+
+def figure_pixels(fig: plt.Figure) -> Any:
+    """``fig`` as an ``[H, W, 3]`` uint8 array (what image-taking loggers accept), the figure closed."""
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
 
 
 def save_png(fig: plt.Figure, path: Path) -> None:

@@ -12,6 +12,8 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from gmnn.run_folder import run_folder
+
 
 def prediction_columns(outputs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Concatenate the batches of ``predict_step`` dicts into per-sample columns.
@@ -52,7 +54,7 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
-        folder = self.output_dir or trainer.log_dir  # trainer.log_dir broadcasts: every rank asks
+        folder = self.output_dir or run_folder(trainer)  # run_folder broadcasts: every rank asks
         if folder is None or not predictions:
             return
         outputs = predictions[0] if isinstance(predictions[0], list) else predictions  # one dataloader

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.cli import SaveConfigCallback
 
+from gmnn.run_folder import run_folder
+
 
 class RunConfig(SaveConfigCallback):
     """Writes the resolved config as ``config.yaml`` into the run folder, never over another record.
@@ -24,7 +26,7 @@ class RunConfig(SaveConfigCallback):
         if self.already_saved or not trainer.loggers or not self.save_to_log_dir:
             return
         self.already_saved = True
-        log_dir = trainer.log_dir  # a broadcast under DDP: every process asks, in the same hook
+        log_dir = run_folder(trainer)  # a broadcast under DDP: every process asks, in the same hook
         if not trainer.is_global_zero or log_dir is None:
             return
         text = self.parser.dump(self.config, skip_unset=False)
