@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import math
 import statistics
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,13 +64,16 @@ def read_csv_scalars(path: Path) -> dict[str, float]:
 
 
 def read_scalars(run_dir: Path) -> dict[str, float]:
-    """The last logged value of every scalar tag of a run (all its event files, and its ``metrics.csv``)."""
+    """The last logged value of every scalar tag of a run (its and its ``test``/... folders' event files and ``metrics.csv``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[str, tuple[float, float]] = {}
-    if (run_dir / METRICS_CSV).is_file():
-        mtime = (run_dir / METRICS_CSV).stat().st_mtime
-        values.update({tag: (mtime, value) for tag, value in read_csv_scalars(run_dir / METRICS_CSV).items()})
+    for table in [run_dir / METRICS_CSV, *(run_dir / stage / METRICS_CSV for stage in DERIVED)]:
+        if table.is_file():
+            mtime = table.stat().st_mtime
+            for tag, value in read_csv_scalars(table).items():
+                if tag not in values or mtime >= values[tag][0]:
+                    values[tag] = (mtime, value)
     event_files = list(run_dir.glob("events.out.tfevents.*"))
     event_files += [f for stage in DERIVED for f in run_dir.glob(f"{stage}/events.out.tfevents.*")]
     for event_file in sorted(event_files):
@@ -83,20 +86,31 @@ def read_scalars(run_dir: Path) -> dict[str, float]:
 
 
 def retest(run_dir: Path) -> dict[str, float]:
-    """Test ``run_dir/checkpoints/last.ckpt`` with the run's ``config.yaml``; the test metrics by name."""
-    from gmnn.cli import make_cli
+    """Test ``run_dir/checkpoints/last.ckpt`` on the data of the run's ``config.yaml``; the test metrics by name.
+
+    The model comes from the checkpoint (its class and hyperparameters are recorded there), the data
+    module from the config's ``data`` entry under the run's seed; nothing is logged or written.
+    """
+    import pytorch_lightning as pl
+
+    from gmnn.models import MoEModule
 
     config, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not config.exists() or not checkpoint.exists():
         raise ValueError(f"--retest needs {config} and {checkpoint}")
     settings = yaml.safe_load(config.read_text())
-    for key in ("ckpt_path", "weights_only"):  # arguments of the `fit` subcommand, not of the CLI
-        settings.pop(key, None)
-    settings["trainer"].update(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir))
-    with warnings.catch_warnings():  # we pass a config dict on purpose while sys.argv holds `report ...`
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = make_cli(settings, run=False)
-    return cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
+    data = settings.get("data") if isinstance(settings, dict) else None
+    if not isinstance(data, dict) or "class_path" not in data:
+        raise ValueError(f"--retest: {config} has no data class_path")
+    module_name, _, class_name = data["class_path"].rpartition(".")
+    pl.seed_everything(settings.get("seed_everything"), verbose=False)
+    datamodule = getattr(importlib.import_module(module_name), class_name)(**(data.get("init_args") or {}))
+    trainer_settings = settings.get("trainer") or {}
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=str(run_dir), accelerator=trainer_settings.get("accelerator", "auto"),
+                         precision=trainer_settings.get("precision"), devices=1)
+    model = MoEModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    return trainer.test(model, datamodule=datamodule, verbose=False)[0]
 
 
 def run_row(run_dir: Path, scalars: dict[str, float]) -> dict[str, object]:

@@ -202,8 +202,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "retest_ignores_checkpoint", "gmnn/report.py",
-        "datamodule=cli.datamodule, ckpt_path=str(checkpoint), verbose=False",
-        "datamodule=cli.datamodule, verbose=False",
+        'model = MoEModule.load_from_checkpoint(checkpoint, map_location="cpu")',
+        'model = (lambda m: type(m)(**{**m.hparams, "init_experts_from": None}))(MoEModule.load_from_checkpoint(checkpoint))',
         ("tests/test_report.py",),
         "--retest tests a freshly initialised model instead of last.ckpt",
     ),
