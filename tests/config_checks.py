@@ -88,3 +88,18 @@ def check_run(cli: Any, config: Path, overridden: tuple[str, ...] = ()) -> None:
     probe.load_state_dict(first.before)
     before = training_loss(probe, x, y)
     assert after < before, f"one optimizer step did not lower the loss of its batch: {before} -> {after}"
+
+
+def fit_on_fake_mnist(config: Path, tmp_path: Path) -> Any:
+    """Two steps of ``gmnn fit --config config`` on small fake MNIST files, the first step recorded; the CLI, checked."""
+    from gmnn.cli import make_cli
+    from tests.data.fake_files import write_idx
+
+    write_idx(tmp_path, "MNIST", train=40, test=12)
+    cli = make_cli(
+        ["fit", "--config", str(config), f"--data.init_args.root={tmp_path}", "--data.init_args.val_size=8",
+         "--data.init_args.batch_size=8", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
+         FIRST_STEP]
+    )
+    check_run(cli, config)
+    return cli

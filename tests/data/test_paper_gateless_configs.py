@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmnn.cli import make_cli
-from tests.config_checks import FIRST_STEP, check_run
-from tests.data.fake_files import write_idx
+from tests.config_checks import fit_on_fake_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "paper" / "mnist_gateless").glob("*.yaml"))
@@ -31,13 +29,7 @@ def test_both_reference_models_have_a_config() -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_gateless_paper_config_trains_as_the_reference_model(config: Path, tmp_path: Path) -> None:
     assert f"gmnn fit --config configs/paper/mnist_gateless/{config.stem}.yaml" in config.read_text()
-    write_idx(tmp_path, "MNIST", train=40, test=12)
-    cli = make_cli(
-        ["fit", "--config", str(config), f"--data.init_args.root={tmp_path}", "--data.init_args.val_size=8",
-         "--data.init_args.batch_size=8", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
-         FIRST_STEP]
-    )
-    check_run(cli, config)
+    cli = fit_on_fake_mnist(config, tmp_path)
     model = cli.model
     assert model.num_experts == 10 and model.gate is None
     for key, value in EXPECTED[config.stem].items():

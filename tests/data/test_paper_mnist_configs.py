@@ -8,9 +8,7 @@ import pytest
 import torch
 import yaml
 
-from gmnn.cli import make_cli
-from tests.config_checks import FIRST_STEP, check_run
-from tests.data.fake_files import write_idx
+from tests.config_checks import fit_on_fake_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "paper" / "mnist").glob("*.yaml"))
@@ -52,13 +50,7 @@ def test_header_names_its_reference_row_and_sources(config: Path) -> None:
 def test_paper_config_trains_with_the_reference_protocol(config: Path, tmp_path: Path) -> None:
     shipped = yaml.safe_load(config.read_text())
     assert shipped["data"]["init_args"]["batch_size"] == 512 and shipped["trainer"]["max_epochs"] == 20
-    write_idx(tmp_path, "MNIST", train=40, test=12)
-    cli = make_cli(
-        ["fit", "--config", str(config), f"--data.init_args.root={tmp_path}", "--data.init_args.val_size=8",
-         "--data.init_args.batch_size=8", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
-         FIRST_STEP]
-    )
-    check_run(cli, config)
+    cli = fit_on_fake_mnist(config, tmp_path)
     (optimizer,) = cli.trainer.optimizers
     assert type(optimizer) is torch.optim.Adam and not cli.trainer.lr_scheduler_configs  # constant lr
     assert optimizer.defaults["lr"] == 0.001 and optimizer.defaults["weight_decay"] == 0.001
