@@ -8,6 +8,7 @@ from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.callbacks.revival import ReviveDeadExperts
 from gmnn.callbacks.routing_monitor import RoutingMonitor
 from gmnn.callbacks.run_config import RunConfig
+from gmnn.callbacks.unfreeze import UnfreezeExperts
 
 __all__ = [
     "AtomicModelCheckpoint",
@@ -19,4 +20,5 @@ __all__ = [
     "ReviveDeadExperts",
     "RoutingMonitor",
     "RunConfig",
+    "UnfreezeExperts",
 ]

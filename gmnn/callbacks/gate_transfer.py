@@ -20,13 +20,19 @@ class GateTransfer(pl.Callback):
     Args:
         checkpoint: A gmnn checkpoint of a gated variant with the same gate architecture.
         freeze: Keep the loaded gate's parameters fixed (the reference's ``requires_grad = False``).
+        strict: Require the same gate architecture; ``False`` copies only the tensors whose names
+            and shapes match and trains the gate from there (the reference's ``train_from_model``
+            in ``aaai_2022/src/moe_with_attention_training.py``: a plain gate warm-started from an
+            attention gate with ``load_state_dict(..., strict=False)``; use with ``freeze: false``).
     """
 
-    def __init__(self, checkpoint: str, freeze: bool = True) -> None:
+    def __init__(self, checkpoint: str, freeze: bool = True, strict: bool = True) -> None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise ValueError(f"checkpoint must be a checkpoint path, got {checkpoint!r}")
         self.checkpoint = checkpoint
         self.freeze = freeze
+        self.strict = strict
+        self.loaded: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -34,5 +40,5 @@ class GateTransfer(pl.Callback):
         gate = getattr(pl_module, "gate", None)
         if gate is None:
             raise ValueError(f"GateTransfer needs a model with a gate; {type(pl_module).__name__} has none")
-        load_gate(gate, self.checkpoint)
+        self.loaded = load_gate(gate, self.checkpoint, strict=self.strict)
         gate.requires_grad_(not self.freeze)

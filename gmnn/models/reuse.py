@@ -41,12 +41,16 @@ def load_experts(experts: nn.Module, checkpoint_path: str) -> None:
 GATE_PREFIX = "gate."
 
 
-def load_gate(gate: nn.Module, checkpoint_path: str) -> None:
-    """Copy the gate weights of a gmnn checkpoint (a gated variant) into ``gate``.
+def load_gate(gate: nn.Module, checkpoint_path: str, strict: bool = True) -> list[str]:
+    """Copy the gate weights of a gmnn checkpoint (a gated variant) into ``gate``; the names copied.
+
+    With ``strict=False`` only the tensors whose names and shapes match are copied
+    (the reference's ``load_state_dict(old_gate.state_dict(), strict=False)``: e.g. the
+    shared layers of an attention gate into a plain gate, whose output layer stays new).
 
     Raises:
         ValueError: The file is missing or holds no gate, or its gate differs from ``gate``
-            in architecture (parameter names or shapes).
+            in architecture (parameter names or shapes; with ``strict=False``: nothing matches).
     """
     path = Path(checkpoint_path)
     if not path.is_file():
@@ -59,6 +63,13 @@ def load_gate(gate: nn.Module, checkpoint_path: str) -> None:
     mismatched = sorted(set(source) ^ set(target)) + sorted(
         k for k in set(source) & set(target) if source[k].shape != target[k].shape
     )
+    if not strict:
+        matching = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
+        if not matching:
+            raise ValueError(f"gate_from={checkpoint_path!r} shares no gate tensor (name and shape) with this gate")
+        gate.load_state_dict(matching, strict=False)
+        return sorted(matching)
     if mismatched:
         raise ValueError(f"gate_from={checkpoint_path!r} has a gate of another architecture (differing: {mismatched[:4]})")
     gate.load_state_dict(source)
+    return sorted(source)
