@@ -27,6 +27,7 @@ from gmnn.models.base import MoEModule
 from gmnn.quiet import silence_known_warnings
 from gmnn.run_folder import run_folder
 from gmnn.callbacks.run_config import RunConfig
+from gmnn.fragments import check_not_fragments_alone
 from gmnn.resume import (
     check_ckpt_path,
     check_config_fits_checkpoint,
@@ -170,7 +171,13 @@ def fit_summary(trainer: Any, log_dir: str | None = None) -> str:
 
 
 def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
-    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config)."""
+    """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config).
+
+    Raises:
+        ValueError: the ``--config`` files are method fragments without a protocol before them.
+    """
+    if not isinstance(args, dict):
+        check_not_fragments_alone(sys.argv[1:] if args is None else args)
     with _only_these_args(args):
         return GMNNCLI(
             MoEModule,

@@ -52,7 +52,7 @@ def mutual_information(model: torch.nn.Module, loader: torch.utils.data.DataLoad
 
 def main(args: list[str]) -> None:
     start = time.time()
-    cli = make_cli(["--config", "configs/mnist/dense.yaml", "--trainer.enable_progress_bar=false",
+    cli = make_cli(["--config", "configs/mnist/protocol.yaml", "--trainer.enable_progress_bar=false",
                     "--trainer.enable_model_summary=false", *args], run=False)
     if os.environ.get("GATE_ZERO") == "1":
         torch.nn.init.zeros_(cli.model.gate.mlp.head.weight)

@@ -6,7 +6,7 @@ The reference (``aaai_2022/notebooks/mnist_classification.ipynb`` of ``yamsgithu
 a gate over them; the gate is then reused with new experts (``gmnn.callbacks.GateTransfer``). This script
 writes a checkpoint holding only the experts, for ``init_experts_from`` (configs/methods/pair_experts.yaml)::
 
-    python scripts/pretrain_pair_experts.py --config configs/mnist/dense.yaml \\
+    python scripts/pretrain_pair_experts.py --config configs/mnist/protocol.yaml \\
         --set data.init_args.root=../shared/data --classes 0,7 1,9 2,4 3,8 5,6 --epochs 20 --out pair_experts.ckpt
 """
 
@@ -104,7 +104,8 @@ def parse_classes(items: Sequence[str]) -> list[list[int]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="gmnn config whose model and data to use")
+    parser.add_argument("--config", required=True, action="append",
+                        help="gmnn config whose model and data to use (repeat it: a protocol, then a method fragment)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--classes", nargs="+", help="each expert's classes, e.g. 0,7 1,9 2,4 3,8 5,6")
     parser.add_argument("--split", type=int, choices=range(len(REFERENCE_SPLITS)), help="one of the reference's 5 splits")
@@ -119,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from gmnn.cli import make_cli
 
-    cli = make_cli(["--config", options.config, *[f"--{s}" for s in options.set], "--trainer.logger=false"], run=False)
+    configs = [arg for path in options.config for arg in ("--config", path)]
+    cli = make_cli([*configs, *[f"--{s}" for s in options.set], "--trainer.logger=false"], run=False)
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")
     dataset = cli.datamodule.train_dataloader().dataset

@@ -2,8 +2,12 @@
 
 Example (the MNIST dense row over three seeds and two learning rates)::
 
-    python scripts/sweep.py --configs configs/mnist/dense.yaml --seeds 0 1 2 \\
-        --grid model.init_args.lr=0.001,0.003 --set data.init_args.root=../shared/data --out sweeps/mnist
+    python scripts/sweep.py --protocol configs/mnist/protocol.yaml --configs configs/methods/dense.yaml \\
+        --seeds 0 1 2 --grid model.init_args.lr=0.001,0.003 --set data.init_args.root=../shared/data --out sweeps/mnist
+
+With ``--protocol`` every ``--configs`` file is a method fragment composed after each protocol
+(``--config PROTOCOL --config METHOD``), and the configuration is named ``<protocol's folder>-<method>``
+(``mnist-dense``); without it every config is a whole config, named ``<its folder>-<its name>``.
 
 Every run trains with ``fit`` and is then tested on the final weights; it
 lives in ``OUT/<configuration>/seed<s>/`` (TensorBoard events, config, checkpoints) and is
@@ -40,11 +44,13 @@ class Run:
     config: Path
     seed: int
     overrides: dict[str, str] = field(default_factory=dict)
+    protocol: Path | None = None  # composed before ``config`` (a method fragment) when given
 
     @property
     def label(self) -> str:
-        """The configuration, a stable folder name: ``<dataset>-<config>__<key>=<value>...``."""
-        parts = [f"{self.config.parent.name}-{self.config.stem}"]
+        """The configuration, a stable folder name: ``<dataset>-<config>__<key>=<value>...`` (the dataset is the
+        protocol's folder, else the config's)."""
+        parts = [f"{(self.protocol or self.config).parent.name}-{self.config.stem}"]
         parts += [f"{key.replace('init_args.', '')}={value}" for key, value in self.overrides.items()]
         return re.sub(r"[^A-Za-z0-9._=+-]", "_", "__".join(parts))
 
@@ -56,8 +62,9 @@ class Run:
     def cli_args(self, out: Path, fixed: dict[str, str]) -> list[str]:
         """Arguments of ``gmnn fit`` for this run, logging into ``out/<label>/seed<s>``."""
         overrides = {**fixed, **self.overrides}
+        protocol = ["--config", str(self.protocol)] if self.protocol else []
         return [
-            "--config", str(self.config), f"--seed_everything={self.seed}",
+            *protocol, "--config", str(self.config), f"--seed_everything={self.seed}",
             f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={self.label}",
             f"--trainer.logger.init_args.version=seed{self.seed}", *QUIET,
             *(f"--{key}={value}" for key, value in overrides.items()),
@@ -75,12 +82,13 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
     return result
 
 
-def plan(configs: list[Path], seeds: list[int], grid: dict[str, str]) -> list[Run]:
-    """Every combination of config, grid point and seed, in a stable order."""
+def plan(configs: list[Path], seeds: list[int], grid: dict[str, str], protocols: list[Path] | None = None) -> list[Run]:
+    """Every combination of protocol (if any), config, grid point and seed, in a stable order."""
     keys = list(grid)
     values = [grid[key].split(",") for key in keys]
     return [
-        Run(config, seed, dict(zip(keys, point)))
+        Run(config, seed, dict(zip(keys, point)), protocol)
+        for protocol in (protocols or [None])
         for config in configs
         for point in itertools.product(*values)
         for seed in seeds
@@ -141,7 +149,8 @@ def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log: Callable[[str]
             log(f"{prefix}: FAILED: {type(error).__name__}: {error}")
             continue
         durations.append(time.time() - start)
-        record = {"run": run.name, "config": str(run.config), "seed": run.seed, **run.overrides,
+        record = {"run": run.name, "config": str(run.config), **({"protocol": str(run.protocol)} if run.protocol else {}),
+                  "seed": run.seed, **run.overrides,
                   "wall_s": round(durations[-1], 1), **metrics}
         result_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = result_path.with_suffix(".tmp")
@@ -163,7 +172,10 @@ def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log: Callable[[str]
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", type=Path, required=True, help="gmnn YAML configs")
+    parser.add_argument("--configs", nargs="+", type=Path, required=True,
+                        help="gmnn YAML configs (with --protocol: method fragments, e.g. configs/methods/*.yaml)")
+    parser.add_argument("--protocol", nargs="+", type=Path, default=[], dest="protocols",
+                        help="protocols to compose every --configs file after, e.g. configs/mnist/protocol.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="values of seed_everything")
     parser.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2",
                         help="overrides to sweep, e.g. model.init_args.lr=0.001,0.003 (all combinations)")
@@ -178,10 +190,15 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         grid, fixed = parse_assignments(args.grid, "--grid"), parse_assignments(args.fixed, "--set")
     except ValueError as error:
         parser.error(str(error))
-    for config in args.configs:
-        if not config.is_file():
-            parser.error(f"--configs: no such file {config}")
-    runs = plan(args.configs, args.seeds, grid)
+    for flag, paths in (("--configs", args.configs), ("--protocol", args.protocols)):
+        for path in paths:
+            if not path.is_file():
+                parser.error(f"{flag}: no such file {path}")
+    labels = [run.label for run in plan(args.configs, [0], {}, args.protocols)]
+    if len(set(labels)) < len(labels):
+        parser.error(f"--configs/--protocol: two runs would share a folder name ({sorted(labels)}); "
+                     "give configs of different names or folders")
+    runs = plan(args.configs, args.seeds, grid, args.protocols)
     if args.dry_run:
         for run in runs:
             state = "finished" if (args.out / run.name / RESULT_FILE).exists() else "to run"

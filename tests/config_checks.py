@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,27 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_run(cli: Any, config: Path, overridden: tuple[str, ...] = ()) -> None:
-    """Assert that ``cli`` (a finished ``fit``) built what ``config`` says, logged its metrics, and descended."""
-    spec = yaml.safe_load(config.read_text())["model"]
+def composed_model(configs: Path | Sequence[Path]) -> dict[str, Any]:
+    """The ``model`` section that ``--config A --config B ...`` should give, merged here by hand: the last
+    ``class_path``, and every file's ``init_args`` in order (a later file's value wins), so that a method
+    fragment keeps the protocol's architecture and optimizer."""
+    spec: dict[str, Any] = {"init_args": {}}
+    for path in [configs] if isinstance(configs, Path) else configs:
+        model = yaml.safe_load(path.read_text()).get("model") or {}
+        spec["class_path"] = model.get("class_path", spec.get("class_path"))
+        spec["init_args"].update(model.get("init_args") or {})
+    return spec
+
+
+def check_run(cli: Any, configs: Path | Sequence[Path], overridden: tuple[str, ...] = ()) -> None:
+    """Assert that ``cli`` (a finished ``fit``) built what ``configs`` (one file, or a protocol and its method
+    fragment) say, logged its metrics, and descended."""
+    spec = composed_model(configs)
     model: MoEModule = cli.model
     assert f"{type(model).__module__.rsplit('.', 1)[0]}.{type(model).__name__}" == spec["class_path"]
-    init_args = spec.get("init_args", {})
+    init_args = spec["init_args"]
+    if type(model).__name__ == "SingleModel":
+        overridden = (*overridden, "num_experts")  # always 1: a protocol's num_experts is not used
     for key, value in init_args.items():
         if key not in overridden:
             assert _same(model.hparams[key], value), f"{key}: built {model.hparams[key]!r}, config {value!r}"

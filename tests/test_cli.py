@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from gmnn.cli import make_cli
+from gmnn.cli import main, make_cli
 from gmnn.models import MoEModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +41,35 @@ def test_the_readme_first_command_prints_no_warning(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_config_passes_print_config(config: Path) -> None:
+    """A method fragment (configs/methods) is checked after the toy protocol, every other config alone."""
+    fragment = config.parent == ROOT / "configs" / "methods"
+    before = ["--config", str(ROOT / "configs/toy/protocol.yaml")] if fragment else []
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as exit_info:
-        make_cli(["fit", "--config", str(config), "--print_config"])
+        make_cli(["fit", *before, "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(stdout.getvalue())
     assert printed["model"]["class_path"] == yaml.safe_load(config.read_text())["model"]["class_path"]
+    assert ("class_path" not in (yaml.safe_load(config.read_text()).get("data") or {})) == fragment
+
+
+@pytest.mark.parametrize("args", [["--config", "FRAGMENT"], ["--config=FRAGMENT", "--trainer.max_epochs=1"], ["-c", "FRAGMENT"]])
+def test_a_method_fragment_alone_is_refused_with_a_one_line_error(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fragment = str(ROOT / "configs/methods/gateless.yaml")  # it sets data.init_args, not the data module
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *(a.replace("FRAGMENT", fragment) for a in args), f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--config {fragment}: no data module in any config" in err and "protocol.yaml --config FRAGMENT" in err
+    # with a protocol first, or with the data module given on the command line, it is a whole config
+    cli = make_cli(["--config", str(ROOT / "configs/toy/protocol.yaml"), "--config", fragment], run=False)
+    assert cli.model.hparams.expert_hidden == [8] and cli.model.hparams.gate_hidden == [32]
+    assert cli.datamodule.hparams.problem == "checkerboard"
+    importance = str(ROOT / "configs/methods/importance.yaml")
+    cli = make_cli(["--config", importance, "--data=gmnn.data.ToyDataModule"], run=False)
+    assert cli.model.regularizer_weights == {"importance": 0.2}
 
 
 def test_data_sizes_are_linked_into_the_model(tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ def test_default_stays_fused_adam_and_its_cosine_schedule_is_logged(tmp_path: Pa
 
 def test_optimizer_for_a_manually_optimized_variant_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs/methods/dual_temperature.yaml"), "--optimizer", "torch.optim.SGD",
+        main(["fit", "--config", str(ROOT / "configs/toy/protocol.yaml"), "--config", str(ROOT / "configs/methods/dual_temperature.yaml"),
+              "--optimizer", "torch.optim.SGD",
               "--optimizer.lr", "0.1", f"--trainer.logger.init_args.save_dir={tmp_path}"])
     assert exit_info.value.code == 1
     assert "--optimizer: DualTemperatureMoE steps its own optimizers" in capsys.readouterr().err

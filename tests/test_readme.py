@@ -108,3 +108,30 @@ def test_paper_mode_example_builds_the_options_and_states_the_loss_floor(capsys)
     torch.testing.assert_close(out.log_probs, torch.log_softmax(mixture, dim=-1))
     assert "1.461 nats" in capsys.readouterr().out
     assert math.isclose(float(namespace["floor"]), math.log(1 + 9 / math.e), rel_tol=1e-6)
+
+
+def _bash_commands(text: str) -> list[list[str]]:
+    """The README's shell commands (``gmnn`` and ``python scripts/...``), continuation lines joined, braces expanded."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line.startswith(("gmnn ", "python scripts/")):
+                words = []
+                for word in line.split():
+                    match = re.fullmatch(r"(.*)\{([^}]*,[^}]*)\}(.*)", word)
+                    words += [f"{match[1]}{choice}{match[3]}" for choice in match[2].split(",")] if match else [word]
+                commands.append(words)
+    return commands
+
+
+def test_every_config_the_readme_names_exists_and_no_fragment_runs_alone() -> None:
+    from gmnn.fragments import check_not_fragments_alone
+
+    commands = _bash_commands(README)
+    paths = [w for c in commands for w in c if re.fullmatch(r"configs/\S+\.yaml", w)]
+    assert len(paths) > 40 and "configs/methods/importance.yaml" in paths and "configs/mnist/protocol.yaml" in paths
+    assert [p for p in paths if not list(ROOT.glob(p))] == []  # a glob (configs/paper/mnist/*.yaml) matches files
+    for command in commands:
+        if command[:2] in (["gmnn", "fit"], ["gmnn", "test"], ["gmnn", "predict"]):
+            check_not_fragments_alone([str(ROOT / w) if w.startswith("configs/") else w for w in command[2:]])

@@ -19,8 +19,9 @@ SCHEDULED_TOPK = [  # a temperature that decays from epoch 1, and a regularizer
     "--model.init_args.temperature_decay_start=1", "--model.init_args.temperature_min=0.1",
     "--model.init_args.regularizers={importance: 0.2}",
 ]
-STOCHASTIC = ["configs/methods/stochastic.yaml"]  # samples an expert per sample: needs the random state back
-INIT_SEARCH = ["configs/methods/init_search.yaml", "--trainer.callbacks.candidates=2"]  # skipped when resuming
+TOY = "configs/toy/protocol.yaml"  # the method fragments follow it
+STOCHASTIC = [TOY, "--config", str(ROOT / "configs/methods/stochastic.yaml")]  # samples an expert per sample: needs the random state back
+INIT_SEARCH = [TOY, "--config", str(ROOT / "configs/methods/init_search.yaml"), "--trainer.callbacks.candidates=2"]  # skipped when resuming
 
 
 def _fit(save_dir: Path, epochs: int, config: list[str], *extra: str):

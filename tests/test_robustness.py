@@ -143,7 +143,7 @@ def test_an_empty_training_set_is_an_error_not_a_silent_no_op() -> None:
 
 def test_a_missing_data_root_names_the_folder_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs/mnist/dense.yaml"), f"--data.init_args.root={tmp_path}",
+        main(["fit", "--config", str(ROOT / "configs/mnist/protocol.yaml"), f"--data.init_args.root={tmp_path}",
               "--trainer.logger=false"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err

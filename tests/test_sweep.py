@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("sweep", ROOT / "scripts" / "sweep.py")
@@ -45,9 +47,34 @@ def test_sweep_runs_every_combination_once_and_resumes(tmp_path: Path) -> None:
 
 
 def test_grid_is_the_product_of_its_values() -> None:
-    runs = sweep.plan([Path("configs/mnist/dense.yaml")], [0, 1, 2], {"a.lr": "1,2", "b.batch": "8,16,32"})
+    runs = sweep.plan([Path("configs/toy/dense.yaml")], [0, 1, 2], {"a.lr": "1,2", "b.batch": "8,16,32"})
     assert len(runs) == 18 and len({r.name for r in runs}) == 18
-    assert runs[0].overrides == {"a.lr": "1", "b.batch": "8"} and runs[0].name == "mnist-dense__a.lr=1__b.batch=8/seed0"
+    assert runs[0].overrides == {"a.lr": "1", "b.batch": "8"} and runs[0].name == "toy-dense__a.lr=1__b.batch=8/seed0"
+
+
+def test_protocols_times_methods_are_named_after_the_protocols_dataset() -> None:
+    protocols = [Path("configs/mnist/protocol.yaml"), Path("configs/cifar10/protocol.yaml")]
+    methods = [Path("configs/methods/dense.yaml"), Path("configs/methods/importance.yaml")]
+    runs = sweep.plan(methods, [0, 1], {}, protocols)
+    assert [r.name for r in runs[::2]] == ["mnist-dense/seed0", "mnist-importance/seed0", "cifar10-dense/seed0",
+                                           "cifar10-importance/seed0"]  # the names gmnn.reference maps to its rows
+    args = runs[2].cli_args(Path("out"), {})
+    assert args[:4] == ["--config", "configs/mnist/protocol.yaml", "--config", "configs/methods/importance.yaml"]
+
+
+def test_a_protocol_sweep_trains_the_composed_config(tmp_path: Path) -> None:
+    args = ["--protocol", str(ROOT / "configs/toy/protocol.yaml"), "--configs", str(ROOT / "configs/methods/importance.yaml"),
+            "--set", *TINY, "--out", str(tmp_path)]
+    assert sweep.main(args) == {"ran": 1, "skipped": 0, "failed": 0}
+    run = tmp_path / "toy-importance" / "seed0"
+    record = json.loads((run / "result.json").read_text())
+    assert record["protocol"].endswith("configs/toy/protocol.yaml") and record["config"].endswith("methods/importance.yaml")
+    model = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
+    assert model["regularizers"] == {"importance": 0.2} and model["expert_hidden"] == [32, 32]  # method + protocol
+    with pytest.raises(SystemExit):  # a missing protocol is named
+        sweep.main(["--protocol", str(tmp_path / "nope.yaml"), *args[2:]])
+    with pytest.raises(SystemExit):  # two runs in one folder
+        sweep.main([*args[:3], str(ROOT / "configs/methods/importance.yaml"), *args[3:]])
 
 
 def test_malformed_override_is_refused(tmp_path: Path) -> None:

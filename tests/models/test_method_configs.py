@@ -1,4 +1,5 @@
-"""Every config under configs/methods builds the model it names, logs its loss terms and descends."""
+"""Every method fragment under configs/methods, after the toy protocol, builds the model it names, logs its loss
+terms and descends."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import yaml
 
 from gmnn.cli import make_cli
 from gmnn.models import DenseMoE
-from tests.config_checks import FIRST_STEP, check_run
+from tests.config_checks import FIRST_STEP, check_run, composed_model
 
 ROOT = Path(__file__).resolve().parents[2]
+TOY_PROTOCOL = ROOT / "configs" / "toy" / "protocol.yaml"
 METHOD_CONFIGS = sorted((ROOT / "configs" / "methods").glob("*.yaml"))
 
 
@@ -27,7 +29,7 @@ def _experts_checkpoint(path: Path, expert_hidden: list[int]) -> str:
 def test_method_config_builds_its_model_logs_its_terms_and_descends(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    init_args = composed_model([TOY_PROTOCOL, config])["init_args"]
     extra = []
     gate_checkpoint = None
     for callback in yaml.safe_load(config.read_text()).get("trainer", {}).get("callbacks", []) or []:
@@ -44,10 +46,10 @@ def test_method_config_builds_its_model_logs_its_terms_and_descends(
     short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
              "--figures.grid_size=20"]  # figures on, on a coarse grid
     cli = make_cli(
-        ["fit", "--config", str(config), *short, "--data.init_args.num_samples=600",
+        ["fit", "--config", str(TOY_PROTOCOL), "--config", str(config), *short, "--data.init_args.num_samples=600",
          f"--trainer.logger.init_args.save_dir={tmp_path}", FIRST_STEP, *extra]
     )
-    check_run(cli, config, overridden=("init_experts_from",))
+    check_run(cli, [TOY_PROTOCOL, config], overridden=("init_experts_from",))
     if init_args.get("init_experts_from"):  # the experts are the checkpoint's, and frozen ones stay so
         saved = torch.load(tmp_path / "experts.ckpt", weights_only=False)["state_dict"]
         for name, value in cli.model.experts.state_dict().items():
