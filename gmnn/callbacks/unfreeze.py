@@ -61,7 +61,10 @@ class UnfreezeExperts(BaseFinetuning):
         assert self.unfreeze_epoch is not None
         if epoch < self.unfreeze_epoch or all(p.requires_grad for p in pl_module.experts.parameters()):
             return
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if all(id(p) in in_optimizer for p in pl_module.experts.parameters()):
+            self.make_trainable(pl_module.experts)  # resumed: the experts' group was restored with the optimizer
+            return
         if epoch == self.unfreeze_epoch and self.reset_optimizer_state:
             optimizer.state.clear()
-        # after a resume the experts' group is already in the optimizer: only their requires_grad is restored
         self.unfreeze_and_add_param_group(pl_module.experts, optimizer, lr=optimizer.param_groups[0]["lr"])

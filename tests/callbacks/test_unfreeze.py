@@ -32,7 +32,7 @@ class Snapshots(pl.Callback):
 def fit(model: DenseMoE, callbacks: list[pl.Callback], tmp_path: Path, epochs: int = 4, **kwargs) -> pl.Trainer:
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path, **kwargs)
-    trainer.fit(model, DataLoader(four_blobs(), batch_size=64, shuffle=True))
+    trainer.fit(model, DataLoader(four_blobs(), batch_size=64, shuffle=True), DataLoader(four_blobs(), batch_size=256))
     return trainer
 
 
@@ -58,12 +58,14 @@ def test_resumed_after_the_unfreezing_the_experts_keep_training(tmp_path: Path) 
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[UnfreezeExperts(epoch=1), checkpoint], default_root_dir=tmp_path)
-    trainer.fit(DenseMoE(**COMMON), DataLoader(four_blobs(), batch_size=64))
+    trainer.fit(DenseMoE(**COMMON), DataLoader(four_blobs(), batch_size=64), DataLoader(four_blobs(), batch_size=256))
     snapshots = Snapshots()
     resumed = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[snapshots, UnfreezeExperts(epoch=1)], default_root_dir=tmp_path)
+                         callbacks=[snapshots, UnfreezeExperts(epoch=1), pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+                         default_root_dir=tmp_path)
     model = DenseMoE(**COMMON)
-    resumed.fit(model, DataLoader(four_blobs(), batch_size=64), ckpt_path=str(tmp_path / "last.ckpt"))
+    resumed.fit(model, DataLoader(four_blobs(), batch_size=64), DataLoader(four_blobs(), batch_size=256),
+                ckpt_path=str(tmp_path / "last.ckpt"))
     assert all(p.requires_grad for p in model.experts.parameters())
     assert not torch.equal(snapshots.experts[0], torch.cat([p.detach().flatten() for p in model.experts.parameters()]))
     assert len(resumed.optimizers[0].param_groups) == 2  # restored, not added twice
