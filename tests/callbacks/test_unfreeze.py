@@ -54,6 +54,7 @@ def test_without_reset_the_optimizer_keeps_counting(tmp_path: Path) -> None:
     assert snapshots.steps == [0, 4, 8]
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumed into its own folder
 def test_resumed_after_the_unfreezing_the_experts_keep_training(tmp_path: Path) -> None:
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
