@@ -173,9 +173,13 @@ def fit_summary(trainer: Any, log_dir: str | None = None) -> str:
 def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
     """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config).
 
+    Installs :func:`gmnn.quiet.silence_known_warnings`, so runs built from Python (sweeps, notebooks)
+    are as quiet as the ``gmnn`` command.
+
     Raises:
         ValueError: the ``--config`` files are method fragments without a protocol before them.
     """
+    silence_known_warnings()
     if not isinstance(args, dict):
         check_not_fragments_alone(sys.argv[1:] if args is None else args)
     with _only_these_args(args):

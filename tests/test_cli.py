@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 import os
 import subprocess
 import sys
@@ -112,3 +113,13 @@ def test_test_and_predict_from_a_checkpoint(tmp_path: Path) -> None:
     batches = predict.trainer.predict_loop.predictions
     assert batches and batches[0]["probs"].shape[1] == 2
     torch.testing.assert_close(batches[0]["probs"].sum(-1), torch.ones(len(batches[0]["probs"])))
+
+
+def test_runs_built_from_python_are_as_quiet_as_the_command(tmp_path: Path) -> None:
+    """make_cli (what sweeps and notebooks call) installs the same narrow third-party filters as ``gmnn``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_cli(["fit", "--config", str(ROOT / "configs/toy/dense.yaml"), "--trainer.max_epochs=1",
+                  "--data.init_args.num_samples=400", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "LeafSpec" in m or "It is recommended to use `self.log('train/" in m], messages
