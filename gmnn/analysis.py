@@ -374,7 +374,7 @@ def main(args: list[str] | None = None) -> None:
     import yaml
     from jsonargparse import ArgumentParser
 
-    from gmnn.models.loading import saved_class
+    from gmnn.checkpoints.variants import saved_class
 
     ckpt = Path(parsed.ckpt_path)
     if not ckpt.is_file():

@@ -28,7 +28,7 @@ from gmnn.quiet import silence_known_warnings
 from gmnn.run_folder import run_folder
 from gmnn.callbacks.run_config import RunConfig
 from gmnn.fragments import check_not_fragments_alone
-from gmnn.resume import (
+from gmnn.checkpoints.resume import (
     check_ckpt_path,
     check_config_fits_checkpoint,
     check_readable,

@@ -187,7 +187,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "reviving a dead expert only adds noise to it instead of copying the busiest expert",
     ),
     Mutation(
-        "resume_ignores_checkpoint", "gmnn/resume.py",
+        "resume_ignores_checkpoint", "gmnn/checkpoints/resume.py",
         "    path = find_last_checkpoint(config, experiment)\n    if path is None:",
         "    path = None\n    if path is None:",
         ("tests/test_resume.py", "tests/test_cli.py"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from gmnn.models.reuse import load_gate
+from gmnn.checkpoints.reuse import load_gate
 
 
 class GateTransfer(pl.Callback):

@@ -11,6 +11,8 @@ from pytorch_lightning import Callback, LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gmnn.checkpoints.hooks import CheckpointHooks
+from gmnn.checkpoints.reuse import load_experts
 from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.checks import (
     check_training_precision,
@@ -19,9 +21,7 @@ from gmnn.models.checks import (
     check_labels,
 )
 from gmnn.models.guards import StepGuards
-from gmnn.models.checkpoint_hooks import CheckpointHooks
 from gmnn.models.regularization import check_regularizers, regularizer_values
-from gmnn.models.reuse import load_experts
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean

@@ -14,8 +14,8 @@ import torch
 import yaml
 from pytorch_lightning.utilities import rank_zero_only
 
-from gmnn.models.checks import check_checkpoint_matches
-from gmnn.models.loading import CLASS_KEY
+from gmnn.checkpoints.compatibility import check_checkpoint_matches
+from gmnn.checkpoints.variants import CLASS_KEY
 
 LAST = "last.ckpt"
 SPECIAL_PATHS = ("last", "best", "hpc", "registry")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from gmnn.models.checks import RNG_KEY, check_checkpoint_matches, explain_overrides, rng_states, set_rng_states
-from gmnn.models.loading import CLASS_KEY, class_path_of, variant_of_checkpoint
+from gmnn.checkpoints.compatibility import RNG_KEY, check_checkpoint_matches, explain_overrides, rng_states, set_rng_states
+from gmnn.checkpoints.variants import CLASS_KEY, class_path_of, variant_of_checkpoint
 
 TEMPERATURE_KEY = "gmnn_temperature"
 
