@@ -133,7 +133,13 @@ class ExpertParallel(Callback):
     @staticmethod
     def shardable_layers(pl_module: torch.nn.Module) -> list[tuple[str, MoELayer]]:
         """The ``(name, layer)`` of every :class:`~gmnn.nn.MoELayer` to shard; a one-line ``ValueError`` for one that cannot."""
-        layers = [(name, module) for name, module in pl_module.named_modules() if type(module) is MoELayer]
+        layers = [(name, module) for name, module in pl_module.named_modules() if isinstance(module, MoELayer)]
+        for name, module in layers:
+            if type(module) is not MoELayer and not isinstance(module, ExpertParallelMoELayer):
+                raise ValueError(f"{name}: ExpertParallel shards MoELayer itself, not the subclass {type(module).__name__} "
+                                 "(its forward may differ from the sharded layer's); use MoELayer, or shard it yourself "
+                                 "with gmnn.nn.ExpertParallelMoELayer")
+        layers = [(name, module) for name, module in layers if type(module) is MoELayer]
         for name, module in layers:
             check_shardable(module, name)
         return layers

@@ -26,3 +26,16 @@ def test_token_choice_layers_are_all_found(router: str) -> None:
 def test_expert_parallel_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="expert_parallel_size"):
         ExpertParallel(expert_parallel_size=0)
+
+
+def test_a_moe_layer_subclass_is_refused_by_name_not_left_unsharded() -> None:
+    from gmnn.nn import MoELayer
+
+    class Scaled(MoELayer):
+        def forward(self, x, mask=None):  # a custom forward the sharded layer would not run
+            return super().forward(2 * x, mask)
+
+    model = MoETransformerLM(**SMALL)
+    model.blocks[1].ffn = Scaled(16, 16, 4)
+    with pytest.raises(ValueError, match=r"^blocks\.1\.ffn: ExpertParallel shards MoELayer itself, not the subclass Scaled"):
+        ExpertParallel.shardable_layers(model)
