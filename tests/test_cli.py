@@ -111,7 +111,7 @@ def test_test_and_predict_from_a_checkpoint(tmp_path: Path) -> None:
     assert 0.0 <= test.trainer.callback_metrics["test/acc"] <= 1.0
     predict = make_cli(["predict", "--ckpt_path", ckpt, *common])
     batches = predict.trainer.predict_loop.predictions
-    assert batches and batches[0]["probs"].shape[1] == 2
+    assert batches and batches[0]["probs"].shape[1] == 8  # split_discs: 8 classes
     torch.testing.assert_close(batches[0]["probs"].sum(-1), torch.ones(len(batches[0]["probs"])))
 
 

@@ -84,7 +84,7 @@ def test_readme_ddp_command_finishes_and_its_metrics_equal_one_process(tmp_path:
 
     last = runs[0] / "checkpoints" / "last.ckpt"
     model = MoEModule.load_from_checkpoint(last)
-    data = ToyDataModule(problem="checkerboard_4x4", **DATA)
+    data = ToyDataModule(problem="split_discs", **DATA)  # the problem of configs/toy/dense.yaml
     (val,) = tiny_trainer().validate(model, datamodule=data, verbose=False)
     logged = _last_logged(runs[0], "val/")
     assert {"val/loss", "val/acc", "val/mutual_information"} <= set(logged)

@@ -64,8 +64,8 @@ def test_cli_refuses_a_mismatched_ckpt_path_before_training(toy_run: tuple[Path,
         make_cli(["fit", "--ckpt_path", str(ckpt), *common])
     with pytest.raises(ValueError, match=r"holds a DenseMoE with num_experts=3, but the config asks for a TopKMoE"):
         make_cli(["test", "--ckpt_path", str(ckpt), *common, "--model=gmnn.models.TopKMoE", "--model.init_args.num_experts=3"])
-    # the data decides num_classes: a 3-class problem cannot reuse a 2-class checkpoint
-    with pytest.raises(ValueError, match=r"does not fit this DenseMoE: num_classes=2 in the checkpoint but 3 in the model"):
+    # the data decides num_classes: a 3-class problem cannot reuse an 8-class (split_discs) checkpoint
+    with pytest.raises(ValueError, match=r"does not fit this DenseMoE: num_classes=8 in the checkpoint but 3 in the model"):
         make_cli(["test", "--ckpt_path", str(ckpt), *common, "--model.init_args.num_experts=3",
                   "--data.init_args.problem=gaussian_clusters"])
     with pytest.raises(ValueError, match=r"--ckpt_path nowhere.ckpt does not exist"):
@@ -102,7 +102,7 @@ def test_checkpoint_holds_model_and_data_settings(toy_run: tuple[Path, dict]) ->
     checkpoint = torch.load(toy_run[0] / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["hyper_parameters"]["num_experts"] == 3
     assert checkpoint["datamodule_hyper_parameters"]["num_samples"] == 400
-    assert checkpoint["datamodule_hyper_parameters"]["problem"] == "checkerboard_4x4"
+    assert checkpoint["datamodule_hyper_parameters"]["problem"] == "split_discs"
 
 
 def test_saved_config_and_checkpoint_reproduce_the_logged_metrics(toy_run: tuple[Path, dict], tmp_path: Path) -> None:

@@ -63,6 +63,32 @@ def gaussian_clusters(n: int, noise: float, generator: torch.Generator) -> tuple
     return _blobs(centres, torch.arange(3), n, 0.2 + noise, generator)
 
 
+#: Centres of ``split_discs``' discs, disc q holding classes 2q and 2q+1.
+DISC_CENTRES = ((-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
+DISC_RADIUS = 0.35
+
+
+def split_discs(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Four discs, each cut in two classes: 8 classes, two per disc.
+
+    Disc q (radius 0.35, centred at (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5),
+    (0.5, 0.5) for q = 0..3) holds classes 2q and 2q+1, split by a line
+    through its centre whose normal points at q * 45 degrees: a sample is
+    class 2q+1 on the side the normal points to. Points are uniform on the
+    discs (about n/4 per disc); ``noise`` moves them after labelling. A gate
+    can route each disc to its own expert, which then owns two classes.
+    """
+    disc = torch.randint(0, len(DISC_CENTRES), (n,), generator=generator)
+    angle = torch.rand(n, generator=generator) * 2 * math.pi
+    radius = DISC_RADIUS * torch.rand(n, generator=generator).sqrt()
+    offset = torch.stack([radius * angle.cos(), radius * angle.sin()], 1)
+    normal_angle = disc.float() * math.pi / 4
+    normal = torch.stack([normal_angle.cos(), normal_angle.sin()], 1)
+    labels = 2 * disc + ((offset * normal).sum(1) > 0).long()
+    points = torch.tensor(DISC_CENTRES)[disc] + offset
+    return points + noise * torch.randn(n, 2, generator=generator), labels
+
+
 def stratified_split(labels: Tensor, val_fraction: float, test_fraction: float,
                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Train, validation and test indices holding ``round(fraction * n_c)`` random samples of every class c."""
@@ -84,6 +110,7 @@ PROBLEMS: dict[str, tuple[Generator, int]] = {
     "circles": (circles, 2),
     "two_blobs_vs_one": (two_blobs_vs_one, 2),
     "gaussian_clusters": (gaussian_clusters, 3),
+    "split_discs": (split_discs, 8),
     # the reference implementation's problems (gmnn/data/reference_toys.py)
     "quadrants_rotated": (reference_toys.quadrants_rotated, 2),
     "disc": (reference_toys.disc, 2),
@@ -96,7 +123,8 @@ class ToyDataModule(SplitDataModule):
 
     Problems: ``checkerboard`` (2x2), ``checkerboard_4x4``,
     ``rotated_checkerboard``, ``circles``, ``two_blobs_vs_one`` and
-    ``gaussian_clusters`` (3 classes); and the reference implementation's
+    ``gaussian_clusters`` (3 classes), ``split_discs`` (8 classes, two per
+    disc: the first run's problem); and the reference implementation's
     (``helper/data_generator.py`` of ``yamsgithub/modular_deep_learning``):
     ``quadrants_rotated`` (the 4x4 board with its quadrants rotated by 30, 45,
     60 and 120 degrees), ``disc`` and ``board_3x2``. Inputs lie roughly in
