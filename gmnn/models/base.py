@@ -272,6 +272,12 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             epoch, hp.temperature, hp.temperature_decay, hp.temperature_decay_start, hp.temperature_min
         )
 
+    def on_train_start(self) -> None:
+        """Train in training mode even after ``model.eval()`` before ``fit``: Lightning keeps the mode it finds,
+        and gmnn's regularizers, noise and sampling act only in training mode."""
+        if not self.training:
+            self.train()
+
     def on_train_epoch_start(self) -> None:
         self.set_temperature(self.current_epoch)
         self.train_gate_mean.reset()
