@@ -23,11 +23,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.predictions import PredictionWriter
-from gmnn.models.base import MoEModule
-from gmnn.quiet import silence_known_warnings
-from gmnn.run_folder import run_folder
 from gmnn.callbacks.run_config import RunConfig
-from gmnn.fragments import check_not_fragments_alone
 from gmnn.checkpoints.resume import (
     check_ckpt_path,
     check_config_fits_checkpoint,
@@ -37,6 +33,10 @@ from gmnn.checkpoints.resume import (
     log_into_checkpoint_run,
     resolve_last,
 )
+from gmnn.fragments import check_not_fragments_alone
+from gmnn.models.base import MoEModule
+from gmnn.quiet import silence_known_warnings
+from gmnn.run_folder import run_folder
 
 TRAINER_DEFAULTS = {
     "logger": {

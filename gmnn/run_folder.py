@@ -36,10 +36,3 @@ def run_folder(trainer: Trainer) -> str | None:
     folder = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
     return trainer.strategy.broadcast(folder)
 
-
-def image_logger(trainer: Trainer):
-    """The first logger that takes images through ``log_image(key, images, step)`` (W&B's, Neptune's, ...), else ``None``."""
-    for logger in trainer.loggers:
-        if callable(getattr(logger, "log_image", None)):
-            return logger
-    return None

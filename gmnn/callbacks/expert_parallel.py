@@ -28,9 +28,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from gmnn.nn.expert_parallel import ExpertParallelMoELayer, check_shardable, clip_grad_norm_, expert_keys
 from gmnn.nn.moe_layer import MoELayer
@@ -133,15 +133,16 @@ class ExpertParallel(Callback):
     @staticmethod
     def shardable_layers(pl_module: torch.nn.Module) -> list[tuple[str, MoELayer]]:
         """The ``(name, layer)`` of every :class:`~gmnn.nn.MoELayer` to shard; a one-line ``ValueError`` for one that cannot."""
-        layers = [(name, module) for name, module in pl_module.named_modules() if isinstance(module, MoELayer)]
-        for name, module in layers:
-            if type(module) is not MoELayer and not isinstance(module, ExpertParallelMoELayer):
+        layers = []
+        for name, module in pl_module.named_modules():
+            if not isinstance(module, MoELayer) or isinstance(module, ExpertParallelMoELayer):
+                continue
+            if type(module) is not MoELayer:
                 raise ValueError(f"{name}: ExpertParallel shards MoELayer itself, not the subclass {type(module).__name__} "
                                  "(its forward may differ from the sharded layer's); use MoELayer, or shard it yourself "
                                  "with gmnn.nn.ExpertParallelMoELayer")
-        layers = [(name, module) for name, module in layers if type(module) is MoELayer]
-        for name, module in layers:
             check_shardable(module, name)
+            layers.append((name, module))
         return layers
 
     def _take_over_norm_clipping(self, trainer: pl.Trainer) -> None:

@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from pytorch_lightning.loggers import Logger, TensorBoardLogger  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gmnn.run_folder import image_logger, run_folder  # noqa: E402
+from gmnn.run_folder import run_folder  # noqa: E402
 from gmnn.validation import check_positive_int  # noqa: E402
 
 
@@ -25,6 +25,14 @@ def tensorboard_writer(trainer: Trainer) -> Any | None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
+    return None
+
+
+def image_logger(trainer: Trainer) -> Logger | None:
+    """The first logger that takes images through ``log_image(key, images, step)`` (W&B's, ...), else ``None``."""
+    for logger in trainer.loggers:
+        if callable(getattr(logger, "log_image", None)):
+            return logger
     return None
 
 
@@ -208,7 +216,7 @@ class DecompositionFigures(Callback):
 FIGURES_DIR = "figures"
 
 
-def figure_pixels(fig: plt.Figure) -> Any:
+def figure_pixels(fig: plt.Figure) -> np.ndarray:
     """``fig`` as an ``[H, W, 3]`` uint8 array (what image-taking loggers accept), the figure closed."""
     fig.canvas.draw()
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from gmnn.checkpoints.compatibility import check_checkpoint_matches
 from gmnn.checkpoints.variants import CLASS_KEY
+from gmnn.run_folder import FOLDER_LOGGERS as FOLDER_LOGGER_CLASSES
 
 LAST = "last.ckpt"
 SPECIAL_PATHS = ("last", "best", "hpc", "registry")
@@ -30,8 +31,13 @@ def _get(namespace: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-#: Loggers that write ``<save_dir>/<name>/version_N`` themselves (their ``name`` argument is the folder).
-FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+#: Class names of the loggers that write ``<save_dir>/<name>/version_N`` themselves (``name`` is the folder).
+FOLDER_LOGGERS = tuple(logger.__name__ for logger in FOLDER_LOGGER_CLASSES)
+
+
+def _logger_kind(logger: Any) -> str:
+    """The class name of a logger entry of the config (``TensorBoardLogger``, ...; ``""`` when unknown)."""
+    return str(_get(logger, "class_path", "")).rpartition(".")[2]
 
 
 def run_root(config: Any) -> tuple[Path, str] | None:
@@ -53,7 +59,7 @@ def run_root(config: Any) -> tuple[Path, str] | None:
     logger = logger[0] if isinstance(logger, (list, tuple)) else logger
     init_args = _get(logger, "init_args")
     save_dir = _get(init_args, "save_dir")
-    if str(_get(logger, "class_path", "")).rpartition(".")[2] in FOLDER_LOGGERS:
+    if _logger_kind(logger) in FOLDER_LOGGERS:
         if save_dir is None:
             return None
         return Path(save_dir) / _get(init_args, "name", "lightning_logs"), "*/checkpoints/*.ckpt"
@@ -198,16 +204,16 @@ def log_into_checkpoint_run(config: Any, subcommand: str) -> Path | None:
         return None
     checkpoint = Path(ckpt_path).resolve()
     run = checkpoint.parent.parent
-    init_args = _get(_get(_get(config, "trainer"), "logger"), "init_args")
+    logger = _get(_get(config, "trainer"), "logger")
+    init_args = _get(logger, "init_args")
     if checkpoint.parent.name != "checkpoints" or not (run / "config.yaml").is_file() or init_args is None:
         return None
     if init_args.get("version") is not None:  # pinned by the user
         return None
-    kind = str(_get(_get(_get(config, "trainer"), "logger"), "class_path", "")).rpartition(".")[2]
     if "sub_dir" in init_args:  # TensorBoard's logger
         init_args["save_dir"], init_args["name"] = str(run.parent.parent), run.parent.name
         init_args["version"], init_args["sub_dir"] = run.name, subcommand
-    elif kind == "CSVLogger":  # log_dir = <save_dir>/<name>/<version>
+    elif _logger_kind(logger) == "CSVLogger":  # log_dir = <save_dir>/<name>/<version>
         init_args["save_dir"], init_args["name"] = str(run.parent.parent), f"{run.parent.name}/{run.name}"
         init_args["version"] = subcommand
         for key in ("checkpoint", "last_checkpoint"):  # still the run's checkpoints/, not <run>/<subcommand>/checkpoints

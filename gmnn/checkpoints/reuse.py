@@ -8,6 +8,24 @@ import torch
 from torch import nn
 
 PREFIX = "experts."
+GATE_PREFIX = "gate."
+
+
+def _saved_under(prefix: str, checkpoint_path: str, option: str, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a gmnn checkpoint under ``prefix``, the prefix removed (a ``ValueError`` naming ``option``)."""
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise ValueError(f"{option} must be an existing checkpoint file, got {checkpoint_path!r}")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not source:
+        raise ValueError(f"{option}={checkpoint_path!r} holds no {what} weights (no '{prefix}*' keys)")
+    return source
+
+
+def _mismatched(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> list[str]:
+    """Names present on one side only, then names whose shapes differ."""
+    return sorted(set(source) ^ set(target)) + sorted(k for k in set(source) & set(target) if source[k].shape != target[k].shape)
 
 
 def load_experts(experts: nn.Module, checkpoint_path: str) -> None:
@@ -17,17 +35,9 @@ def load_experts(experts: nn.Module, checkpoint_path: str) -> None:
         ValueError: The file is missing or holds no experts, or its experts
             differ from ``experts`` in number or architecture (parameter names or shapes).
     """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise ValueError(f"init_experts_from must be an existing checkpoint file, got {checkpoint_path!r}")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
-    source = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    source = _saved_under(PREFIX, checkpoint_path, "init_experts_from", "expert")
     target = experts.state_dict()
-    if not source:
-        raise ValueError(f"init_experts_from={checkpoint_path!r} holds no expert weights (no '{PREFIX}*' keys)")
-    mismatched = sorted(set(source) ^ set(target)) + sorted(
-        k for k in set(source) & set(target) if source[k].shape != target[k].shape
-    )
+    mismatched = _mismatched(source, target)
     if mismatched:
         theirs = len({k.split(".")[1] for k in source})
         ours = len({k.split(".")[1] for k in target})
@@ -37,8 +47,6 @@ def load_experts(experts: nn.Module, checkpoint_path: str) -> None:
         )
     experts.load_state_dict(source)
 
-
-GATE_PREFIX = "gate."
 
 
 def load_gate(gate: nn.Module, checkpoint_path: str, strict: bool = True) -> list[str]:
@@ -52,23 +60,15 @@ def load_gate(gate: nn.Module, checkpoint_path: str, strict: bool = True) -> lis
         ValueError: The file is missing or holds no gate, or its gate differs from ``gate``
             in architecture (parameter names or shapes; with ``strict=False``: nothing matches).
     """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise ValueError(f"gate_from must be an existing checkpoint file, got {checkpoint_path!r}")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
-    source = {k[len(GATE_PREFIX):]: v for k, v in state.items() if k.startswith(GATE_PREFIX)}
-    if not source:
-        raise ValueError(f"gate_from={checkpoint_path!r} holds no gate weights (no '{GATE_PREFIX}*' keys)")
+    source = _saved_under(GATE_PREFIX, checkpoint_path, "gate_from", "gate")
     target = gate.state_dict()
-    mismatched = sorted(set(source) ^ set(target)) + sorted(
-        k for k in set(source) & set(target) if source[k].shape != target[k].shape
-    )
     if not strict:
         matching = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
         if not matching:
             raise ValueError(f"gate_from={checkpoint_path!r} shares no gate tensor (name and shape) with this gate")
         gate.load_state_dict(matching, strict=False)
         return sorted(matching)
+    mismatched = _mismatched(source, target)
     if mismatched:
         raise ValueError(f"gate_from={checkpoint_path!r} has a gate of another architecture (differing: {mismatched[:4]})")
     gate.load_state_dict(source)

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 
-from gmnn.models.base import MoEModule
-from gmnn.checkpoints.hooks import CheckpointHooks
 from gmnn.checkpoints.compatibility import RNG_KEY, check_checkpoint_matches, set_rng_states
-from gmnn.models.checks import check_labels
+from gmnn.checkpoints.hooks import CheckpointHooks
 from gmnn.checkpoints.variants import variant_of_checkpoint
+from gmnn.models.base import MoEModule
+from gmnn.models.checks import check_labels
 from gmnn.models.optim import Scheduler, check_optimizer_args
 from gmnn.models.running_mean import RunningMean
 from gmnn.nn.moe_layer import MoELayer
