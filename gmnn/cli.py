@@ -35,6 +35,7 @@ from gmnn.checkpoints.resume import (
 )
 from gmnn.fragments import check_not_fragments_alone
 from gmnn.models.base import MoEModule
+from gmnn.process import freeze_garbage_collector, tune_malloc
 from gmnn.quiet import silence_known_warnings
 from gmnn.run_folder import run_folder
 
@@ -174,12 +175,14 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
     """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config).
 
     Installs :func:`gmnn.quiet.silence_known_warnings`, so runs built from Python (sweeps, notebooks)
-    are as quiet as the ``gmnn`` command.
+    are as quiet as the ``gmnn`` command, and :func:`gmnn.process.tune_malloc` (freed memory is kept for
+    the next step; ``GMNN_MALLOC_TUNING=0`` turns it off).
 
     Raises:
         ValueError: the ``--config`` files are method fragments without a protocol before them.
     """
     silence_known_warnings()
+    tune_malloc()
     if not isinstance(args, dict):
         check_not_fragments_alone(sys.argv[1:] if args is None else args)
     with _only_these_args(args):
@@ -232,6 +235,8 @@ def main(args: list[str] | None = None) -> None:
     """
     silence_known_warnings()
     from_command_line = args is None
+    if from_command_line:
+        freeze_garbage_collector()  # the imports' objects (gmnn.process)
     args = sys.argv[1:] if args is None else args
     try:
         if args and args[0] in ("--version", "-V"):
@@ -249,6 +254,8 @@ def main(args: list[str] | None = None) -> None:
             return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
         make_cli(None if from_command_line else args)
         _close_process_group()
+        if from_command_line:
+            freeze_garbage_collector()  # the interpreter's exit need not walk the run's objects
     except (ValueError, OSError, FloatingPointError) as error:
         full = _disk_full(error)
         other_os_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and full is None

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gmnn.nn.custom import build_custom, check_network_spec
-from gmnn.nn.conv_pool import conv_maxpool2, is_plain_conv_pool
+from gmnn.nn.conv_pool import conv_maxpool2_channels_first, is_plain_conv_pool
 from gmnn.validation import check_positive_int, check_shape
 
 
@@ -91,7 +91,8 @@ class ConvNet(nn.Module):
         conv, pool = self.features[0], self.features[2]
         if is_plain_conv_pool(conv, pool) and type(self.features[1]) is nn.ReLU:
             # same function as self.features, faster (gmnn.nn.conv_pool); the ReLU commutes with the max
-            return self.mlp(torch.relu(conv_maxpool2(x, conv.weight, conv.bias)).flatten(1))
+            features = torch.relu(conv_maxpool2_channels_first(x, conv.weight, conv.bias))  # [c, N, h, w]
+            return self.mlp(features.transpose(0, 1).flatten(1))
         return self.mlp(self.features(x))
 
 

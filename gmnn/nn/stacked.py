@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from gmnn.nn.conv_pool import conv_maxpool2, is_plain_conv_pool
+from gmnn.nn.conv_pool import conv_maxpool2_channels_first, is_plain_conv_pool
 from gmnn.nn.networks import MLP, ConvNet
 
 
@@ -56,21 +56,19 @@ def mlp_stacked(template: MLP, state: dict[str, Tensor], x: Tensor, shared: bool
 
 
 def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
-    """E copies of ``template`` (a :class:`ConvNet`): one (grouped) convolution + max-pool, then the MLPs.
+    """E copies of ``template`` (a :class:`ConvNet`): one convolution + max-pool for all experts, then the MLPs.
 
-    The convolution and the max-pool run as one strided convolution
-    (:func:`~gmnn.nn.conv_pool.conv_maxpool2`), before the ReLU (they commute).
+    The convolution and the max-pool run as one matrix product and a maximum over phases
+    (:func:`~gmnn.nn.conv_pool.conv_maxpool2_channels_first`), before the ReLU (they commute).
     """
-    weight, bias = state["features.0.weight"], state.get("features.0.bias")
-    experts = weight.shape[0]
-    flat_bias = None if bias is None else bias.reshape(-1)
-    if shared:
-        n, groups = x.shape[0], 1
-    else:
-        n, groups = x.shape[1], experts
-        x = x.transpose(0, 1).flatten(1, 2)  # [N, E * C_in, H, W]
-    y = conv_maxpool2(x, weight.flatten(0, 1), flat_bias, groups)
-    y = F.relu(y).reshape(n, experts, -1).transpose(0, 1)  # [E, N, c * h * w]
+    weight, bias = state["features.0.weight"], state.get("features.0.bias")  # [E, c, C_in, k, k], [E, c]
+    experts, channels = weight.shape[0], weight.shape[1]
+    if shared:  # one product for every expert's filters: [E * c, N, h, w]
+        flat_bias = None if bias is None else bias.reshape(-1)
+        y = conv_maxpool2_channels_first(x, weight.flatten(0, 1), flat_bias).unflatten(0, (experts, channels))
+    else:  # x [E, N, C_in, H, W]: one batched product
+        y = conv_maxpool2_channels_first(x, weight, bias)  # [E, c, N, h, w]
+    y = F.relu(y).transpose(1, 2).flatten(2)  # [E, N, c * h * w], PyTorch's flatten order
     return mlp_stacked(template.mlp, state, y, shared=False, prefix="mlp.")
 
 

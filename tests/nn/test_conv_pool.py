@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import grad, vmap
 
-from gmnn.nn.conv_pool import conv_maxpool2, is_plain_conv_pool
+from gmnn.nn.conv_pool import conv_maxpool2, conv_maxpool2_channels_first, is_plain_conv_pool, phase_max
 from gmnn.nn.networks import ConvNet
 
 
@@ -26,17 +27,63 @@ def test_matches_conv_then_max_pool(groups: int, in_per_group: int, out_channels
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_weight_gradient_on_a_constant_background_equals_max_pool() -> None:
-    """Tied phases (identical patches) split the gradient, which leaves the weight gradient unchanged."""
+def test_gradients_on_a_constant_background_equal_max_pool_exactly() -> None:
+    """Tied positions of a 2x2 block (identical patches) send the gradient to the first, as max_pool2d does:
+    the input gradient matches too, not only the weight gradient."""
     torch.manual_seed(1)
     x = torch.full((3, 1, 12, 12), -0.4)
     x[:, :, 4:8, 3:9] = torch.rand(3, 1, 4, 6)
+    x.requires_grad_(True)
     weight = torch.randn(2, 1, 3, 3, requires_grad=True)
     bias = torch.randn(2, requires_grad=True)
     expected = torch.relu(F.max_pool2d(F.conv2d(x, weight, bias), 2)).square().sum()
     out = torch.relu(conv_maxpool2(x, weight, bias)).square().sum()
-    for a, b in zip(torch.autograd.grad(out, (weight, bias)), torch.autograd.grad(expected, (weight, bias))):
+    grads = torch.autograd.grad(out, (x, weight, bias))
+    for a, b in zip(grads, torch.autograd.grad(expected, (x, weight, bias))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert (grads[0] != 0).sum() > 0
+
+
+def test_phase_max_sends_each_gradient_to_the_first_maximum() -> None:
+    phases = torch.tensor([[1.0, 5.0, 2.0, 0.0], [3.0, 5.0, 2.0, 0.0], [3.0, 1.0, 2.0, 7.0], [0.0, 1.0, 2.0, 7.0]])
+    phases.requires_grad_(True)
+    out = phase_max(phases)
+    assert out.tolist() == [3.0, 5.0, 2.0, 7.0]
+    (grad,) = torch.autograd.grad(out, phases, torch.tensor([10.0, 20.0, 30.0, 40.0]))
+    # column 1 ties phases 0 and 1, column 2 ties all four, column 3 ties phases 2 and 3: the first wins
+    expected = torch.tensor([[0.0, 20.0, 30.0, 0.0], [10.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 40.0], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(grad, expected)
+    assert torch.autograd.gradcheck(phase_max, (torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True),))
+
+
+def test_experts_batched_in_leading_dimensions_equal_one_convolution_each() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(3, 4, 2, 11, 12)  # [E, N, C_in, H, W]
+    weight = torch.randn(3, 5, 2, 3, 3, requires_grad=True)
+    bias = torch.randn(3, 5, requires_grad=True)
+    out = conv_maxpool2_channels_first(x, weight, bias)  # [E, c, N, h, w]
+    expected = torch.stack([F.max_pool2d(F.conv2d(x[e], weight[e], bias[e]), 2).transpose(0, 1) for e in range(3)])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad((out * upstream).sum(), (weight, bias))
+    for a, b in zip(grads, torch.autograd.grad((expected * upstream).sum(), (weight, bias))):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the path without masks computes the same values
+        torch.testing.assert_close(conv_maxpool2_channels_first(x, weight, bias), out.detach())
+
+
+def test_torch_func_transforms_give_the_autograd_gradient() -> None:
+    torch.manual_seed(3)
+    x, weight = torch.randn(3, 4, 1, 12, 12), torch.randn(3, 2, 1, 3, 3)
+
+    def loss(one_x: torch.Tensor, one_weight: torch.Tensor) -> torch.Tensor:
+        return conv_maxpool2(one_x, one_weight, None).square().sum()
+
+    per_expert = vmap(grad(loss, argnums=1))(x, weight)
+    for e in range(3):
+        w = weight[e].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(F.max_pool2d(F.conv2d(x[e], w), 2).square().sum(), w)
+        torch.testing.assert_close(per_expert[e], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_convnet_fast_path_equals_its_standard_layers() -> None:

@@ -1,0 +1,81 @@
+import ctypes
+import sys
+from typing import Any
+
+import pytest
+
+from gmnn import process
+
+
+class RecordingLibc:
+    def __init__(self, name: str) -> None:
+        self.calls: list[tuple[int, int]] = []
+        recorder = self
+
+        class Mallopt:
+            argtypes: Any = None
+            restype: Any = None
+
+            def __call__(self, option: int, value: int) -> int:
+                recorder.calls.append((option, value))
+                return 1
+
+        self.mallopt = Mallopt()
+
+
+def test_sets_the_three_glibc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    libs: list[RecordingLibc] = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libs.append(RecordingLibc(name)) or libs[-1])
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv(process.ENV, raising=False)
+    assert process.tune_malloc()
+    # M_MMAP_THRESHOLD at its 32 MiB maximum, M_TRIM_THRESHOLD 1 GiB, M_TOP_PAD 64 MiB
+    assert libs[0].calls == [(-3, 32 * 2**20), (-1, 2**30), (-2, 64 * 2**20)]
+
+
+def test_the_environment_variable_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    libs: list[RecordingLibc] = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libs.append(RecordingLibc(name)) or libs[-1])
+    monkeypatch.setenv(process.ENV, "0")
+    assert not process.tune_malloc()
+    assert libs == []
+
+
+def test_without_glibc_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv(process.ENV, raising=False)
+    assert not process.tune_malloc()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_glibc_accepts_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(process.ENV, raising=False)
+    try:
+        ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+    assert process.tune_malloc()  # mallopt returns 0 for a value glibc refuses (e.g. an mmap threshold > 32 MiB)
+
+
+def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from gmnn import cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "freeze_garbage_collector", lambda: calls.append("freeze"))
+    monkeypatch.setattr(cli, "make_cli", lambda args: calls.append(f"cli {args}"))
+    monkeypatch.setattr(sys, "argv", ["gmnn", "fit", "--help"])
+    cli.main()
+    assert calls == ["freeze", "cli None", "freeze"]  # after the imports and when the command is done
+    calls.clear()
+    cli.main(["fit", "--help"])
+    assert calls == ["cli ['fit', '--help']"]
+    frozen = gc.get_freeze_count()
+    process.freeze_garbage_collector()
+    assert gc.get_freeze_count() >= frozen
+    gc.unfreeze()
