@@ -1,44 +1,38 @@
 import ctypes
 import sys
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 
 from gmnn import process
 
 
-class RecordingLibc:
-    def __init__(self, name: str) -> None:
-        self.calls: list[tuple[int, int]] = []
-        recorder = self
+def recording_libc(calls: list[tuple[int, int]]) -> SimpleNamespace:
+    """A stand-in C library whose ``mallopt`` records its calls and accepts every value."""
 
-        class Mallopt:
-            argtypes: Any = None
-            restype: Any = None
+    def mallopt(option: int, value: int) -> int:
+        calls.append((option, value))
+        return 1
 
-            def __call__(self, option: int, value: int) -> int:
-                recorder.calls.append((option, value))
-                return 1
-
-        self.mallopt = Mallopt()
+    return SimpleNamespace(mallopt=mallopt)
 
 
 def test_sets_the_three_glibc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
-    libs: list[RecordingLibc] = []
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: libs.append(RecordingLibc(name)) or libs[-1])
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: recording_libc(calls))
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv(process.ENV, raising=False)
     assert process.tune_malloc()
     # M_MMAP_THRESHOLD at its 32 MiB maximum, M_TRIM_THRESHOLD 1 GiB, M_TOP_PAD 64 MiB
-    assert libs[0].calls == [(-3, 32 * 2**20), (-1, 2**30), (-2, 64 * 2**20)]
+    assert calls == [(-3, 32 * 2**20), (-1, 2**30), (-2, 64 * 2**20)]
 
 
 def test_the_environment_variable_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    libs: list[RecordingLibc] = []
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: libs.append(RecordingLibc(name)) or libs[-1])
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: recording_libc(calls))
     monkeypatch.setenv(process.ENV, "0")
     assert not process.tune_malloc()
-    assert libs == []
+    assert calls == []
 
 
 def test_without_glibc_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,7 +69,8 @@ def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: 
     calls.clear()
     cli.main(["fit", "--help"])
     assert calls == ["cli ['fit', '--help']"]
-    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
     process.freeze_garbage_collector()
-    assert gc.get_freeze_count() >= frozen
+    assert gc.get_freeze_count() > 0
     gc.unfreeze()

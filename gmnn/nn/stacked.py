@@ -4,9 +4,10 @@
 copies ``[E, ...]``. Two input layouts:
 
 * shared: one input ``[N, ...]`` for every expert (the dense mixture). The
-  first layer of all experts runs as one wide matmul / convolution.
+  first layer of all experts runs as one wide matmul (a convolution + max-pool
+  as one matrix product of all experts' filters, :mod:`gmnn.nn.conv_pool`).
 * grouped: one input per expert ``[E, N, ...]`` (conditional computation).
-  Linear layers run as ``baddbmm``, convolutions as one grouped convolution.
+  Linear layers run as ``baddbmm``, convolutions + max-pool as one batched matrix product.
 
 :class:`~gmnn.nn.networks.MLP` and :class:`~gmnn.nn.networks.ConvNet` have
 hand-written kernels; any other module is vectorised with ``torch.func.vmap``.
