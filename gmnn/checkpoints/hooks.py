@@ -24,11 +24,15 @@ class CheckpointHooks:
         """Refuse a checkpoint of another variant or architecture; restore the temperature the model
         was last trained with (training recomputes it per epoch) and, when resuming ``fit``, the random state.
         """
+        self.check_and_restore_random_state(checkpoint)
+        self.set_temperature(int(checkpoint.get("epoch", 0)))
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
+
+    def check_and_restore_random_state(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another class or architecture; when resuming ``fit``, restore the random state."""
         trainer = self._trainer
         source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
         check_checkpoint_matches(self, checkpoint, source)
-        self.set_temperature(int(checkpoint.get("epoch", 0)))
-        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, self.temperature))
         if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
             set_rng_states(checkpoint[RNG_KEY])
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 
-from gmnn.checkpoints.compatibility import RNG_KEY, check_checkpoint_matches, set_rng_states
 from gmnn.checkpoints.hooks import CheckpointHooks
 from gmnn.checkpoints.variants import variant_of_checkpoint
 from gmnn.models.base import MoEModule
@@ -235,12 +234,9 @@ class MoETransformerLM(MoEModule):
         pass  # no gate temperature
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another class or architecture; when resuming ``fit``, restore the random state."""
-        trainer = self._trainer
-        source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
-        check_checkpoint_matches(self, checkpoint, source)
-        if trainer is not None and trainer.state.fn == "fit" and RNG_KEY in checkpoint:
-            set_rng_states(checkpoint[RNG_KEY])
+        """Refuse a checkpoint of another class or architecture; when resuming ``fit``, restore the random state
+        (no gate temperature to restore)."""
+        self.check_and_restore_random_state(checkpoint)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
