@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pytorch_lightning import LightningDataModule
+from pytorch_lightning import Callback, LightningDataModule, Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -23,6 +23,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.predictions import PredictionWriter
+from gmnn.callbacks.progress import default_progress_bar, needs_default_progress_bar
 from gmnn.callbacks.run_config import RunConfig
 from gmnn.checkpoints.resume import (
     check_ckpt_path,
@@ -57,7 +58,8 @@ class GMNNCLI(LightningCLI):
     decomposition figures to TensorBoard (``--figures.every_n_epochs=0``: only after testing).
     ``--ckpt_path last`` means the newest ``last.ckpt`` of earlier runs, and
     ``fit`` then continues in that run's folder. A ``--ckpt_path`` of another
-    variant or architecture is refused before Lightning starts.
+    variant or architecture is refused before Lightning starts. The progress bar
+    is Lightning's, redrawn 5 times a second (:mod:`gmnn.callbacks.progress`).
     """
 
     def _parse_ckpt_path(self) -> None:
@@ -110,6 +112,12 @@ class GMNNCLI(LightningCLI):
         log_dir = run_folder(self.trainer)  # a broadcast: every process takes part
         if self.trainer.is_global_zero:
             print(fit_summary(self.trainer, log_dir), file=sys.stderr)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """Lightning's trainer, with gmnn's default progress bar (:mod:`gmnn.callbacks.progress`) unless one was given."""
+        if needs_default_progress_bar(config, callbacks):
+            callbacks = [*callbacks, default_progress_bar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
