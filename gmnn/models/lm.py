@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from gmnn.checkpoints.hooks import CheckpointHooks
 from gmnn.checkpoints.variants import variant_of_checkpoint
-from gmnn.models.base import MoEModule
+from gmnn.models.base import STAGES, MoEModule
 from gmnn.models.checks import check_labels
 from gmnn.models.optim import Scheduler, check_optimizer_args
 from gmnn.models.running_mean import RunningMean
@@ -171,7 +171,7 @@ class MoETransformerLM(MoEModule):
         self.input_shape = (int(input_shape[0]),)
         self.num_classes, self.num_experts = num_classes, num_experts
         self.temperature, self.regularizer_weights = 1.0, {}
-        self.train_gate_mean = RunningMean()  # stays empty: the LM logs its routing through RoutingMonitor
+        self.gate_means = {stage: RunningMean() for stage in STAGES}  # stay empty: routing goes through RoutingMonitor
         self.embedding = nn.Embedding(num_classes, d_model)
         self.position = nn.Embedding(self.input_shape[0], d_model)
         self.blocks = nn.ModuleList(
@@ -232,6 +232,9 @@ class MoETransformerLM(MoEModule):
 
     def on_train_epoch_start(self) -> None:
         pass  # no gate temperature
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        pass  # every value is logged per step (shared_step); routing through RoutingMonitor
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another class or architecture; when resuming ``fit``, restore the random state

@@ -152,14 +152,21 @@ class RegressionMoE(MoEModule):
         return terms
 
     def log_task_metrics(self, stage: str, out: RegressionOutput, y: Tensor, batch_size: int) -> None:  # type: ignore[override]
-        mse = self.metrics[f"{stage}_mse"]
-        mse(out.mean.detach(), y)
-        self.log(f"{stage}/mse", mse, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=batch_size)
+        """Update the mean squared error (and the gate metrics on val/test); :meth:`log_epoch_metrics` logs them."""
+        self.metrics[f"{stage}_mse"].update(out.mean.detach(), y)
         if stage in EVAL_STAGES:
             for name in ("sample_entropy", "expert_usage"):
-                metric = self.gate_metrics[f"{stage}_{name}"]
-                metric.update(out.gate_probs.detach())
-                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=batch_size)
+                self.gate_metrics[f"{stage}_{name}"].update(out.gate_probs.detach())
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        """``{stage}/gate_prob/expert_i``, ``{stage}/mse`` and on val/test ``sample_entropy`` and ``expert_usage``."""
+        if self.gate_means[stage].count == 0:
+            return
+        self.log_gate_means(stage)
+        self.log(f"{stage}/mse", self.metrics[f"{stage}_mse"], prog_bar=stage != "train", on_step=False, on_epoch=True)
+        if stage in EVAL_STAGES:
+            for name in ("sample_entropy", "expert_usage"):
+                self.log(f"{stage}/{name}", self.gate_metrics[f"{stage}_{name}"], on_step=False, on_epoch=True)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Mixture mean, gate probabilities and chosen expert of a batch."""

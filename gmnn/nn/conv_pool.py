@@ -17,10 +17,16 @@ maxima whose backward routes the gradient with three saved masks
 Gradients equal ``max_pool2d``'s: each pooled value's gradient goes to one
 position of its 2x2 block, the first maximum in row-major order where
 positions tie (as PyTorch's max-pool kernel does).
+
+The windows of an input are computed once for every layer that reads it:
+a conv gate and conv experts on the same batch share them
+(:func:`phase_patches` remembers the last input's, see :class:`PatchMemo`).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import torch
@@ -89,12 +95,48 @@ def phase_kernels(weight: Tensor) -> Tensor:
     return kernels.flatten(-3).flatten(-3, -2)
 
 
-def phase_patches(x: Tensor, window: int) -> Tensor:
-    """``[..., N, C_in, H, W]`` -> ``[..., C_in * window^2, N * h * w]``: the windows at stride 2."""
+def _windows(x: Tensor, window: int) -> Tensor:
     windows = x.unfold(-2, window, 2).unfold(-2, window, 2)  # [..., N, C_in, h, w, window, window]
     lead = windows.dim() - 6
     order = (*range(lead), lead + 1, lead + 4, lead + 5, lead, lead + 2, lead + 3)
     return windows.permute(order).flatten(lead, lead + 2).flatten(lead + 1)
+
+
+class PatchMemo(threading.local):
+    """The windows of the last input :func:`phase_patches` read, reused while that very tensor is unchanged.
+
+    A conv gate and conv experts read the same batch: the second layer reuses the first one's
+    windows (a 5.5 MB copy for an MNIST batch of 512, about 0.45 ms on a 2-core CPU) and autograd
+    keeps one copy for both weight gradients instead of two. An entry matches only the same tensor
+    object (held weakly: the memo never keeps an input alive, and forgets its windows when the input
+    is freed) at the same in-place version, with the same window and the same grad mode.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.patches: Tensor | None = None
+
+    def get(self, x: Tensor, window: int) -> Tensor:
+        if x.is_inference() or torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+            return _windows(x, window)  # no version counter to check, or a tensor that lives inside a transform
+        key = (window, x._version, torch.is_grad_enabled(), x.shape, x.stride(), x.storage_offset())
+        if self.key is not None and self.key[0]() is x and self.key[1:] == key and self.patches is not None:
+            return self.patches
+        patches = _windows(x, window)
+        self.key = (weakref.ref(x, self._forget), *key)
+        self.patches = patches
+        return patches
+
+    def _forget(self, _: object) -> None:
+        self.key, self.patches = None, None
+
+
+PATCH_MEMO = PatchMemo()
+
+
+def phase_patches(x: Tensor, window: int) -> Tensor:
+    """``[..., N, C_in, H, W]`` -> ``[..., C_in * window^2, N * h * w]``: the windows at stride 2 (:class:`PatchMemo`)."""
+    return PATCH_MEMO.get(x, window)
 
 
 def conv_maxpool2_channels_first(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -168,3 +168,24 @@ def test_val_size_larger_than_the_training_set(tmp_path: Path) -> None:
     write_idx(tmp_path, train=20, test=12)
     with pytest.raises(ValueError, match="val_size must be smaller than the 20"):
         MNISTDataModule(root=str(tmp_path), val_size=20).setup()
+
+
+def test_a_batch_is_gathered_at_once_with_its_labels_and_an_epoch_sees_every_sample_once(tmp_path: Path) -> None:
+    """The loader hands the BatchSampler's whole index list to the dataset (one gather per tensor)."""
+    write_idx(tmp_path, train=40, test=12)
+    dm = MNISTDataModule(root=str(tmp_path), batch_size=16, val_size=10)
+    dm.setup("fit")
+    dataset = dm.splits["train"]
+    images, labels = dataset.tensors
+    seen = []
+    for x, y in dm.train_dataloader():
+        rows = (x.flatten(1)[:, None] == images.flatten(1)[None]).all(-1).float().argmax(1)  # every image is unique
+        assert torch.equal(images[rows], x) and torch.equal(labels[rows], y)
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(30)) and seen != list(range(30))  # each once, shuffled
+    x, y = dataset[[4, 2, 4]]
+    assert torch.equal(x, images[[4, 2, 4]]) and torch.equal(y, labels[[4, 2, 4]])
+    single = dataset[5]  # one index still reads one sample, as a TensorDataset does
+    assert torch.equal(single[0], images[5]) and int(single[1]) == int(labels[5])
+    with pytest.raises(IndexError):
+        dataset[[0, 30]]  # 30 is past the 30 training samples

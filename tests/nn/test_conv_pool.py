@@ -102,3 +102,62 @@ def test_only_plain_layers_take_the_fast_path() -> None:
     assert not is_plain_conv_pool(nn.Conv2d(1, 2, 3), nn.MaxPool2d(3))
     assert not is_plain_conv_pool(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2, ceil_mode=True))
     assert not is_plain_conv_pool(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2))
+
+
+def test_two_layers_on_one_input_share_its_windows_and_keep_their_own_gradients() -> None:
+    """A conv gate and conv experts read the same batch: the windows are made once (PatchMemo), and the
+    values and every gradient (weights and input) equal separate convolutions + max-pools."""
+    from gmnn.nn import conv_pool
+
+    torch.manual_seed(2)
+    x = torch.randn(6, 1, 12, 12, requires_grad=True)
+    w1, w2 = torch.randn(3, 1, 3, 3, requires_grad=True), torch.randn(2, 1, 3, 3, requires_grad=True)
+    made = []
+    original = conv_pool._windows
+
+    def counting(t: torch.Tensor, window: int) -> torch.Tensor:
+        made.append(window)
+        return original(t, window)
+
+    conv_pool._windows = counting
+    try:
+        with torch.no_grad():  # windows without a graph: not reused below, where x's gradient is needed
+            conv_maxpool2(x, w1, None)
+        a, b = conv_maxpool2(x, w1, None), conv_maxpool2(x, w2, None)
+        assert made == [4, 4], "the second layer reuses the first one's windows"
+        x2 = x.detach().clone()  # another tensor: its own windows
+        conv_maxpool2(x2, w1, None)
+        assert made == [4, 4, 4]
+        with torch.no_grad():
+            x2.add_(1.0)  # changed in place: the windows are made again
+        changed = conv_maxpool2(x2, w1, None)
+        assert made == [4, 4, 4, 4]
+        torch.testing.assert_close(changed, F.max_pool2d(F.conv2d(x2, w1), 2))
+    finally:
+        conv_pool._windows = original
+    upstream_a, upstream_b = torch.randn_like(a), torch.randn_like(b)
+    got = torch.autograd.grad((a * upstream_a).sum() + (b * upstream_b).sum(), (x, w1, w2))
+    ea, eb = F.max_pool2d(F.conv2d(x, w1), 2), F.max_pool2d(F.conv2d(x, w2), 2)
+    torch.testing.assert_close(a, ea, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, eb, atol=1e-5, rtol=1e-5)
+    expected = torch.autograd.grad((ea * upstream_a).sum() + (eb * upstream_b).sum(), (x, w1, w2))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+def test_the_windows_memo_holds_no_input_alive() -> None:
+    import gc
+    import weakref
+
+    from gmnn.nn.conv_pool import PATCH_MEMO
+
+    x = torch.randn(2, 1, 8, 8)
+    conv_maxpool2(x, torch.randn(1, 1, 3, 3), None)
+    alive = weakref.ref(x)
+    del x
+    gc.collect()
+    assert alive() is None and PATCH_MEMO.patches is None, "the input and its windows are freed together"
+    with torch.inference_mode():  # inference tensors have no version counter: no memo, still correct
+        y = torch.randn(2, 1, 8, 8)
+        w = torch.randn(1, 1, 3, 3)
+        torch.testing.assert_close(conv_maxpool2(y, w, None), F.max_pool2d(F.conv2d(y, w), 2))
