@@ -25,7 +25,7 @@ from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
-from gmnn.nn.combine import dense_mixture, softmax_of_mixture
+from gmnn.nn.combine import class_log_probs, dense_mixture, softmax_of_mixture
 from gmnn.nn.experts import Experts
 from gmnn.nn.custom import check_network_spec
 from gmnn.nn.networks import NETWORKS, NetworkSpec, build_network
@@ -221,7 +221,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     def forward(self, x: Tensor) -> MoEOutput:
         self.check_input(x)
         expert_logits, expert_hidden = self.experts(x)
-        expert_log_probs = torch.log_softmax(expert_logits, dim=-1)
+        expert_log_probs = class_log_probs(expert_logits)
         gate_logits = self.gate_logits(x, expert_hidden)
         log_gate = softmax_routing(gate_logits, self.temperature)
         return MoEOutput(
@@ -253,7 +253,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             self.regularizer_weights, out, y, self.temperature, self.hparams.allocation_temperature,
             distances=lambda: self.sample_distances(x),
             expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
-            else torch.log_softmax(self.experts(x)[0], dim=-1),
+            else class_log_probs(self.experts(x)[0]),
             importance_std=self.hparams.get("importance_std", "population"),
         )
         if self._trainer is not None:

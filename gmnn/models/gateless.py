@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.combine import dense_mixture
+from gmnn.nn.combine import class_log_probs, dense_mixture
 from gmnn.nn.losses import entropy, per_expert_nll, softmin_allocation, stochastic_mixture_loss
 from gmnn.nn.output import MoEOutput
 from gmnn.validation import check_choice, check_non_negative, check_positive
@@ -93,7 +93,7 @@ class GatelessMoE(MoEModule):
 
     def forward(self, x: Tensor) -> MoEOutput:
         self.check_input(x)
-        expert_log_probs = torch.log_softmax(self.experts(x)[0], dim=-1)
+        expert_log_probs = class_log_probs(self.experts(x)[0])
         log_weights = softmin_allocation(entropy(expert_log_probs), self.temperature)
         if self.hparams.get("prediction", "mixture") == "argmax":
             selected = log_weights.argmax(dim=-1, keepdim=True)

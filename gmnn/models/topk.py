@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.combine import top_k_mixture
+from gmnn.nn.combine import class_log_probs, top_k_mixture
 from gmnn.nn.dispatch import capacity_of
 from gmnn.nn.losses import per_expert_nll, stochastic_mixture_loss
 from gmnn.nn.output import MoEOutput
@@ -100,12 +100,12 @@ class TopKMoE(MoEModule):
             dropped = ~kept
         else:
             logits = self.experts.forward_selected(x, indices)
-        selected_log_probs = torch.log_softmax(logits, dim=-1)
+        selected_log_probs = class_log_probs(logits)
         residual = self.training and self.hparams.gate_gradient == "residual"
         every_expert = None
         if self.training and self.hparams.gate_gradient == "stochastic":
             with torch.set_grad_enabled(self.train_experts == "all" and torch.is_grad_enabled()):
-                every_expert = torch.log_softmax(self.experts(x)[0], dim=-1)
+                every_expert = class_log_probs(self.experts(x)[0])
         return MoEOutput(
             log_probs=top_k_mixture(log_gate, indices, selected_log_probs, residual),
             gate_probs=log_gate.exp(),

@@ -46,10 +46,13 @@ class PhaseMax(torch.autograd.Function):
     @staticmethod
     def forward(phases: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
         left, right = torch.maximum(phases[0], phases[1]), torch.maximum(phases[2], phases[3])
-        # 1 where the later of a pair wins; a tie keeps the earlier one, as max_pool2d does
-        second = torch.sub(phases[1], phases[0]).gt_(0)
-        fourth = torch.sub(phases[3], phases[2]).gt_(0)
-        right_wins = torch.sub(right, left).gt_(0)
+        # 1 where the later of a pair wins; a tie keeps the earlier one, as max_pool2d does.
+        # Compared straight into float buffers (no boolean tensor, no temporary difference).
+        masks = phases.new_empty((3, *phases.shape[1:]))
+        second, fourth, right_wins = masks.unbind(0)
+        torch.gt(phases[1], phases[0], out=second)
+        torch.gt(phases[3], phases[2], out=fourth)
+        torch.gt(right, left, out=right_wins)
         return torch.maximum(left, right), second, fourth, right_wins
 
     @staticmethod
