@@ -95,3 +95,18 @@ def test_temperature_flattens_the_gate() -> None:
     hot = softmax_routing(logits, 10.0).exp()
     cold = softmax_routing(logits, 0.1).exp()
     assert hot[0, 1] < softmax_routing(logits).exp()[0, 1] < cold[0, 1]
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 10), (5, 2), (4, 3, 33)])
+def test_class_log_probs_equals_log_softmax_in_values_and_gradients(shape: tuple[int, ...]) -> None:
+    from gmnn.nn.combine import class_log_probs
+
+    torch.manual_seed(0)
+    logits = (torch.randn(*shape) * 5).requires_grad_()
+    out, expected = class_log_probs(logits), torch.log_softmax(logits, dim=-1)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    upstream = torch.randn(shape)
+    (got,) = torch.autograd.grad((out * upstream).sum(), logits)
+    (want,) = torch.autograd.grad((expected * upstream).sum(), logits)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
