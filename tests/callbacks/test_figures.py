@@ -134,3 +134,39 @@ def test_figures_show_the_hand_computed_allocation_usage_and_regions(tmp_path: P
     assert torch.equal(panels["expert 1: class"], torch.ones(12, 12, dtype=torch.long))
     assert torch.equal(panels["model: class"], (0.8 * g0 + 0.3 * (1 - g0) < 0.5).long())  # p(class 0) < 1/2
     plt.close("all")
+
+
+def test_the_kept_plot_shows_the_latest_values_and_no_figure_is_left_open(tmp_path: Path) -> None:
+    """The decomposition figure is built once per stage and redrawn with each epoch's values."""
+    from gmnn.callbacks.figures import DecompositionPlot
+
+    plot = DecompositionPlot(2, 3)
+    first = plot.update(torch.full((2, 3), 0.5), torch.tensor([0.1, 0.2]), torch.tensor([0.5, 0.5]), torch.tensor([0.6, 0.4]))
+    allocation = torch.tensor([[0.9, 0.2, 0.0], [0.1, 0.8, 1.0]])
+    again = plot.update(allocation, torch.tensor([0.75, 1.0]), torch.tensor([0.4, 0.6]), torch.tensor([0.25, 0.75]))
+    heat, bars = again.axes
+    assert again is first
+    torch.testing.assert_close(torch.tensor(heat.images[0].get_array()), allocation, check_dtype=False)
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["expert 0 (0.75)", "expert 1 (1.00)"]
+    assert [p.get_height() for p in bars.patches] == pytest.approx([0.4, 0.6, 0.25, 0.75])
+    from gmnn.callbacks.figures import decomposition_figure, figure_pixels
+
+    torch.manual_seed(0)
+    for _ in range(2):  # only the values are redrawn over the rest (blitting): the image of a full draw
+        values = (torch.rand(2, 3), torch.rand(2), torch.rand(2), torch.rand(2))
+        plot.update(*values)
+        drawn, full = plot.pixels(), figure_pixels(decomposition_figure(*values))
+        assert drawn.shape == full.shape
+        differs = (abs(drawn.astype(int) - full.astype(int)).max(-1) > 16).mean()
+        assert differs < 1e-3, f"{differs:.2%} of the pixels differ from a full draw"
+    plt.close(plot.fig)
+
+    open_before = len(plt.get_fignums())
+    callback = DecompositionFigures()
+    model = DenseMoE(input_shape=[3], num_classes=2, num_experts=3)  # 3-D input: the decomposition figure only
+    logger = TensorBoardLogger(tmp_path, name="run")
+    tiny_trainer(max_epochs=3, logger=logger, callbacks=[callback]).fit(model, _loader(dim=3), _loader(dim=3))
+    assert _tags(logger.log_dir) == {"val/decomposition": 3}
+    assert len(plt.get_fignums()) == open_before + 1, "one kept figure, every other one closed"
+    shown = torch.tensor(callback._plots["val"].image.get_array())
+    torch.testing.assert_close(shown, model.allocation["val"].compute()["allocation"], check_dtype=False)
