@@ -18,6 +18,7 @@ Usage::
 
     git clone https://github.com/yamsgithub/modular_deep_learning /tmp/reference
     python scripts/bench_end_to_end.py --reference-repo /tmp/reference --data ../shared/data
+    python scripts/bench_end_to_end.py --reference-repo /tmp/reference --repeat 3   # medians of 3 interleaved runs
     python scripts/bench_end_to_end.py --only gmnn --profile      # where gmnn's time goes
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,32 +154,47 @@ def run_reference(args: argparse.Namespace, work: Path, env: dict[str, str]) -> 
     return timed([sys.executable, str(driver)], env, work / "reference.log")
 
 
+def summary(rows: dict[str, list[float]], epochs: int) -> str:
+    """The table of the runs: each side's times, its median, and the ratio of the medians (and of each pair)."""
+    samples = TRAIN_SAMPLES * epochs
+    lines = [f"{epochs} epochs of {TRAIN_SAMPLES} samples, wall time from process start to exit"]
+    for name, times in rows.items():
+        middle = statistics.median(times)
+        each = ", ".join(f"{t:.1f}" for t in times)
+        lines.append(f"  {name:<10} median {middle:7.1f} s   {samples / middle:8.0f} samples/s   (runs: {each} s)")
+    if len(rows) == 2:
+        gmnn, reference = rows["gmnn"], rows["reference"]
+        pairs = ", ".join(f"{r / g:.2f}x" for g, r in zip(gmnn, reference))
+        lines.append(f"  gmnn / reference speed: {statistics.median(reference) / statistics.median(gmnn):.2f}x"
+                     f" (medians; each interleaved pair: {pairs})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference-repo", help="checkout of yamsgithub/modular_deep_learning")
     parser.add_argument("--data", default="../shared/data", help="folder holding MNIST/raw")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each side, interleaved (gmnn, reference, gmnn, ...)")
     parser.add_argument("--only", choices=["gmnn", "reference"])
     parser.add_argument("--profile", action="store_true", help="cProfile the gmnn run")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.only != "gmnn" and not args.reference_repo:
         parser.error("--reference-repo is required unless --only gmnn")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     args.data = str(Path(args.data).resolve())
     env = dict(os.environ)
-    rows: dict[str, float] = {}
+    sides = [name for name in ("gmnn", "reference") if args.only in (None, name)]
+    rows: dict[str, list[float]] = {name: [] for name in sides}
     with tempfile.TemporaryDirectory(prefix="gmnn_e2e_") as tmp:
-        work = Path(tmp)
-        if args.only in (None, "gmnn"):
-            rows["gmnn"] = run_gmnn(args, work, env)
-        if args.only in (None, "reference"):
-            rows["reference"] = run_reference(args, work, env)
-    samples = TRAIN_SAMPLES * args.epochs
-    print(f"\n{args.epochs} epochs of {TRAIN_SAMPLES} samples, wall time from process start to exit")
-    for name, seconds in rows.items():
-        print(f"  {name:<10} {seconds:7.1f} s   {samples / seconds:8.0f} samples/s")
-    if len(rows) == 2:
-        print(f"  gmnn / reference speed: {rows['reference'] / rows['gmnn']:.2f}x")
+        for round_ in range(args.repeat):
+            for name in sides:
+                work = Path(tmp) / f"{name}_{round_}"
+                work.mkdir()
+                rows[name].append((run_gmnn if name == "gmnn" else run_reference)(args, work, env))
+    print("\n" + summary(rows, args.epochs))
     if args.json:
         Path(args.json).write_text(json.dumps({"epochs": args.epochs, "seconds": rows}, indent=1))
 

@@ -46,3 +46,17 @@ def test_quick_benchmark_writes_its_tables(tmp_path: Path) -> None:
     assert {r["model"] for r in data["training_rows"]} == {"DenseMoE", "TopKMoE k=1", "TopKMoE k=2", "TopKMoE k=1 cf1.25",
                                                    "ProductOfExperts", "AttentionGateMoE"}
     assert len(data["layer_rows"]) == 2 * 5 and all(r["ms"] > 0 and r["saved_mib"] > 0 for r in data["layer_rows"])
+
+
+def test_the_end_to_end_summary_reports_medians_and_each_interleaved_pair() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_end_to_end", ROOT / "scripts" / "bench_end_to_end.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.summary({"gmnn": [20.0, 18.0, 25.0], "reference": [100.0, 126.0, 110.0]}, epochs=10)
+    assert "gmnn       median    20.0 s" in text and "25000 samples/s" in text  # 500k samples / 20 s
+    assert "reference  median   110.0 s" in text
+    assert "speed: 5.50x (medians; each interleaved pair: 5.00x, 7.00x, 4.40x)" in text
+    alone = module.summary({"gmnn": [16.0]}, epochs=1)
+    assert "3125 samples/s" in alone and "speed" not in alone

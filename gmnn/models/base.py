@@ -47,8 +47,8 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     Owns the experts, the gate, the task loss, the optimizer and the logging.
     The hooks a variant may override:
     networks :meth:`build_expert` / :meth:`build_gate` / :meth:`build_metrics`;
-    routing :meth:`gate_logits` (how experts are scored), :meth:`combine` (how
-    expert predictions are mixed), :meth:`forward` (sparse routing) and
+    routing :meth:`experts_and_gate` (experts and gate on a batch), :meth:`gate_logits` (how
+    experts are scored), :meth:`combine` (how expert predictions are mixed), :meth:`forward` (sparse routing) and
     :meth:`expert_logit_layer` (the gate rows revival splits); the objective
     :meth:`loss_terms` (named terms summed into the loss) and
     :meth:`regularizer_terms`; :meth:`set_temperature` (per-epoch schedule);
@@ -218,11 +218,24 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         mixture = dense_mixture(log_gate, expert_log_probs)
         return softmax_of_mixture(mixture) if self.hparams.get("objective") == "softmax_of_mixture" else mixture
 
+    def experts_and_gate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(expert logits [B, E, C], expert hidden [B, E, H], gate logits [B, E])`` of a batch.
+
+        With conv experts and a conv gate scored by :meth:`gate_logits` as defined here, their first
+        convolutions run as one product (:meth:`~gmnn.nn.experts.Experts.forward_with_gate`).
+        """
+        if self.gate is not None and type(self).gate_logits is MoEModule.gate_logits:
+            both = self.experts.forward_with_gate(self.gate, x)
+            if both is not None:
+                (expert_logits, expert_hidden), (gate_logits, _) = both
+                return expert_logits, expert_hidden, gate_logits
+        expert_logits, expert_hidden = self.experts(x)
+        return expert_logits, expert_hidden, self.gate_logits(x, expert_hidden)
+
     def forward(self, x: Tensor) -> MoEOutput:
         self.check_input(x)
-        expert_logits, expert_hidden = self.experts(x)
+        expert_logits, expert_hidden, gate_logits = self.experts_and_gate(x)
         expert_log_probs = class_log_probs(expert_logits)
-        gate_logits = self.gate_logits(x, expert_hidden)
         log_gate = softmax_routing(gate_logits, self.temperature)
         return MoEOutput(
             log_probs=self.combine(log_gate, expert_log_probs),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gmnn.nn.dispatch import capacity_slots, gather_into_slots, group_by_expert, read_from_slots
-from gmnn.nn.stacked import stacked_forward
+from gmnn.nn.stacked import convnets_and_gate_stacked, shares_first_conv, stacked_forward
 from gmnn.validation import check_positive_int
 
 
@@ -72,6 +72,14 @@ class Experts(nn.Module):
             return torch.stack([o[0] for o in outputs], 1), torch.stack([o[1] for o in outputs], 1)
         logits, hidden = stacked_forward(self._template[0], self.stacked_state(), x, shared=True)
         return logits.transpose(0, 1), hidden.transpose(0, 1)
+
+    def forward_with_gate(self, gate: nn.Module, x: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+        """``(self(x), gate(x))`` with the first convolution of the conv experts and of a conv gate as one
+        product (:func:`~gmnn.nn.stacked.convnets_and_gate_stacked`); ``None`` when they cannot share it."""
+        if not self.batched or not shares_first_conv(self._template[0], gate):
+            return None
+        (logits, hidden), gate_out = convnets_and_gate_stacked(self._template[0], self.stacked_state(), gate, x)
+        return (logits.transpose(0, 1), hidden.transpose(0, 1)), gate_out
 
     def forward_grouped(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Evaluate expert e on its own rows ``x[e]``: ``x [E, N, ...]`` -> ``([E, N, C], [E, N, H])``."""

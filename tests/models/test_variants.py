@@ -120,3 +120,30 @@ def test_checkpoint_round_trip_gives_identical_predictions(name: str, tmp_path: 
     x = torch.randn(8, 2)
     torch.testing.assert_close(loaded(x).log_probs, model(x).log_probs)
     assert loaded.hparams == model.hparams
+
+
+@pytest.mark.parametrize("variant", [DenseMoE, ProductOfExperts, AttentionGateMoE])
+def test_the_paper_conv_model_shares_the_first_convolution_only_where_the_gate_allows(
+    variant: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conv experts + conv gate: one first convolution (Experts.forward_with_gate) unless the variant
+    scores experts its own way (gate_logits: the attention gate reads the experts' hidden layers, the
+    product of experts may have no gate); either way the outputs and gradients equal separate passes."""
+    from gmnn.nn.experts import Experts
+
+    torch.manual_seed(0)
+    model = variant(input_shape=[1, 12, 12], num_classes=3, num_experts=3, expert="conv", expert_hidden=[4, 5],
+                    gate="conv", gate_hidden=[6, 5])
+    x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 3, (6,))
+    shared = []
+    original = Experts.forward_with_gate
+    monkeypatch.setattr(Experts, "forward_with_gate", lambda *a: shared.append(1) or original(*a))
+    out = model(x)
+    assert bool(shared) == (variant is DenseMoE)
+    grads = torch.autograd.grad(torch.nn.functional.nll_loss(out.log_probs, y), list(model.parameters()))
+    monkeypatch.setattr(Experts, "forward_with_gate", lambda *a: None)  # separate passes
+    separate = model(x)
+    torch.testing.assert_close(out.log_probs, separate.log_probs, atol=1e-5, rtol=1e-5)
+    want = torch.autograd.grad(torch.nn.functional.nll_loss(separate.log_probs, y), list(model.parameters()))
+    for a, b in zip(grads, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -204,3 +204,44 @@ def test_forward_selected_batches_balanced_routing_and_loops_otherwise(balanced:
     assert calls == ([32] if batched_call else [])
     full, _ = experts(x)
     torch.testing.assert_close(selected, full.gather(1, indices.unsqueeze(-1).expand(-1, -1, 3)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("expert_channels", "gate_channels"), [(1, 1), (2, 3)])
+def test_conv_experts_and_a_conv_gate_share_one_first_convolution(expert_channels: int, gate_channels: int) -> None:
+    """One product for the first layers of the experts and the gate: the outputs and every parameter's
+    gradient equal the experts' and the gate's own forward passes."""
+    from gmnn.nn.conv_pool import PATCH_MEMO
+
+    torch.manual_seed(0)
+    shape = (2, 12, 12)
+    experts = Experts(lambda: ConvNet(shape, 4, expert_channels, (5, 6)), 3)
+    gate = ConvNet(shape, 3, gate_channels, (7,))
+    x = torch.randn(8, *shape)
+    both = experts.forward_with_gate(gate, x)
+    assert both is not None
+    (logits, hidden), (gate_logits, gate_hidden) = both
+    PATCH_MEMO._forget(None)  # the reference below computes its windows afresh
+    want_logits = torch.stack([expert(x)[0] for expert in experts.experts], 1)
+    want_hidden = torch.stack([expert(x)[1] for expert in experts.experts], 1)
+    want_gate, want_gate_hidden = gate(x)
+    for got, want in ((logits, want_logits), (hidden, want_hidden), (gate_logits, want_gate), (gate_hidden, want_gate_hidden)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    upstream = [torch.randn_like(t) for t in (logits, gate_logits)]
+    params = [*experts.parameters(), *gate.parameters()]
+    got = torch.autograd.grad((logits * upstream[0]).sum() + (gate_logits * upstream[1]).sum(), params)
+    want = torch.autograd.grad((want_logits * upstream[0]).sum() + (want_gate * upstream[1]).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_only_plain_conv_experts_and_gate_share_their_first_convolution() -> None:
+    shape = (1, 10, 10)
+    conv_experts = Experts(lambda: ConvNet(shape, 2), 2)
+    x = torch.randn(3, *shape)
+    assert conv_experts.forward_with_gate(MLP(100, 2), x) is None
+    assert Experts(lambda: MLP(100, 2), 2).forward_with_gate(ConvNet(shape, 2), x) is None
+    assert Experts(lambda: ConvNet(shape, 2), 2, batched=False).forward_with_gate(ConvNet(shape, 2), x) is None
+    other_kernel = ConvNet(shape, 2)
+    other_kernel.features[0] = torch.nn.Conv2d(1, 1, kernel_size=3, padding=1)
+    assert conv_experts.forward_with_gate(other_kernel, x) is None
