@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
@@ -45,11 +47,21 @@ class DecompositionPlot:
     Building the figure took about 25 ms and drawing it about 35 ms on a 2-core CPU (nearly all of it
     text), so :class:`DecompositionFigures` keeps one per stage, updates its values and redraws only
     them over the rest, drawn once (:meth:`pixels`: about 14 ms).
+
+    Args:
+        num_experts: Rows of the heatmap, bars of the usage plot.
+        num_classes: Columns of the heatmap.
+        pyplot: Make the figure through pyplot (``False``: a plain ``Figure`` no registry keeps alive).
     """
 
-    def __init__(self, num_experts: int, num_classes: int) -> None:
+    def __init__(self, num_experts: int, num_classes: int, pyplot: bool = True) -> None:
         experts = torch.arange(num_experts).numpy()
-        fig = plt.figure(figsize=(3.5 + 0.35 * num_classes + 0.35 * num_experts, 1.4 + 0.3 * num_experts), dpi=80)
+        size = (3.5 + 0.35 * num_classes + 0.35 * num_experts, 1.4 + 0.3 * num_experts)
+        if pyplot:  # a figure of pyplot's (shown by plt.show(), kept until plt.close)
+            fig = plt.figure(figsize=size, dpi=80)
+        else:  # freed with this object: a callback's kept figure must not pile up in pyplot's registry
+            fig = Figure(figsize=size, dpi=80)
+            FigureCanvasAgg(fig)
         heat, bars = fig.subplots(1, 2, width_ratios=[num_classes + 2, num_experts + 2])
         fig.subplots_adjust(left=0.16, right=0.98, bottom=0.2, top=0.88, wspace=0.35)
         self.image = heat.imshow(np.zeros((num_experts, num_classes)), vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -245,9 +257,7 @@ class DecompositionFigures(Callback):
         shape = (pl_module.allocation[stage].num_experts, pl_module.allocation[stage].num_classes)
         plot = self._plots.get(stage)
         if plot is None or plot.shape != shape:
-            if plot is not None:
-                plt.close(plot.fig)
-            plot = self._plots[stage] = DecompositionPlot(*shape)
+            plot = self._plots[stage] = DecompositionPlot(*shape, pyplot=False)
         return plot
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
