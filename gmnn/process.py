@@ -17,9 +17,9 @@ glibc (macOS, Windows, musl).
 **Garbage collector.** Importing Lightning, torchmetrics and torchvision creates about half a
 million objects that live until the process ends. While they load, the collector would walk them
 again and again (seven full collections, about 0.55 s of a 4.6 s import on that machine):
-``import gmnn`` and ``import gmnn.cli`` run their imports in :func:`imports_without_collection`,
-which pauses it and then hands the new objects to its oldest generation without a walk
-(``import gmnn.cli``: 3.9 s instead of 4.6 s). Every full collection walks them again, and so
+``import gmnn`` (which every ``gmnn.*`` import runs first) loads them in
+:func:`imports_without_collection`, which pauses it and then hands the new objects to its oldest
+generation without a walk (``import gmnn.cli``: 4.0 s instead of 4.6 s). Every full collection walks them again, and so
 does the interpreter's exit (about 1.7 s of a ``gmnn fit`` process on that machine).
 :func:`freeze_garbage_collector` (``gc.freeze``) moves the objects that exist when it is called
 out of the collector's sight; the ``gmnn`` command calls it after its imports and again when the

@@ -337,7 +337,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         self.log_task_metrics(stage, out, y, batch_size)
 
     @staticmethod
-    def log_options(stage: str, batch_size: int, on_step: bool | None = None) -> dict[str, Any]:
+    def log_options(stage: str, batch_size: int) -> dict[str, Any]:
         """``self.log`` options of a per-batch mean: per step and epoch in training, per epoch and
         synced over processes (a sample-weighted mean of the whole set) in evaluation.
 
@@ -347,7 +347,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         odd-sized evaluation set differ by one sample.
         """
         training = stage == "train"
-        return dict(on_step=training if on_step is None else on_step, on_epoch=True,
+        return dict(on_step=training, on_epoch=True,
                     batch_size=batch_size if training else float(batch_size), sync_dist=not training)
 
     def log_task_metrics(self, stage: str, out: MoEOutput, y: Tensor, batch_size: int) -> None:

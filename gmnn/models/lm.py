@@ -233,9 +233,6 @@ class MoETransformerLM(MoEModule):
     def on_train_epoch_start(self) -> None:
         pass  # no gate temperature
 
-    def log_epoch_metrics(self, stage: str) -> None:
-        pass  # every value is logged per step (shared_step); routing through RoutingMonitor
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another class or architecture; when resuming ``fit``, restore the random state
         (no gate temperature to restore)."""
