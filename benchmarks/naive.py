@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmnn.models import AttentionGateMoE, DenseMoE, MoEModule, ProductOfExperts, TopKMoE
-from gmnn.nn.combine import top_k_mixture
-from gmnn.nn.networks import ConvNet
-from gmnn.nn.output import MoEOutput
+from gmnn.nn.functional.combine import top_k_mixture
+from gmnn.nn.mixture.networks import ConvNet
+from gmnn.nn.mixture.output import MoEOutput
 
 
 def plain(network: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from gmnn.metrics import entropy_bits, mutual_information_bits
-from gmnn.nn.moe_layer import MoELayer
-from gmnn.nn.routing_record import Routing
+from gmnn.nn.moe.layer import MoELayer
+from gmnn.nn.moe.record import Routing
 from gmnn.validation import check_non_negative, check_positive_int
 
 MODEL_LAYER = "gate"  # the name of a whole gmnn image model's routing (its gate)

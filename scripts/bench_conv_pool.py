@@ -1,4 +1,4 @@
-"""Time ``gmnn.nn.conv_pool`` against ``conv2d`` + ``max_pool2d`` (forward + weight backward), ratios in one run.
+"""Time ``gmnn.nn.functional.conv_pool`` against ``conv2d`` + ``max_pool2d`` (forward + weight backward), ratios in one run.
 
 The shapes are the paper's MNIST layers at batch 512: the gate's 1 filter, the 5 experts' filters
 (one filter each, run together) and 16 filters. Each row is the median of ``--repeats`` timings of
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from gmnn.nn.conv_pool import conv_maxpool2
+from gmnn.nn.functional.conv_pool import conv_maxpool2
 
 
 def step_time(fn: Callable[[], torch.Tensor], weight: torch.Tensor, steps: int) -> float:

@@ -90,35 +90,31 @@ def step(layer: torch.nn.Module, x: torch.Tensor) -> None:
     loss.backward()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default=None, help="write the rows here")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    import logging
+def measure(tokens: int, d: int, h: int, sizes: list[int], seq_len: int, repeats: int, device: str) -> dict:
+    """Time every (router, E) row, interleaved round after round; print the table and return the figures.
 
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    tokens, d, h, sizes, seq_len = (256, 64, 128, [4, 8], 64) if args.quick else (4096, 512, 1024, [8, 16, 32], 512)
+    Returns:
+        ``{"matmul_gflops": [before, after], "rows": [...], "load": os.getloadavg()}``: one row per
+        router and E, with the columns of the module docstring.
+    """
     names = ["hf-mixtral", "hf-mixtral grouped_mm", "softmax top-2, GELU MLP", "softmax top-2", "softmax top-2, capacity 1.25",
              "sigmoid top-2, aux-free bias", "expert choice, c = 2", "soft MoE"]
-    x = torch.randn(tokens // seq_len, seq_len, d, device=args.device)
+    x = torch.randn(tokens // seq_len, seq_len, d, device=device)
     torch.manual_seed(0)
     layers = {(n, e): build(n, d, h, e, seq_len, tokens) for e in sizes for n in names}
-    layers = {key: (layer.to(args.device), mats) for key, (layer, mats) in layers.items()}
-    reference = matmul_rate(512 if args.quick else 2048, args.repeats, args.device)
+    layers = {key: (layer.to(device), mats) for key, (layer, mats) in layers.items()}
+    matmul_size = 2048 if d >= 512 else 512
+    reference = matmul_rate(matmul_size, repeats, device)
     times: dict = {key: float("inf") for key in layers}
-    for _ in range(args.repeats + 1):  # the first round warms up and counts like the others (fastest kept)
+    for _ in range(repeats + 1):  # the first round warms up and counts like the others (fastest kept)
         for key, (layer, _) in layers.items():
             layer.zero_grad(set_to_none=True)
-            sync(args.device)
+            sync(device)
             start = time.perf_counter()
             step(layer, x)
-            sync(args.device)
+            sync(device)
             times[key] = min(times[key], time.perf_counter() - start)
-    reference_after = matmul_rate(512 if args.quick else 2048, args.repeats, args.device)
+    reference_after = matmul_rate(matmul_size, repeats, device)
     print(f"\n{tokens} tokens, d_model {d}, hidden {h}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"large fp32 matmul {reference:.1f} GFLOP/s before, {reference_after:.1f} after; load {os.getloadavg()}\n")
     print("| router | E | ms | expert GFLOP/s | per FLOP / HF | / HF grouped_mm | of matmul rate | / E=8 |\n"
@@ -140,9 +136,25 @@ def main() -> None:
         print(f"| {row['router']} | {row['E']} | {row['ms']:.0f} | {row['gflops']:.1f} | {row['per_flop_over_hf']:.2f} | "
               f"{row['per_flop_over_hf_grouped_mm']:.2f} | "
               f"{row['of_matmul_rate']:.0%} | {row['over_first_E']:.2f} |")
+    return {"matmul_gflops": [reference, reference_after], "rows": rows, "load": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None, help="write the rows here")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tokens, d, h, sizes, seq_len = (256, 64, 128, [4, 8], 64) if args.quick else (4096, 512, 1024, [8, 16, 32], 512)
+    results = measure(tokens, d, h, sizes, seq_len, args.repeats, args.device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_gflops": [reference, reference_after], "rows": rows, "load": os.getloadavg()}, f, indent=1)
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -96,14 +96,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sample entropy off by a factor 2",
     ),
     Mutation(
-        "mixture_ignores_gate", "gmnn/nn/combine.py",
+        "mixture_ignores_gate", "gmnn/nn/functional/combine.py",
         "return torch.logsumexp(log_gate.unsqueeze(-1) + expert_log_probs, dim=1)",
         "return torch.logsumexp(expert_log_probs, dim=1) - math.log(expert_log_probs.shape[1])",
         ("tests/nn/test_combine.py", "tests/models/test_gradients.py"),
         "the dense mixture weights every expert equally, whatever the gate says",
     ),
     Mutation(
-        "topk_not_renormalised", "gmnn/nn/combine.py",
+        "topk_not_renormalised", "gmnn/nn/functional/combine.py",
         "return sparse_mixture(torch.log_softmax(log_selected, dim=-1), selected_log_probs)",
         "return sparse_mixture(log_selected, selected_log_probs)",
         ("tests/models/test_topk.py",),
@@ -131,7 +131,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the attention gate's query is detached: the gate network never learns",
     ),
     Mutation(
-        "moe_layer_router_weights_detached", "gmnn/nn/routers.py",
+        "moe_layer_router_weights_detached", "gmnn/nn/moe/routers.py",
         "weights = scores.gather(-1, selected)\n",
         "weights = scores.gather(-1, selected).detach()\n",
         ("tests/models/test_gradients.py", "tests/nn/test_moe_layer.py", "tests/nn/test_routers.py"),
@@ -145,7 +145,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "predict_step's prediction is not the most probable class",
     ),
     Mutation(
-        "loop_experts_wrong_order", "gmnn/nn/experts.py",
+        "loop_experts_wrong_order", "gmnn/nn/mixture/experts.py",
         "outputs = [expert(rows) for expert, rows in zip(self.experts, x)]",
         "outputs = [expert(rows) for expert, rows in zip(self.experts, x.flip(0))]",
         ("tests/nn/test_experts.py",),
@@ -166,7 +166,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the configured regularizers never enter the training loss",
     ),
     Mutation(
-        "mlp_without_relu", "gmnn/nn/networks.py",
+        "mlp_without_relu", "gmnn/nn/mixture/networks.py",
         "layers += [nn.Linear(width_in, width), nn.ReLU()]",
         "layers += [nn.Linear(width_in, width), nn.Identity()]",
         ("tests/nn/test_experts.py",),
@@ -268,7 +268,7 @@ def failed_tests(output: str) -> list[str]:
 
 
 def module_of(path: str) -> str:
-    """``gmnn/nn/combine.py`` -> ``gmnn.nn.combine``."""
+    """``gmnn/nn/functional/combine.py`` -> ``gmnn.nn.functional.combine``."""
     return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 

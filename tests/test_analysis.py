@@ -14,7 +14,7 @@ from gmnn.analysis import RoutingStats, find_moe_layers, routing_report
 from gmnn.cli import main, make_cli
 from gmnn.metrics import mutual_information_bits
 from gmnn.nn import MoELayer
-from gmnn.nn.routing_record import Routing
+from gmnn.nn.moe.record import Routing
 
 # (expert, label) counts [[3, 1], [0, 2], [1, 1]]: worked out in tests/callbacks/test_routing_monitor.py
 HAND_MI = 3 / 8 * math.log2(3 / 2) + 1 / 8 * math.log2(1 / 2) + 2 / 8 * math.log2(2)

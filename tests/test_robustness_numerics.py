@@ -19,7 +19,7 @@ from gmnn.models import (
 )
 from gmnn.models.regularization import REGULARIZERS
 from gmnn.models.checks import FiniteLossGuard
-from gmnn.nn.output import MoEOutput
+from gmnn.nn.mixture.output import MoEOutput
 from tests.conftest import tiny_trainer
 from tests.models.test_variants import VARIANTS
 

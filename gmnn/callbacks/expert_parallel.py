@@ -4,7 +4,7 @@
 parallel one without changing the model class: at ``setup`` (after the
 process group exists, before DDP wraps the module and the optimizers are
 built) it replaces each :class:`~gmnn.nn.MoELayer` by an
-:class:`~gmnn.nn.expert_parallel.ExpertParallelMoELayer` over the default
+:class:`~gmnn.nn.moe.parallel.ExpertParallelMoELayer` over the default
 group (E/P experts per process; GShard, Lepikhin et al., 2021; DeepSpeed-MoE,
 Rajbhandari et al., 2022) and lists the expert parameters in the module's
 ``_ddp_params_and_buffers_to_ignore``, so DDP neither broadcasts nor
@@ -32,8 +32,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from gmnn.nn.expert_parallel import ExpertParallelMoELayer, check_shardable, clip_grad_norm_, expert_keys
-from gmnn.nn.moe_layer import MoELayer
+from gmnn.nn.moe.parallel import ExpertParallelMoELayer, check_shardable, clip_grad_norm_, expert_keys
+from gmnn.nn.moe.layer import MoELayer
 from gmnn.validation import check_positive_int
 
 __all__ = ["ExpertParallel"]
@@ -60,7 +60,7 @@ class ExpertParallel(Callback):
     ``ValueError`` if they differ (rather than hang). Gradient clipping by
     norm (``gradient_clip_val``) counts every expert shard and every
     replicated parameter once, as one process would
-    (:func:`~gmnn.nn.expert_parallel.clip_grad_norm_` in place of the
+    (:func:`~gmnn.nn.moe.parallel.clip_grad_norm_` in place of the
     precision plugin's local ``clip_grad_norm_``). Only token-choice routers
     shard (expert choice and Soft MoE are refused at ``setup``). P must divide
     E; the ranks must build the same initial model (rank 0's experts are

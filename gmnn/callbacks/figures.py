@@ -139,7 +139,7 @@ def _grid(points: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
 def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tensor, size: int = 80) -> plt.Figure:
     """Which expert the gate picks, each expert's class and the model's class over a grid of a 2-D input.
 
-    ``model`` maps ``[N, 2]`` to a :class:`~gmnn.nn.output.MoEOutput` and owns ``experts``.
+    ``model`` maps ``[N, 2]`` to a :class:`~gmnn.nn.mixture.output.MoEOutput` and owns ``experts``.
     """
     gx, gy, grid = _grid(points.float().cpu(), size)
     grid = grid.to(model.device, model.dtype)  # the module's precision (e.g. 64-true, bf16-true)

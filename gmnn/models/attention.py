@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 from gmnn.models.base import MoEModule
 from gmnn.models.topk import check_top_k
-from gmnn.nn.combine import top_k_mixture
-from gmnn.nn.gates import AttentionGate
-from gmnn.nn.networks import build_network, hidden_dim_of
+from gmnn.nn.functional.combine import top_k_mixture
+from gmnn.nn.mixture.gates import AttentionGate
+from gmnn.nn.mixture.networks import build_network, hidden_dim_of
 from gmnn.validation import check_choice, check_non_negative
 
 QueryActivation = Literal["relu", "none"]

@@ -25,14 +25,14 @@ from gmnn.models.regularization import check_regularizers, regularizer_values
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
-from gmnn.nn.combine import class_log_probs, dense_mixture, softmax_of_mixture
-from gmnn.nn.experts import Experts
-from gmnn.nn.custom import check_network_spec
-from gmnn.nn.networks import NETWORKS, NetworkSpec, build_network
-from gmnn.nn.output import MoEOutput
-from gmnn.nn.regularizers import Distance, ImportanceStd, sample_distances
-from gmnn.nn.routing import softmax_routing
-from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
+from gmnn.nn.functional.combine import class_log_probs, dense_mixture, softmax_of_mixture
+from gmnn.nn.mixture.experts import Experts
+from gmnn.nn.mixture.custom import check_network_spec
+from gmnn.nn.mixture.networks import NETWORKS, NetworkSpec, build_network
+from gmnn.nn.mixture.output import MoEOutput
+from gmnn.nn.functional.regularizers import Distance, ImportanceStd, sample_distances
+from gmnn.nn.functional.routing import softmax_routing
+from gmnn.nn.functional.temperature import check_temperature_schedule, scheduled_temperature
 from gmnn.validation import check_choice, check_positive_int
 
 STAGES = ("train", "val", "test")
@@ -63,7 +63,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         num_classes: Number of classes C (linked from the data).
         num_experts: Number of experts E >= 1.
         expert: Expert network: ``"mlp"``, ``"conv"`` (the paper's MNIST expert) or any module by
-            ``{class_path: pkg.Module, init_args: {...}, hidden_from: <submodule>}`` (:mod:`gmnn.nn.custom`).
+            ``{class_path: pkg.Module, init_args: {...}, hidden_from: <submodule>}`` (:mod:`gmnn.nn.mixture.custom`).
         expert_hidden: Hidden layer widths of each expert.
         expert_channels: Convolution filters of a ``"conv"`` expert.
         gate: Gate network, like ``expert`` (its ``out_features`` is the number of experts).
@@ -108,7 +108,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             ``"cosine"`` (cosine decay from ``lr`` to 0) or ``"onecycle"`` (warm-up to ``lr``
             over the first 30% of steps, then cosine decay; Smith & Topin, 2019).
         objective: ``"mixture_likelihood"`` (default: ``log sum_i g_i p_i(y|x)``) or, in paper mode,
-            ``"softmax_of_mixture"`` (:func:`gmnn.nn.combine.softmax_of_mixture`, the reference's
+            ``"softmax_of_mixture"`` (:func:`gmnn.nn.functional.combine.softmax_of_mixture`, the reference's
             expectation model); only for variants whose output is the dense mixture.
         importance_std: ``"population"`` (default) or ``"unbiased"`` (paper mode: the reference's
             ``torch.std``) std in the ``importance`` regularizer.
@@ -222,7 +222,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         """``(expert logits [B, E, C], expert hidden [B, E, H], gate logits [B, E])`` of a batch.
 
         With conv experts and a conv gate scored by :meth:`gate_logits` as defined here, their first
-        convolutions run as one product (:meth:`~gmnn.nn.experts.Experts.forward_with_gate`).
+        convolutions run as one product (:meth:`~gmnn.nn.mixture.experts.Experts.forward_with_gate`).
         """
         if self.gate is not None and type(self).gate_logits is MoEModule.gate_logits:
             both = self.experts.forward_with_gate(self.gate, x)

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.combine import dense_mixture
-from gmnn.nn.losses import per_expert_nll
-from gmnn.nn.output import MoEOutput
-from gmnn.nn.routing import softmax_routing
+from gmnn.nn.functional.combine import dense_mixture
+from gmnn.nn.functional.losses import per_expert_nll
+from gmnn.nn.mixture.output import MoEOutput
+from gmnn.nn.functional.routing import softmax_routing
 from gmnn.validation import check_choice
 
 GateLoss = Literal["mse", "l1_sum"]

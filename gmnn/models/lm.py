@@ -18,7 +18,7 @@ from gmnn.models.base import STAGES, MoEModule
 from gmnn.models.checks import check_labels
 from gmnn.models.optim import Scheduler, check_optimizer_args
 from gmnn.models.running_mean import RunningMean
-from gmnn.nn.moe_layer import MoELayer
+from gmnn.nn.moe.layer import MoELayer
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
 Router = Literal["softmax", "sigmoid", "expert_choice"]
@@ -28,7 +28,7 @@ ROUTERS: tuple[str, ...] = get_args(Router)
 def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: str, normalize: bool | None,
                   balance_weight: float, balance_rate: float, z_weight: float, shared_experts: int,
                   capacity_factor: float) -> MoELayer:
-    """One :class:`~gmnn.nn.MoELayer` FFN from primitive settings (the routers of :mod:`gmnn.nn.routers`).
+    """One :class:`~gmnn.nn.MoELayer` FFN from primitive settings (the routers of :mod:`gmnn.nn.moe.routers`).
 
     ``softmax`` top-k without extras uses the layer's own constructor
     ``MoELayer(d_model, hidden, num_experts, k)``; every other setting builds
@@ -39,10 +39,10 @@ def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: s
         return MoELayer(d_model, hidden, num_experts, k, capacity_factor=capacity_factor,
                         balance_weight=balance_weight, z_weight=z_weight)
     try:
-        from gmnn.nn.moe_experts import MLPExperts, SharedExperts
-        from gmnn.nn.routers import ExpertChoiceRouter, SigmoidRouter, SoftmaxTopKRouter
+        from gmnn.nn.moe.experts import MLPExperts, SharedExperts
+        from gmnn.nn.moe.routers import ExpertChoiceRouter, SigmoidRouter, SoftmaxTopKRouter
     except ImportError as error:  # the layer before issue 14: softmax top-k only
-        raise ValueError(f"router={router!r} with these options needs gmnn.nn.routers (issue 14): {error}") from None
+        raise ValueError(f"router={router!r} with these options needs gmnn.nn.moe.routers (issue 14): {error}") from None
     if router == "expert_choice":
         module = ExpertChoiceRouter(d_model, num_experts, capacity_factor=float(k), bias=True)
         capacity_factor = 0.0

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.combine import product_of_experts
+from gmnn.nn.functional.combine import product_of_experts
 
 
 class ProductOfExperts(MoEModule):

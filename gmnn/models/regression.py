@@ -13,8 +13,8 @@ from torchmetrics import MeanSquaredError
 from gmnn.metrics import ExpertUsage, SampleEntropy
 from gmnn.models.base import EVAL_STAGES, STAGES, MoEModule
 from gmnn.models.topk import check_top_k
-from gmnn.nn.losses import stochastic_mixture_loss
-from gmnn.nn.routing import softmax_routing
+from gmnn.nn.functional.losses import stochastic_mixture_loss
+from gmnn.nn.functional.routing import softmax_routing
 from gmnn.validation import check_non_negative, check_positive
 
 GATE_ONLY_REGULARIZERS = ("importance", "similarity_same", "similarity_different", "load_balancing", "z_loss")

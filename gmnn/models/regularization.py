@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from gmnn.nn import regularizers as R
-from gmnn.nn.losses import entropy, per_expert_nll
-from gmnn.nn.output import MoEOutput
+from gmnn.nn.functional.losses import entropy, per_expert_nll
+from gmnn.nn.mixture.output import MoEOutput
 from gmnn.validation import check_choice, check_non_negative, check_positive
 
 REGULARIZERS = (

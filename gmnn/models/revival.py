@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gmnn.nn.experts import Experts
+from gmnn.nn.mixture.experts import Experts
 
 
 class ExpertRevival:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.networks import build_network
+from gmnn.nn.mixture.networks import build_network
 from gmnn.validation import check_positive_int
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.losses import per_expert_nll, stochastic_mixture_loss
-from gmnn.nn.output import MoEOutput
+from gmnn.nn.functional.losses import per_expert_nll, stochastic_mixture_loss
+from gmnn.nn.mixture.output import MoEOutput
 
 
 class StochasticMoE(MoEModule):

@@ -1,24 +1,33 @@
-"""Plain ``torch.nn`` building blocks for mixtures of experts (no Lightning)."""
+"""Plain ``torch.nn`` building blocks for mixtures of experts (no Lightning).
 
-from gmnn.nn.combine import dense_mixture, product_of_experts, sparse_mixture, top_k_mixture
-from gmnn.nn.expert_parallel import ExpertParallelMoELayer
-from gmnn.nn.experts import Experts
-from gmnn.nn.gates import AttentionGate
-from gmnn.nn.hf import from_hf
-from gmnn.nn.moe_experts import GeGLUExperts, MLPExperts, SharedExperts, SwiGLUExperts
-from gmnn.nn.moe_layer import MoELayer
-from gmnn.nn.networks import MLP, ConvNet, build_network
-from gmnn.nn.output import MoEOutput
-from gmnn.nn.routers import (
+Three packages, one job each:
+
+- :mod:`gmnn.nn.functional`: pure tensor functions (mixtures, routing, losses, regularizers, kernels);
+- :mod:`gmnn.nn.mixture`: the sample-level mixture blocks of the paper (networks, batched experts, gates);
+- :mod:`gmnn.nn.moe`: the token-level MoE layer (layer, routers, experts, routing record, Hugging Face
+  conversion, expert parallelism).
+
+The public names of all three are importable from here.
+"""
+
+from gmnn.nn.functional import dense_mixture, product_of_experts, softmax_routing, sparse_mixture, top_k_mixture, top_k_routing
+from gmnn.nn.mixture import MLP, AttentionGate, ConvNet, Experts, MoEOutput, build_network
+from gmnn.nn.moe import (
     ExpertChoiceRouter,
+    ExpertParallelMoELayer,
+    GeGLUExperts,
+    MLPExperts,
+    MoELayer,
     NoisyTopKRouter,
     Router,
+    Routing,
+    SharedExperts,
     SigmoidRouter,
-    SoftmaxTopKRouter,
     SoftMoERouter,
+    SoftmaxTopKRouter,
+    SwiGLUExperts,
+    from_hf,
 )
-from gmnn.nn.routing import softmax_routing, top_k_routing
-from gmnn.nn.routing_record import Routing
 
 __all__ = [
     "MLP",

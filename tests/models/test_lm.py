@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LM_CONFIGS = sorted((ROOT / "configs" / "lm").glob("*.yaml"))
 SMALL_DATA = dict(seq_len=32, num_train=512, num_val=32, source_bytes=6000, min_segment=8, max_segment=24, batch_size=16)
 # the routers of issue 14 (sigmoid, expert choice, shared experts, a top-1 router that learns from the task loss)
-NEEDS_ROUTERS = pytest.mark.skipif(importlib.util.find_spec("gmnn.nn.routers") is None, reason="needs gmnn.nn.routers")
+NEEDS_ROUTERS = pytest.mark.skipif(importlib.util.find_spec("gmnn.nn.moe.routers") is None, reason="needs gmnn.nn.moe.routers")
 SMALL_MODEL = dict(input_shape=[32], d_model=32, num_layers=2, num_heads=2, expert_hidden=64, num_experts=4)
 
 

@@ -21,10 +21,10 @@ from gmnn.models import (
     StochasticMoE,
     TopKMoE,
 )
-from gmnn.nn.combine import dense_mixture
-from gmnn.nn.losses import entropy, per_expert_nll, stochastic_mixture_loss
-from gmnn.nn.regularizers import importance_loss, sample_distances, sample_similarity_terms
-from gmnn.nn.temperature import scheduled_temperature
+from gmnn.nn.functional.combine import dense_mixture
+from gmnn.nn.functional.losses import entropy, per_expert_nll, stochastic_mixture_loss
+from gmnn.nn.functional.regularizers import importance_loss, sample_distances, sample_similarity_terms
+from gmnn.nn.functional.temperature import scheduled_temperature
 from tests.conftest import tiny_trainer
 
 COMMON = dict(input_shape=[2], num_classes=3, num_experts=4, expert_hidden=[8], gate_hidden=[8])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from gmnn.models import AttentionGateMoE, DenseMoE, ExpertLossGateMoE, ProductOfExperts, StochasticMoE, TopKMoE
-from gmnn.nn.regularizers import importance_loss
+from gmnn.nn.functional.regularizers import importance_loss
 
 GATES = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
 EXPERTS = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])

@@ -114,7 +114,7 @@ def test_capacity_factor_is_a_saved_hyperparameter() -> None:
 
 
 def test_stochastic_gate_gradient_trains_gate_and_routed_experts_separately() -> None:
-    from gmnn.nn.losses import per_expert_nll, stochastic_mixture_loss
+    from gmnn.nn.functional.losses import per_expert_nll, stochastic_mixture_loss
 
     model = TopKMoE(k=1, gate_gradient="stochastic", input_shape=[2], num_classes=3, num_experts=4, expert_hidden=[8])
     model.train()

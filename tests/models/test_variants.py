@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmnn.models import AttentionGateMoE, DenseMoE, ProductOfExperts, TopKMoE
-from gmnn.nn.output import MoEOutput
+from gmnn.nn.mixture.output import MoEOutput
 from tests.conftest import tiny_trainer
 
 COMMON = dict(input_shape=[2], num_classes=3, num_experts=4, expert_hidden=[8], gate_hidden=[8])
@@ -129,7 +129,7 @@ def test_the_paper_conv_model_shares_the_first_convolution_only_where_the_gate_a
     """Conv experts + conv gate: one first convolution (Experts.forward_with_gate) unless the variant
     scores experts its own way (gate_logits: the attention gate reads the experts' hidden layers, the
     product of experts may have no gate); either way the outputs and gradients equal separate passes."""
-    from gmnn.nn.experts import Experts
+    from gmnn.nn.mixture.experts import Experts
 
     torch.manual_seed(0)
     model = variant(input_shape=[1, 12, 12], num_classes=3, num_experts=3, expert="conv", expert_hidden=[4, 5],

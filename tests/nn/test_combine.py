@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from gmnn.nn.combine import dense_mixture, product_of_experts, sparse_mixture, top_k_mixture
-from gmnn.nn.routing import softmax_routing, top_k_routing
+from gmnn.nn.functional.combine import dense_mixture, product_of_experts, sparse_mixture, top_k_mixture
+from gmnn.nn.functional.routing import softmax_routing, top_k_routing
 
 
 def _random(batch: int = 5, experts: int = 3, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +99,7 @@ def test_temperature_flattens_the_gate() -> None:
 
 @pytest.mark.parametrize("shape", [(7, 3, 10), (5, 2), (4, 3, 33)])
 def test_class_log_probs_equals_log_softmax_in_values_and_gradients(shape: tuple[int, ...]) -> None:
-    from gmnn.nn.combine import class_log_probs
+    from gmnn.nn.functional.combine import class_log_probs
 
     torch.manual_seed(0)
     logits = (torch.randn(*shape) * 5).requires_grad_()

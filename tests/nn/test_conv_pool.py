@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from gmnn.nn.conv_pool import conv_maxpool2, conv_maxpool2_channels_first, is_plain_conv_pool, phase_max
-from gmnn.nn.networks import ConvNet
+from gmnn.nn.functional.conv_pool import conv_maxpool2, conv_maxpool2_channels_first, is_plain_conv_pool, phase_max
+from gmnn.nn.mixture.networks import ConvNet
 
 
 @pytest.mark.parametrize(("groups", "in_per_group", "out_channels", "size", "kernel"), [
@@ -149,7 +149,7 @@ def test_the_windows_memo_holds_no_input_alive() -> None:
     import gc
     import weakref
 
-    from gmnn.nn.conv_pool import PATCH_MEMO
+    from gmnn.nn.functional.conv_pool import PATCH_MEMO
 
     x = torch.randn(2, 1, 8, 8)
     conv_maxpool2(x, torch.randn(1, 1, 3, 3), None)

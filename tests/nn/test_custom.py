@@ -1,4 +1,4 @@
-"""Experts and gates given by class path (gmnn.nn.custom), from Python and from a YAML config."""
+"""Experts and gates given by class path (gmnn.nn.mixture.custom), from Python and from a YAML config."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gmnn.cli import make_cli
 from gmnn.models import DenseMoE, MoEModule, SingleModel
-from gmnn.nn.custom import LogitsAndHidden
+from gmnn.nn.mixture.custom import LogitsAndHidden
 from tests.conftest import tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[2]

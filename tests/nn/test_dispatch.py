@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
+from gmnn.nn.functional.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
 
 
 def test_capacity_of_hand_computed() -> None:

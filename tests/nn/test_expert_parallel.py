@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gmnn.nn import MLPExperts, MoELayer, SharedExperts, SigmoidRouter, SoftmaxTopKRouter, SwiGLUExperts
-from gmnn.nn.expert_parallel import (ExpertParallelMoELayer, check_shardable, clip_grad_norm_, gather_expert_state,
+from gmnn.nn.moe.parallel import (ExpertParallelMoELayer, check_shardable, clip_grad_norm_, gather_expert_state,
                                      shard_expert_state)
 
 WORLD = 2

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from gmnn.nn.experts import Experts
-from gmnn.nn.gates import AttentionGate
-from gmnn.nn.networks import MLP, ConvNet, build_network
+from gmnn.nn.mixture.experts import Experts
+from gmnn.nn.mixture.gates import AttentionGate
+from gmnn.nn.mixture.networks import MLP, ConvNet, build_network
 
 
 def test_batched_experts_match_the_loop_outputs_and_gradients() -> None:
@@ -210,7 +210,7 @@ def test_forward_selected_batches_balanced_routing_and_loops_otherwise(balanced:
 def test_conv_experts_and_a_conv_gate_share_one_first_convolution(expert_channels: int, gate_channels: int) -> None:
     """One product for the first layers of the experts and the gate: the outputs and every parameter's
     gradient equal the experts' and the gate's own forward passes."""
-    from gmnn.nn.conv_pool import PATCH_MEMO
+    from gmnn.nn.functional.conv_pool import PATCH_MEMO
 
     torch.manual_seed(0)
     shape = (2, 12, 12)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from gmnn.nn import MoELayer
-from gmnn.nn.moe_experts import MLPExperts
-from gmnn.nn.grouped import can_group, grouped_linear, grouped_mm_works
+from gmnn.nn.moe.experts import MLPExperts
+from gmnn.nn.functional.grouped import can_group, grouped_linear, grouped_mm_works
 
 needs_grouped_mm = pytest.mark.skipif(not grouped_mm_works("cpu", torch.float32), reason="no torch._grouped_mm on CPU")
 

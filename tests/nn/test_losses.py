@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from gmnn.nn.losses import entropy, per_expert_nll, softmin_allocation, stochastic_mixture_loss
-from gmnn.nn.temperature import check_temperature_schedule, scheduled_temperature
+from gmnn.nn.functional.losses import entropy, per_expert_nll, softmin_allocation, stochastic_mixture_loss
+from gmnn.nn.functional.temperature import check_temperature_schedule, scheduled_temperature
 
 
 def test_stochastic_loss_hand_value_on_two_experts() -> None:

@@ -18,8 +18,8 @@ from gmnn.nn import (
     SoftMoERouter,
     SwiGLUExperts,
 )
-from gmnn.nn.moe_layer import routed_load_balancing_loss
-from gmnn.nn.regularizers import router_z_loss
+from gmnn.nn.moe.layer import routed_load_balancing_loss
+from gmnn.nn.functional.regularizers import router_z_loss
 
 ACT = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmnn.models import DenseMoE
-from gmnn.nn.regularizers import orthogonality_loss, prediction_class_cv
+from gmnn.nn.functional.regularizers import orthogonality_loss, prediction_class_cv
 
 
 def reference_orthogonality(y: torch.Tensor) -> float:

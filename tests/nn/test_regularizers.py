@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gmnn.nn.regularizers import (
+from gmnn.nn.functional.regularizers import (
     allocation_loss,
     ideal_gate_loss,
     importance_loss,

@@ -8,11 +8,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
-from gmnn.nn.regularizers import importance_loss, router_z_loss
-from gmnn.nn.moe_experts import MLPExperts, SharedExperts
-from gmnn.nn.routers import Route, Router, SoftmaxTopKRouter
-from gmnn.nn.routing_record import Routing
+from gmnn.nn.functional.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
+from gmnn.nn.functional.regularizers import importance_loss, router_z_loss
+from gmnn.nn.moe.experts import MLPExperts, SharedExperts
+from gmnn.nn.moe.routers import Route, Router, SoftmaxTopKRouter
+from gmnn.nn.moe.record import Routing
 from gmnn.validation import check_choice, check_non_negative
 
 __all__ = ["MoELayer", "importance_of_weights", "masked_z_loss", "routed_load_balancing_loss"]
@@ -22,7 +22,7 @@ def routed_load_balancing_loss(router_probs: Tensor, indices: Tensor, mask: Tens
                                global_counts: bool = False) -> Tensor:
     """Switch load-balancing loss ``E * sum_i f_i P_i`` over the routed pairs (Fedus et al., 2021).
 
-    Unlike :func:`gmnn.nn.regularizers.load_balancing_loss` (top-1 by argmax of
+    Unlike :func:`gmnn.nn.functional.regularizers.load_balancing_loss` (top-1 by argmax of
     the gate), ``f_i`` is the fraction of the actually routed (token, expert)
     pairs sent to expert i: k per token, after router noise, over the whole
     batch. ``P_i`` is the mean router probability of expert i. Equals 1 under
@@ -79,8 +79,8 @@ class MoELayer(nn.Module):
     """Sparse mixture-of-experts feed-forward layer (Shazeer et al., 2017; Fedus et al., 2021).
 
     Replaces a transformer FFN: tokens ``[..., d_model]`` go through a
-    ``router`` (:mod:`gmnn.nn.routers`) to ``experts``
-    (:mod:`gmnn.nn.moe_experts`), plus optional ``shared`` experts every token
+    ``router`` (:mod:`gmnn.nn.moe.routers`) to ``experts``
+    (:mod:`gmnn.nn.moe.experts`), plus optional ``shared`` experts every token
     uses. Either give ``router=`` and ``experts=`` modules (YAML:
     ``class_path`` / ``init_args``), or the sizes: ``MoELayer(d_model, hidden,
     num_experts, k)`` builds softmax top-k routing (router with a bias) over
@@ -108,7 +108,7 @@ class MoELayer(nn.Module):
     * expert choice and Soft MoE: fixed ``[E, c, d_model]`` buffers, static shapes.
 
     ``forward(x, mask=None, return_routing=False)`` returns ``(output, aux_loss)``
-    (and the live :class:`~gmnn.nn.routing_record.Routing` with
+    (and the live :class:`~gmnn.nn.moe.record.Routing` with
     ``return_routing=True``). ``aux_loss = balance_weight * balance +
     importance_weight * importance + z_weight * z``; the unweighted terms of
     the last call are in ``last_losses`` (and ``last_routing.losses``), the
@@ -125,9 +125,9 @@ class MoELayer(nn.Module):
         capacity_factor: 0 for dropless token choice, else a factor > 0 (e.g. 1.25).
         balance_weight: Weight of the Switch load-balancing loss (token choice only).
         z_weight: Weight of the router z-loss (Zoph et al., 2022).
-        router: A :class:`~gmnn.nn.routers.Router`.
-        experts: A :class:`~gmnn.nn.moe_experts.MLPExperts` (or subclass).
-        shared: Optional :class:`~gmnn.nn.moe_experts.SharedExperts`.
+        router: A :class:`~gmnn.nn.moe.routers.Router`.
+        experts: A :class:`~gmnn.nn.moe.experts.MLPExperts` (or subclass).
+        shared: Optional :class:`~gmnn.nn.moe.experts.SharedExperts`.
         importance_weight: Weight of the importance loss (Shazeer et al., 2017) on the combine weights.
         balance_scope: ``"local"`` or ``"global"``: count the expert loads of the
             balance loss over all ranks of ``torch.distributed`` (every rank must

@@ -119,7 +119,7 @@ def ideal_gate_loss(gate_probs: Tensor, expert_losses: Tensor) -> Tensor:
 def allocation_loss(log_gate: Tensor, scores: Tensor, temperature: float) -> Tensor:
     """Cross-entropy from the soft-min allocation ``softmin(s / T)`` to the gate.
 
-    Fits a gate to reproduce a gate-less allocation (see :func:`gmnn.nn.losses.softmin_allocation`).
+    Fits a gate to reproduce a gate-less allocation (see :func:`gmnn.nn.functional.losses.softmin_allocation`).
 
     Args:
         log_gate: Log gate probabilities ``[B, E]``.

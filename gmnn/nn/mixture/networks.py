@@ -13,8 +13,8 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor, nn
 
-from gmnn.nn.custom import build_custom, check_network_spec
-from gmnn.nn.conv_pool import conv_maxpool2_channels_first, is_plain_conv_pool
+from gmnn.nn.mixture.custom import build_custom, check_network_spec
+from gmnn.nn.functional.conv_pool import conv_maxpool2_channels_first, is_plain_conv_pool
 from gmnn.validation import check_positive_int, check_shape
 
 
@@ -90,14 +90,14 @@ class ConvNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         conv, pool = self.features[0], self.features[2]
         if is_plain_conv_pool(conv, pool) and type(self.features[1]) is nn.ReLU:
-            # same function as self.features, faster (gmnn.nn.conv_pool); the ReLU commutes with the max
+            # same function as self.features, faster (gmnn.nn.functional.conv_pool); the ReLU commutes with the max
             features = torch.relu(conv_maxpool2_channels_first(x, conv.weight, conv.bias))  # [c, N, h, w]
             return self.mlp(features.transpose(0, 1).flatten(1))
         return self.mlp(self.features(x))
 
 
 NETWORKS = ("mlp", "conv")
-# a shorthand or a class-path mapping (gmnn.nn.custom); the Literal makes ``--help`` list the shorthands
+# a shorthand or a class-path mapping (gmnn.nn.mixture.custom); the Literal makes ``--help`` list the shorthands
 NetworkSpec = Union[Literal["mlp", "conv"], dict[str, Any]]
 
 
@@ -108,7 +108,7 @@ def build_network(
     hidden_dims: Sequence[int],
     channels: int = 1,
 ) -> nn.Module:
-    """Build a network by name (``"mlp"`` or ``"conv"``) or from a class-path spec (:mod:`gmnn.nn.custom`).
+    """Build a network by name (``"mlp"`` or ``"conv"``) or from a class-path spec (:mod:`gmnn.nn.mixture.custom`).
 
     ``hidden_dims`` and ``channels`` configure the named networks only; a class-path
     network takes its arguments from its ``init_args``.

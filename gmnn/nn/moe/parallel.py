@@ -40,10 +40,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from gmnn.nn.dispatch import capacity_of, capacity_slots, gather_into_slots, read_from_slots
-from gmnn.nn.moe_experts import MLPExperts
-from gmnn.nn.moe_layer import MoELayer
-from gmnn.nn.routing_record import Routing
+from gmnn.nn.functional.dispatch import capacity_of, capacity_slots, gather_into_slots, read_from_slots
+from gmnn.nn.moe.experts import MLPExperts
+from gmnn.nn.moe.layer import MoELayer
+from gmnn.nn.moe.record import Routing
 
 __all__ = [
     "ExpertParallelMoELayer",
@@ -189,7 +189,7 @@ def check_shardable(layer: MoELayer, name: str = "layer") -> None:
     Expert choice (an expert takes its top tokens of the batch) and Soft MoE
     (a slot mixes all tokens of a sequence) need every rank's tokens at every
     expert, so they are refused; so are experts other than a plain
-    :class:`~gmnn.nn.moe_experts.MLPExperts` (or subclass without submodules).
+    :class:`~gmnn.nn.moe.experts.MLPExperts` (or subclass without submodules).
     """
     router = layer.router
     if router.kind != "token":
@@ -235,7 +235,7 @@ class ExpertParallelMoELayer(MoELayer):
 
     Raises:
         ValueError: The router is not token choice, the experts are not
-            :class:`~gmnn.nn.moe_experts.MLPExperts`, or the group size does not divide E.
+            :class:`~gmnn.nn.moe.experts.MLPExperts`, or the group size does not divide E.
     """
 
     def __init__(self, layer: MoELayer, group=None) -> None:

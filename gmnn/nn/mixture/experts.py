@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from gmnn.nn.dispatch import capacity_slots, gather_into_slots, group_by_expert, read_from_slots
-from gmnn.nn.stacked import convnets_and_gate_stacked, shares_first_conv, stacked_forward
+from gmnn.nn.functional.dispatch import capacity_slots, gather_into_slots, group_by_expert, read_from_slots
+from gmnn.nn.mixture.stacked import convnets_and_gate_stacked, shares_first_conv, stacked_forward
 from gmnn.validation import check_positive_int
 
 
@@ -29,7 +29,7 @@ class Experts(nn.Module):
     """E expert networks, each mapping ``x`` to ``(logits [B, C], hidden [B, H])``.
 
     Experts of one architecture run as one batched computation from their
-    stacked parameters (see :mod:`gmnn.nn.stacked`): the paper's MLP and conv
+    stacked parameters (see :mod:`gmnn.nn.mixture.stacked`): the paper's MLP and conv
     experts as wide/batched matmuls and one (grouped) convolution, any other
     network through ``torch.func.vmap``. Experts of different architectures
     (or with ``batched=False``) are evaluated one after the other. Each
@@ -75,7 +75,7 @@ class Experts(nn.Module):
 
     def forward_with_gate(self, gate: nn.Module, x: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
         """``(self(x), gate(x))`` with the first convolution of the conv experts and of a conv gate as one
-        product (:func:`~gmnn.nn.stacked.convnets_and_gate_stacked`); ``None`` when they cannot share it."""
+        product (:func:`~gmnn.nn.mixture.stacked.convnets_and_gate_stacked`); ``None`` when they cannot share it."""
         if not self.batched or not shares_first_conv(self._template[0], gate):
             return None
         (logits, hidden), gate_out = convnets_and_gate_stacked(self._template[0], self.stacked_state(), gate, x)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gmnn.nn.moe_experts import MLPExperts, SharedExperts
-from gmnn.nn.moe_layer import MoELayer
-from gmnn.nn.routers import SoftmaxTopKRouter
+from gmnn.nn.moe.experts import MLPExperts, SharedExperts
+from gmnn.nn.moe.layer import MoELayer
+from gmnn.nn.moe.routers import SoftmaxTopKRouter
 
 _ACTIVATIONS = {"SiLUActivation": "silu", "SiLU": "silu", "GELUActivation": "gelu", "GELU": "gelu", "ReLU": "relu"}
 

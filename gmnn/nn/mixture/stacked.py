@@ -5,11 +5,11 @@ copies ``[E, ...]``. Two input layouts:
 
 * shared: one input ``[N, ...]`` for every expert (the dense mixture). The
   first layer of all experts runs as one wide matmul (a convolution + max-pool
-  as one matrix product of all experts' filters, :mod:`gmnn.nn.conv_pool`).
+  as one matrix product of all experts' filters, :mod:`gmnn.nn.functional.conv_pool`).
 * grouped: one input per expert ``[E, N, ...]`` (conditional computation).
   Linear layers run as ``baddbmm``, convolutions + max-pool as one batched matrix product.
 
-:class:`~gmnn.nn.networks.MLP` and :class:`~gmnn.nn.networks.ConvNet` have
+:class:`~gmnn.nn.mixture.networks.MLP` and :class:`~gmnn.nn.mixture.networks.ConvNet` have
 hand-written kernels; any other module is vectorised with ``torch.func.vmap``.
 Every function returns ``(output [E, N, O], hidden [E, N, H])``.
 """
@@ -21,24 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from gmnn.nn.conv_pool import conv_maxpool2_channels_first, is_plain_conv_pool
-from gmnn.nn.networks import MLP, ConvNet
-
-
-def linear_shared(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """E linear layers on one input: ``x [N, I]``, ``weight [E, O, I]`` -> ``[E, N, O]``."""
-    experts, out, width = weight.shape
-    y = x @ weight.reshape(experts * out, width).t()
-    if bias is not None:
-        y = y + bias.reshape(-1)
-    return y.view(x.shape[0], experts, out).transpose(0, 1)
-
-
-def linear_grouped(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """E linear layers, one input each: ``x [E, N, I]``, ``weight [E, O, I]`` -> ``[E, N, O]``."""
-    if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+from gmnn.nn.functional.batched_linear import linear_grouped, linear_shared
+from gmnn.nn.functional.conv_pool import conv_maxpool2_channels_first, is_plain_conv_pool
+from gmnn.nn.mixture.networks import MLP, ConvNet
 
 
 def mlp_stacked(template: MLP, state: dict[str, Tensor], x: Tensor, shared: bool, prefix: str = "") -> tuple[Tensor, Tensor]:
@@ -60,7 +45,7 @@ def convnet_stacked(template: ConvNet, state: dict[str, Tensor], x: Tensor, shar
     """E copies of ``template`` (a :class:`ConvNet`): one convolution + max-pool for all experts, then the MLPs.
 
     The convolution and the max-pool run as one matrix product and a maximum over phases
-    (:func:`~gmnn.nn.conv_pool.conv_maxpool2_channels_first`), before the ReLU (they commute).
+    (:func:`~gmnn.nn.functional.conv_pool.conv_maxpool2_channels_first`), before the ReLU (they commute).
     """
     weight, bias = state["features.0.weight"], state.get("features.0.bias")  # [E, c, C_in, k, k], [E, c]
     experts, channels = weight.shape[0], weight.shape[1]

@@ -2,7 +2,7 @@
 
 Every router maps flattened tokens ``x [T, d_model]`` (and an optional
 ``mask [T]`` of the tokens that count) to a :class:`Route`: the
-:class:`~gmnn.nn.routing_record.Routing` record with live tensors, plus what
+:class:`~gmnn.nn.moe.record.Routing` record with live tensors, plus what
 its kind of computation needs. ``kind`` tells :class:`~gmnn.nn.MoELayer` how
 to run the experts:
 
@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmnn.nn.routing_record import Routing
+from gmnn.nn.moe.record import Routing
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 

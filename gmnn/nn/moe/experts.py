@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmnn.nn.grouped import can_group, grouped_linear
-from gmnn.nn.stacked import linear_grouped, linear_shared
+from gmnn.nn.functional.grouped import can_group, grouped_linear
+from gmnn.nn.functional.batched_linear import linear_grouped, linear_shared
 from gmnn.validation import check_choice, check_positive_int
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
