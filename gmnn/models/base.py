@@ -21,7 +21,7 @@ from gmnn.models.checks import (
     check_labels,
 )
 from gmnn.models.guards import StepGuards
-from gmnn.models.regularization import check_regularizers, regularizer_values
+from gmnn.models.regularization import RegularizerInputs, check_regularizers, regularizer_help, regularizer_values
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
@@ -76,16 +76,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             adding ``weight_decay * w`` to the gradient (L2). With L2, Adam shrinks the weights of an
             expert whose loss gradient is small by about ``lr`` per step, whatever ``weight_decay`` is.
         batched_experts: Evaluate experts of one architecture as one vectorised call.
-        regularizers: Weights >= 0 of gate regularizers added to the training loss, by name:
-            ``importance`` (squared CV of per-expert importance), ``similarity_same`` (beta_s)
-            and ``similarity_different`` (beta_d) of the sample-similarity loss,
-            ``load_balancing`` (Switch), ``z_loss`` (router z-loss), ``ideal_gate`` (MSE to the
-            one-hot lowest-loss expert), ``allocation`` / ``entropy_allocation`` (cross-entropy to
-            softmin(per-expert loss / output entropy over allocation_temperature): fits a gate to a
-            gate-less model's allocation), ``orthogonality`` (mean over sample pairs of
-            sum_{i<j} |<p_i(x_a), p_j(x_b)>|, the reference's ``w_ortho``), ``prediction_class_cv``
-            (squared CV, unbiased std, of the class mass of the batch's mixture predictions: the
-            reference base class's ``w_ortho``).
+        regularizers: Weights >= 0 of gate regularizers added to the training loss, by name: {regularizers}.
             Each is logged unweighted as ``train/reg/<name>``.
         sample_distance: Distance of the sample-similarity loss on flattened inputs:
             ``"euclidean"`` or ``"cosine"``, divided by the batch maximum (override
@@ -262,13 +253,14 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
 
     def regularizer_terms(self, out: MoEOutput, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Weighted regularizer terms; logs each unweighted value as ``train/reg/<name>``."""
-        values = regularizer_values(
-            self.regularizer_weights, out, y, self.temperature, self.hparams.allocation_temperature,
+        inputs = RegularizerInputs(
+            out, y, self.temperature, self.hparams.allocation_temperature,
             distances=lambda: self.sample_distances(x),
-            expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
+            all_expert_log_probs=lambda: out.expert_log_probs if out.expert_log_probs is not None
             else class_log_probs(self.experts(x)[0]),
             importance_std=self.hparams.get("importance_std", "population"),
         )
+        values = regularizer_values(self.regularizer_weights, inputs)
         if self._trainer is not None:
             logged = {f"train/reg/{k}": v.detach() for k, v in values.items()}
             self.log_dict(logged, on_step=False, on_epoch=True, batch_size=x.shape[0])
@@ -447,3 +439,6 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         schedule = self.hparams.get("scheduler", "none")
         steps = self.trainer.estimated_stepping_batches if schedule != "none" else 1
         return with_schedule(optimizer, schedule, self.hparams.lr, steps)
+
+
+MoEModule.__doc__ = (MoEModule.__doc__ or "").replace("{regularizers}", regularizer_help())
