@@ -27,6 +27,7 @@ from gmnn.nn.moe import (
     SoftmaxTopKRouter,
     SwiGLUExperts,
     from_hf,
+    to_hf,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "build_network",
     "dense_mixture",
     "from_hf",
+    "to_hf",
     "product_of_experts",
     "softmax_routing",
     "sparse_mixture",

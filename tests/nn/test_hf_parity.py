@@ -91,15 +91,15 @@ def test_per_expert_module_list_layout_of_transformers_4_converts_alike() -> Non
             self.w2.weight = nn.Parameter(experts.down_proj[e].detach().clone())
             self.act_fn = experts.act_fn
 
-    old = nn.Module()
+    old = type("MixtralSparseMoeBlock", (nn.Module,), {})()  # transformers 4's block: a Linear gate, top_k on the block
     old.gate = nn.Linear(16, 6, bias=False)
     old.gate.weight = nn.Parameter(fused.gate.weight.detach().clone())
     old.experts = nn.ModuleList(Expert(e) for e in range(6))
     old.top_k = 2
     x = torch.randn(7, 16)
-    torch.testing.assert_close(from_hf(old)(x)[0], from_hf(fused)(x)[0])
+    torch.testing.assert_close(from_hf(old, verify=False)(x)[0], from_hf(fused)(x)[0])  # the stand-in has no forward
 
 
 def test_unsupported_blocks_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="gate"):
+    with pytest.raises(ValueError, match="Linear is not a Hugging Face MoE block"):
         from_hf(nn.Linear(2, 2))

@@ -166,3 +166,31 @@ def prediction_class_cv(predictions: Tensor) -> Tensor:
     """
     mass = predictions.sum(0)
     return mass.var(correction=1) / mass.mean().pow(2).clamp_min(1e-12)
+
+
+def sequence_balance_loss(router_probs: Tensor, selected: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Sequence-wise balance loss ``sum_i f_i P_i`` of DeepSeek-V3 (DeepSeek-AI, 2024, eq. 17-20), mean over sequences.
+
+    Per sequence of ``T`` counted tokens: ``f_i = E / (k T) * #{tokens routed to i}``
+    (no gradient) and ``P_i = mean_t s'_{i,t}``, the mean normalised affinity
+    (the softmax probabilities, or sigmoid scores divided by their sum). Equals 1
+    when every sequence spreads its tokens evenly. Slots ``-1`` and tokens outside
+    ``mask`` do not count; sequences without counted tokens are left out of the mean.
+
+    Args:
+        router_probs: Normalised affinities ``[B, T, E]``.
+        selected: Routed experts ``[B, T, k]`` (``-1``: empty slot).
+        mask: ``[B, T]`` bool, the tokens that count, or ``None``.
+    """
+    batch, _, num_experts = router_probs.shape
+    keep = torch.ones(selected.shape[:2], dtype=torch.bool, device=selected.device) if mask is None else mask.bool()
+    valid = (selected >= 0) & keep.unsqueeze(-1)
+    counts = router_probs.new_zeros(batch, num_experts).scatter_add(
+        1, selected.clamp_min(0).reshape(batch, -1), valid.reshape(batch, -1).to(router_probs.dtype))
+    tokens = keep.sum(1).to(router_probs.dtype)  # [B]
+    denominator = tokens.clamp_min(1).unsqueeze(-1)
+    fraction = counts * num_experts / (selected.shape[-1] * denominator)
+    mean_probs = (router_probs * keep.unsqueeze(-1).to(router_probs.dtype)).sum(1) / denominator
+    per_sequence = (fraction.detach() * mean_probs).sum(-1)
+    counted = (tokens > 0).to(router_probs.dtype)
+    return (per_sequence * counted).sum() / counted.sum().clamp_min(1)

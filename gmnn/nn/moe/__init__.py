@@ -2,7 +2,7 @@
 Hugging Face conversion and expert parallelism."""
 
 from gmnn.nn.moe.experts import GeGLUExperts, MLPExperts, SharedExperts, SwiGLUExperts
-from gmnn.nn.moe.hf import from_hf
+from gmnn.nn.moe.hf import from_hf, to_hf
 from gmnn.nn.moe.layer import MoELayer
 from gmnn.nn.moe.parallel import ExpertParallelMoELayer
 from gmnn.nn.moe.record import Routing
@@ -23,4 +23,5 @@ __all__ = [
     "SoftmaxTopKRouter",
     "SwiGLUExperts",
     "from_hf",
+    "to_hf",
 ]

@@ -28,7 +28,8 @@ from gmnn.nn.functional.grouped import can_group, grouped_linear
 from gmnn.nn.functional.batched_linear import linear_grouped, linear_shared
 from gmnn.validation import check_choice, check_positive_int
 
-ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu,
+               "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class MLPExperts(nn.Module):
@@ -38,7 +39,7 @@ class MLPExperts(nn.Module):
         d_model: Token width.
         hidden: Hidden width of each expert.
         num_experts: Number of experts E.
-        activation: ``"gelu"``, ``"silu"`` or ``"relu"``.
+        activation: ``"gelu"``, ``"gelu_tanh"`` (tanh approximation), ``"silu"`` or ``"relu"``.
         gated: Gated linear unit ``down(act(gate x) * up x)`` (3 matrices) instead of ``down(act(up x))``.
         bias: Whether the linear layers have biases.
     """

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gmnn.nn.functional.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
-from gmnn.nn.functional.regularizers import importance_loss, router_z_loss
+from gmnn.nn.functional.regularizers import importance_loss, router_z_loss, sequence_balance_loss
 from gmnn.nn.moe.experts import MLPExperts, SharedExperts
 from gmnn.nn.moe.routers import Route, Router, SoftmaxTopKRouter
 from gmnn.nn.moe.record import Routing
@@ -132,6 +132,10 @@ class MoELayer(nn.Module):
         balance_scope: ``"local"`` or ``"global"``: count the expert loads of the
             balance loss over all ranks of ``torch.distributed`` (every rank must
             then call forward in step).
+        sequence_balance_weight: Weight of DeepSeek-V3's sequence-wise balance loss
+            (:func:`~gmnn.nn.functional.regularizers.sequence_balance_loss`, token
+            choice only; term ``sequence_balance``); a sequence is the second-last
+            axis of the input (an input ``[T, d_model]`` is one sequence).
     """
 
     def __init__(
@@ -150,11 +154,13 @@ class MoELayer(nn.Module):
         shared: SharedExperts | None = None,
         importance_weight: float = 0.0,
         balance_scope: str = "local",
+        sequence_balance_weight: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in [("noise_std", noise_std), ("capacity_factor", capacity_factor),
                             ("balance_weight", balance_weight), ("z_weight", z_weight),
-                            ("importance_weight", importance_weight)]:
+                            ("importance_weight", importance_weight),
+                            ("sequence_balance_weight", sequence_balance_weight)]:
             check_non_negative(name, value)
         check_choice("balance_scope", balance_scope, ("local", "global"))
         if router is None:
@@ -179,6 +185,7 @@ class MoELayer(nn.Module):
         self.capacity_factor = float(capacity_factor)
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
         self.importance_weight, self.balance_scope = float(importance_weight), balance_scope
+        self.sequence_balance_weight = float(sequence_balance_weight)
         self.dropped_fraction: Tensor | None = None
         self.last_routing: Routing | None = None
         self.last_losses: dict[str, Tensor] = {}
@@ -248,12 +255,18 @@ class MoELayer(nn.Module):
             return torch.einsum("te,etd->td", dense.to(outputs.dtype), outputs)
         return self._grouped(x, routing.weights, routing.selected)
 
-    def losses(self, routing: Routing) -> dict[str, Tensor]:
-        """The unweighted balancing terms of a routing (those with a weight > 0, ``balance`` for token choice only)."""
+    def losses(self, routing: Routing, seq_len: int | None = None) -> dict[str, Tensor]:
+        """The unweighted balancing terms of a routing (those with a weight > 0; ``balance`` and
+        ``sequence_balance`` for token choice only). ``seq_len``: tokens per sequence (``None``: one sequence)."""
         out = {}
         if self.balance_weight > 0 and self.router.kind == "token":
             out["balance"] = routed_load_balancing_loss(routing.probs, routing.selected, routing.mask,
                                                         self.balance_scope == "global")
+        if self.sequence_balance_weight > 0 and self.router.kind == "token":
+            seq_len = routing.probs.shape[0] if seq_len is None else seq_len
+            mask = None if routing.mask is None else routing.mask.view(-1, seq_len)
+            out["sequence_balance"] = sequence_balance_loss(routing.probs.view(-1, seq_len, self.num_experts),
+                                                            routing.selected.view(-1, seq_len, self.k), mask)
         if self.importance_weight > 0:
             out["importance"] = importance_of_weights(routing)
         if self.z_weight > 0 and routing.logits is not None:
@@ -279,8 +292,9 @@ class MoELayer(nn.Module):
         out = self._run(tokens, route)
         if self.shared is not None:
             out = out + self.shared(tokens)
-        losses = self.losses(route.routing)
-        weight = {"balance": self.balance_weight, "importance": self.importance_weight, "z": self.z_weight}
+        losses = self.losses(route.routing, x.shape[-2] if x.dim() > 2 else None)
+        weight = {"balance": self.balance_weight, "importance": self.importance_weight, "z": self.z_weight,
+                  "sequence_balance": self.sequence_balance_weight}
         aux = sum((weight[name] * value for name, value in losses.items()), tokens.new_zeros(()))
         route.routing.losses = losses
         self.last_losses = {name: value.detach() for name, value in losses.items()}

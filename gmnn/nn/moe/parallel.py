@@ -247,7 +247,7 @@ class ExpertParallelMoELayer(MoELayer):
         self.rank = dist.get_rank(group) if distributed else 0
         self.num_local = _check_layout(layer.num_experts, self.num_ranks, self.rank)
         for name in ("d_model", "num_experts", "k", "capacity_factor", "balance_weight", "z_weight",
-                     "importance_weight", "balance_scope"):
+                     "importance_weight", "balance_scope", "sequence_balance_weight"):
             setattr(self, name, getattr(layer, name))
         self.router, self.shared = layer.router, layer.shared
         start = self.rank * self.num_local
@@ -373,6 +373,6 @@ class ExpertParallelMoELayer(MoELayer):
         layer = MoELayer(router=copy.deepcopy(self.router), experts=experts, shared=copy.deepcopy(self.shared),
                          capacity_factor=self.capacity_factor, balance_weight=self.balance_weight,
                          z_weight=self.z_weight, importance_weight=self.importance_weight,
-                         balance_scope=self.balance_scope)
+                         balance_scope=self.balance_scope, sequence_balance_weight=self.sequence_balance_weight)
         layer.load_state_dict(state)
         return layer

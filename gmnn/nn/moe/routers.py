@@ -74,8 +74,8 @@ class Router(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_experts).uniform_(-bound, bound)) if bias else None
 
     def logits(self, x: Tensor) -> Tensor:
-        """Raw router logits ``[T, E]``."""
-        return F.linear(x, self.weight, self.bias)
+        """Raw router logits ``[T, E]``, in the projection's dtype (a float32 router on bfloat16 tokens, as DeepSeek-V3)."""
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, seq_len: int | None = None) -> Route:
         """Route ``x [T, d_model]``; ``mask [T]`` bool marks the tokens that count; ``seq_len`` (Soft MoE) splits T."""
@@ -92,9 +92,15 @@ class TokenChoiceRouter(Router):
       output is scaled by the router probability, as Switch Transformers
       (Fedus et al., 2021), so the task loss trains the router (a renormalised
       single weight is 1 and gives it no gradient).
-    * group-limited routing (DeepSeek-V3, 2024): experts fall into
-      ``num_groups`` groups, a group scores the sum of its two best experts,
-      and a token picks its k experts within its ``topk_groups`` best groups.
+    * group-limited routing: experts fall into ``num_groups`` groups and a
+      token picks its k experts within its ``topk_groups`` best groups. A
+      group scores the sum of its two best experts (``group_score="top2"``,
+      node-limited routing of DeepSeek-V3, 2024) or its best expert
+      (``"max"``, device-limited routing of DeepSeek-V2, 2024).
+    * ``score_bias``: a per-expert ``selection_bias`` buffer added to the
+      scores for the selection only (DeepSeek-V3's ``e_score_correction_bias``,
+      ERNIE 4.5's ``moe_statics``), also without the balancing updates below.
+    * ``norm_min``: the normaliser of the k weights is at least this (ERNIE 4.5's ``moe_norm_min``).
     * auxiliary-loss-free balancing (Wang et al., 2024; DeepSeek-V3): with
       ``balance_rate > 0`` a per-expert ``selection_bias`` buffer (saved in
       the state dict) is added to the scores for the selection only, never to
@@ -117,17 +123,23 @@ class TokenChoiceRouter(Router):
         topk_groups: Groups a token may use.
         balance_rate: Rate of the aux-loss-free bias update (0: off).
         balance_update: ``"forward"`` or ``"manual"``.
+        group_score: ``"top2"`` or ``"max"``: how a group is scored.
+        score_bias: Keep a ``selection_bias`` buffer even without ``balance_rate``.
+        norm_min: Lower bound of the normaliser of the k weights (0: none).
     """
 
     def __init__(self, d_model: int, num_experts: int, k: int = 2, normalize: bool | None = None, scale: float = 1.0,
                  bias: bool = False, num_groups: int = 1, topk_groups: int = 1, balance_rate: float = 0.0,
-                 balance_update: str = "forward") -> None:
+                 balance_update: str = "forward", group_score: str = "top2", score_bias: bool = False,
+                 norm_min: float = 0.0) -> None:
         super().__init__(d_model, num_experts, k, bias)
         check_positive("scale", scale)
         check_positive_int("num_groups", num_groups)
         check_positive_int("topk_groups", topk_groups)
         check_non_negative("balance_rate", balance_rate)
         check_choice("balance_update", balance_update, ("forward", "manual"))
+        check_choice("group_score", group_score, ("top2", "max"))
+        check_non_negative("norm_min", norm_min)
         if num_experts % num_groups:
             raise ValueError(f"num_groups must divide num_experts={num_experts}, got {num_groups}")
         if topk_groups > num_groups or k > topk_groups * (num_experts // num_groups):
@@ -136,8 +148,10 @@ class TokenChoiceRouter(Router):
         self.normalize = k > 1 if normalize is None else bool(normalize)
         self.scale, self.num_groups, self.topk_groups = float(scale), num_groups, topk_groups
         self.balance_rate, self.balance_update = float(balance_rate), balance_update
+        self.group_score, self.norm_min = group_score, float(norm_min)
+        keep_bias = balance_rate > 0 or score_bias
+        self.register_buffer("selection_bias", torch.zeros(num_experts) if keep_bias else None)
         if balance_rate > 0:
-            self.register_buffer("selection_bias", torch.zeros(num_experts))
             self.register_buffer("load", torch.zeros(num_experts), persistent=False)
 
     def scores(self, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,7 +162,8 @@ class TokenChoiceRouter(Router):
         if self.num_groups > 1:
             tokens, size = choice.shape[0], self.num_experts // self.num_groups
             grouped = choice.view(tokens, self.num_groups, size)
-            group_score = grouped.topk(min(2, size), dim=-1).values.sum(-1)
+            best = 1 if self.group_score == "max" else min(2, size)
+            group_score = grouped.topk(best, dim=-1).values.sum(-1)
             keep = group_score.topk(self.topk_groups, dim=-1).indices
             allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter(1, keep, True)
             choice = choice.masked_fill(~allowed.unsqueeze(-1).expand_as(grouped).reshape_as(choice), float("-inf"))
@@ -157,18 +172,19 @@ class TokenChoiceRouter(Router):
     def forward(self, x: Tensor, mask: Tensor | None = None, seq_len: int | None = None) -> Route:
         logits = self.logits(x)
         scores, probs = self.scores(x, logits.float())  # routing in fp32, as Mixtral / Qwen do under bf16
-        balancing = self.balance_rate > 0
-        selected = self._select(scores + self.selection_bias if balancing else scores)
+        biased = self.selection_bias is not None
+        selected = self._select(scores + self.selection_bias if biased else scores)
         weights = scores.gather(-1, selected)
         if self.normalize:
-            weights = weights / weights.sum(-1, keepdim=True)
+            total = weights.sum(-1, keepdim=True)
+            weights = weights / (total.clamp_min(self.norm_min) if self.norm_min > 0 else total)
         if self.scale != 1.0:
             weights = weights * self.scale
-        if balancing:  # the bias may change the order: keep it by decreasing weight
+        if biased:  # the bias may change the order: keep it by decreasing weight
             weights, order = weights.sort(dim=-1, descending=True)
             selected = selected.gather(-1, order)
-            if self.training:
-                self._count(selected, mask)
+        if self.balance_rate > 0 and self.training:
+            self._count(selected, mask)
         if mask is not None:
             weights = weights * mask.unsqueeze(-1).to(weights.dtype)
         return Route(Routing(probs=probs, selected=selected, weights=weights, logits=logits, mask=mask))
