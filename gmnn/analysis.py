@@ -292,11 +292,13 @@ def routing_report(
         input_fn: The model input of a batch.
         num_labels: Label values L (default: the largest label of the first batch + 1).
         dead_fraction: See :class:`RoutingStats`.
-        max_batches: Stop after this many batches.
+        max_batches: Stop after this many batches (at least 1; ``None``: the whole dataloader).
 
     Returns:
         The rows (one :class:`LayerReport` per layer) and, per layer, :meth:`RoutingStats.matrices`.
     """
+    if max_batches is not None:
+        check_positive_int("max_batches", max_batches)
     was_training = model.training
     model.eval()
     capture = RoutingCapture(model)
@@ -338,22 +340,52 @@ def routing_report(
     return rows, matrices
 
 
+def _figure_path(out: Path, stem: str, layer: str) -> Path:
+    """Where :func:`write_report` draws ``layer``'s figure beside the table ``{stem}.csv``."""
+    return out / f"{stem}_{layer.replace('.', '_')}.png"
+
+
+def _remove_old_figures(out: Path, stem: str) -> None:
+    """Delete the figures of the layers listed by the ``{stem}.csv`` about to be replaced, so none outlives its table."""
+    table = out / f"{stem}.csv"
+    if not table.is_file():
+        return
+    try:
+        with table.open(newline="") as handle:
+            layers = [row.get("layer") for row in csv.DictReader(handle)]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return
+    for layer in layers:
+        if layer:
+            _figure_path(out, stem, layer).unlink(missing_ok=True)
+
+
 def write_report(rows: list[LayerReport], matrices: dict[str, dict[str, Tensor]], out: str | Path,
-                 label_names: list[str] | None = None) -> list[Path]:
-    """Write ``routing.csv`` (one row per layer) and ``routing.png`` (per layer: expert x label heatmap,
-    usage bars, co-activation) into folder ``out``; returns the paths."""
+                 label_names: list[str] | None = None, split: str | None = None) -> list[Path]:
+    """Write a table (one row per layer) and per layer a figure (expert x label heatmap, usage bars,
+    co-activation) into folder ``out``; returns the paths.
+
+    The table is ``routing_{split}.csv`` (``routing.csv`` without a split), the figures
+    ``routing_{split}_{layer}.png`` (dots in the layer's name as ``_``). The figures of the table
+    replaced are removed first: a figure never sits beside a table that does not list its layer.
+    """
+    import matplotlib.pyplot as plt
+
     from gmnn.callbacks.routing_monitor import routing_figure
 
-    out = Path(out)
+    out, stem = Path(out), "routing" if split is None else f"routing_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "routing.csv", "w", newline="") as handle:
+    _remove_old_figures(out, stem)
+    paths = [out / f"{stem}.csv"]
+    with open(paths[0], "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(LayerReport)])
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)
-    paths = [out / "routing.csv"]
     for row in rows:
-        paths.append(out / f"routing_{row.layer.replace('.', '_')}.png")
-        routing_figure(matrices[row.layer], label_names=label_names, title=row.layer).savefig(paths[-1])
+        paths.append(_figure_path(out, stem, row.layer))
+        figure = routing_figure(matrices[row.layer], label_names=label_names, title=row.layer)
+        figure.savefig(paths[-1])
+        plt.close(figure)
     return paths
 
 
@@ -362,15 +394,18 @@ def main(args: list[str] | None = None) -> None:
 
     Loads a gmnn checkpoint, builds the data module of the run's config (its
     ``config.yaml``, by default next to the checkpoint's run folder), and writes
-    :func:`routing_report` of the chosen split as ``routing.csv`` and one PNG per layer.
+    :func:`routing_report` of the chosen split as ``routing_{split}.csv`` and one
+    ``routing_{split}_{layer}.png`` per layer (:func:`write_report`).
     """
     parser = argparse.ArgumentParser(prog="gmnn analyze", description=main.__doc__)
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--config", default=None, help="the run's config.yaml (default: beside checkpoints/)")
     parser.add_argument("--out", default=None, help="output folder (default: <run>/routing)")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
-    parser.add_argument("--max_batches", type=int, default=None)
+    parser.add_argument("--max_batches", type=int, default=None, help="at most this many batches (>= 1; default: all)")
     parsed = parser.parse_args(args)
+    if parsed.max_batches is not None:
+        check_positive_int("--max_batches", parsed.max_batches)
     import yaml
     from jsonargparse import ArgumentParser
 
@@ -394,5 +429,5 @@ def main(args: list[str] | None = None) -> None:
     rows, matrices = routing_report(model, loader, num_labels=getattr(data, "num_labels", None),
                                     max_batches=parsed.max_batches)
     out = Path(parsed.out) if parsed.out else ckpt.parent.parent / "routing"
-    for path in write_report(rows, matrices, out, getattr(data, "label_names", None)):
+    for path in write_report(rows, matrices, out, getattr(data, "label_names", None), split=parsed.split):
         print(path)

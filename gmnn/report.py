@@ -4,6 +4,9 @@ Reads each run's TensorBoard scalars or CSVLogger ``metrics.csv`` (the last valu
 ``--retest`` tests the run's ``checkpoints/last.ckpt`` when it logged no test
 metrics, and writes the paper-style table per run and as mean ± std per
 configuration to ``results.csv``, ``results.md`` and ``results.png``.
+Only regular files are read; a file that cannot be read or is damaged
+(a truncated or corrupt events file, a malformed ``metrics.csv``) is skipped
+with one line on stderr, and a run none of whose files could be read is no run.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import csv
 import importlib
 import math
 import statistics
+import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import yaml
 
@@ -31,13 +37,16 @@ COLUMNS: dict[str, str] = {
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories (those holding TensorBoard event files or a CSVLogger ``metrics.csv``) at or below ``paths``."""
+    """Run directories (those holding TensorBoard event files or a CSVLogger ``metrics.csv``) at or below ``paths``.
+
+    Only regular files count: a FIFO, socket or device named like a run file is ignored.
+    """
     runs: set[Path] = set()
     for path in map(Path, paths):
         if not path.is_dir():
             raise ValueError(f"RUN_DIRS: {path} is not a directory")
-        runs.update(event.parent for event in path.rglob("events.out.tfevents.*"))
-        runs.update(table.parent for table in path.rglob(METRICS_CSV))
+        for pattern in (EVENTS, METRICS_CSV):
+            runs.update(found.parent for found in path.rglob(pattern) if found.is_file())
     return sorted({_owning_run(run) for run in runs})
 
 
@@ -50,39 +59,116 @@ def _owning_run(folder: Path) -> Path:
 
 
 METRICS_CSV = "metrics.csv"
+EVENTS = "events.out.tfevents.*"
+
+
+class DamagedFile(ValueError):
+    """A run file that can be opened but not trusted (truncated, failing its checksum, malformed)."""
+
+
+def skip(path: Path, error: Exception) -> None:
+    """Say on stderr, in one line, that ``path`` is left out of the table and why."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    print(f"gmnn report: skipped {path}: {reason}", file=sys.stderr)
+
+
+def _record(handle: BinaryIO) -> bytes | None:
+    """The next record of a TFRecord file (``None`` at its end); ``DamagedFile`` when it is cut short or corrupt."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    offset = handle.tell()
+    header = handle.read(8)
+    if not header:
+        return None
+    header_crc = handle.read(4)
+    if len(header) < 8 or len(header_crc) < 4:
+        raise DamagedFile(f"truncated record at byte {offset}")
+    if masked_crc32c(header) != struct.unpack("<I", header_crc)[0]:
+        raise DamagedFile(f"corrupt record header at byte {offset} (checksum mismatch)")
+    (length,) = struct.unpack("<Q", header)
+    data, data_crc = handle.read(length), handle.read(4)
+    if len(data) < length or len(data_crc) < 4:
+        raise DamagedFile(f"truncated record at byte {offset}")
+    if masked_crc32c(data) != struct.unpack("<I", data_crc)[0]:
+        raise DamagedFile(f"corrupt record at byte {offset} (checksum mismatch)")
+    return data
+
+
+def check_event_file(path: Path) -> None:
+    """Raise ``DamagedFile`` unless every record of a TensorBoard events file is whole and passes its checksum.
+
+    TensorBoard's reader stops silently at the first truncated or corrupt record and returns the
+    values before it (a killed writer's file reads as an earlier epoch's numbers), so the file is
+    checked first. A writer always starts with a version record: an empty file is damaged too.
+    ``OSError`` (e.g. ``PermissionError``) passes through.
+    """
+    with path.open("rb") as handle:
+        records = 0
+        while _record(handle) is not None:
+            records += 1
+    if records == 0:
+        raise DamagedFile("empty events file (no records)")
 
 
 def read_csv_scalars(path: Path) -> dict[str, float]:
     """The last value of every column of a CSVLogger ``metrics.csv`` (rows hold only the metrics logged then)."""
     values: dict[str, float] = {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
+        try:
+            for row in csv.DictReader(handle):
+                values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
+        except (csv.Error, UnicodeDecodeError, ValueError, TypeError) as error:
+            raise DamagedFile(f"malformed CSV ({error})") from error
     for counter in ("epoch", "step"):
         values.pop(counter, None)
     return values
 
 
-def read_scalars(run_dir: Path) -> dict[str, float]:
-    """The last logged value of every scalar tag of a run (its and its ``test``/... folders' event files and ``metrics.csv``)."""
+def read_event_scalars(path: Path) -> dict[str, tuple[float, float]]:
+    """The last ``(wall time, value)`` of every scalar tag of one events file (checked by :func:`check_event_file`)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    check_event_file(path)
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
+    return {tag: (events.Scalars(tag)[-1].wall_time, events.Scalars(tag)[-1].value) for tag in events.Tags()["scalars"]}
+
+
+def _timed_csv_scalars(path: Path) -> dict[str, tuple[float, float]]:
+    """:func:`read_csv_scalars`, each value timed by the file's modification time."""
+    mtime = path.stat().st_mtime
+    return {tag: (mtime, value) for tag, value in read_csv_scalars(path).items()}
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The regular ``metrics.csv`` and events files of a run and of its ``test``/... folders, tables first."""
+    tables = [run_dir / METRICS_CSV, *(run_dir / stage / METRICS_CSV for stage in DERIVED)]
+    events = [*run_dir.glob(EVENTS), *(f for stage in DERIVED for f in run_dir.glob(f"{stage}/{EVENTS}"))]
+    return [path for path in [*tables, *sorted(events)] if path.is_file()]
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, float], int]:
+    """:func:`read_scalars` and how many of the run's files were read; each file skipped is said on stderr."""
     values: dict[str, tuple[float, float]] = {}
-    for table in [run_dir / METRICS_CSV, *(run_dir / stage / METRICS_CSV for stage in DERIVED)]:
-        if table.is_file():
-            mtime = table.stat().st_mtime
-            for tag, value in read_csv_scalars(table).items():
-                if tag not in values or mtime >= values[tag][0]:
-                    values[tag] = (mtime, value)
-    event_files = list(run_dir.glob("events.out.tfevents.*"))
-    event_files += [f for stage in DERIVED for f in run_dir.glob(f"{stage}/events.out.tfevents.*")]
-    for event_file in sorted(event_files):
-        events = EventAccumulator(str(event_file), size_guidance={"scalars": 0}).Reload()
-        for tag in events.Tags()["scalars"]:
-            last = events.Scalars(tag)[-1]
-            if tag not in values or last.wall_time >= values[tag][0]:
-                values[tag] = (last.wall_time, last.value)
-    return {tag: value for tag, (_, value) in values.items()}
+    read = 0
+    for path in run_files(run_dir):
+        try:
+            found = _timed_csv_scalars(path) if path.name == METRICS_CSV else read_event_scalars(path)
+        except (OSError, DamagedFile) as error:
+            skip(path, error)
+            continue
+        read += 1
+        for tag, (time, value) in found.items():
+            if tag not in values or time >= values[tag][0]:
+                values[tag] = (time, value)
+    return {tag: value for tag, (_, value) in values.items()}, read
+
+
+def read_scalars(run_dir: Path) -> dict[str, float]:
+    """The last logged value of every scalar tag of a run (its and its ``test``/... folders' event files and ``metrics.csv``).
+
+    Files that cannot be read or are damaged are left out, each with one line on stderr.
+    """
+    return read_run(run_dir)[0]
 
 
 def retest(run_dir: Path) -> dict[str, float]:
@@ -125,7 +211,10 @@ def run_row(run_dir: Path, scalars: dict[str, float]) -> dict[str, object]:
 
 
 def summarise(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """Mean and sample standard deviation (0 for a single run) of every column per configuration."""
+    """Mean, sample standard deviation (0 for a single run) and number of runs ``n`` of every column per configuration.
+
+    A run that did not log a column is left out of that column's mean: ``{column}_n`` says how many runs it is over.
+    """
     groups: dict[str, list[dict[str, object]]] = {}
     for row in rows:
         groups.setdefault(str(row["configuration"]), []).append(row)
@@ -136,6 +225,7 @@ def summarise(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
             values = [float(m[column]) for m in members if not math.isnan(float(m[column]))]
             entry[f"{column}_mean"] = statistics.fmean(values) if values else math.nan
             entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else math.nan)
+            entry[f"{column}_n"] = len(values)
         summary.append(entry)
     return summary
 
@@ -144,12 +234,19 @@ def _fmt(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.3f}"
 
 
+def _mean_std(entry: dict[str, object], column: str) -> str:
+    """``mean ± std`` of a summary column, with ``(n=K)`` when it is over fewer runs than the configuration has."""
+    cell = f"{_fmt(float(entry[column + '_mean']))} ± {_fmt(float(entry[column + '_std']))}"
+    count = entry.get(f"{column}_n")
+    return cell if count is None or not 0 < int(count) < int(entry["runs"]) else f"{cell} (n={count})"
+
+
 def markdown(rows: Sequence[dict[str, object]], summary: Sequence[dict[str, object]]) -> str:
-    """The per-configuration (mean ± std) and per-run tables as Markdown."""
+    """The per-configuration (mean ± std, ``(n=K)`` where a column is over K of the runs) and per-run tables as Markdown."""
     head = " | ".join(COLUMNS.values())
     lines = ["| configuration | runs | " + head + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for entry in summary:
-        cells = [f"{_fmt(float(entry[c + '_mean']))} ± {_fmt(float(entry[c + '_std']))}" for c in COLUMNS]
+        cells = [_mean_std(entry, c) for c in COLUMNS]
         lines.append(f"| {entry['configuration']} | {entry['runs']} | " + " | ".join(cells) + " |")
     lines += ["", "| run | configuration | " + head + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for row in rows:
@@ -210,10 +307,7 @@ def comparison_markdown(summary: Sequence[dict[str, object]], reference: dict[st
     lines = [f"| configuration | runs | {head} |", "|---|---|" + "---|---|" * len(COMPARED)]
     for entry in summary:
         paper = reference.get(str(entry["configuration"]).rsplit("-", 1)[-1], {})
-        cells = [
-            f"{_fmt(float(entry[c + '_mean']))} ± {_fmt(float(entry[c + '_std']))} | {_ref(paper.get(c))}"
-            for c in COMPARED
-        ]
+        cells = [f"{_mean_std(entry, c)} | {_ref(paper.get(c))}" for c in COMPARED]
         lines.append(f"| {entry['configuration']} | {entry['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -232,10 +326,14 @@ def report(
         raise ValueError(f"RUN_DIRS: no TensorBoard event files under {[str(p) for p in paths]}")
     rows = []
     for run_dir in runs:
-        scalars = read_scalars(run_dir)
+        scalars, read = read_run(run_dir)
         if retest_missing and "test/acc" not in scalars:
             scalars.update(retest(run_dir))
+        elif read == 0:
+            continue  # every file of the run was skipped, each with its line: no row, not counted as a run
         rows.append(run_row(run_dir, scalars))
+    if not rows:
+        raise ValueError(f"RUN_DIRS: no readable run under {[str(p) for p in paths]}")
     summary = summarise(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

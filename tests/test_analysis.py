@@ -100,10 +100,10 @@ def test_gmnn_analyze_writes_csv_and_png(tmp_path: Path) -> None:
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *small])
     run = tmp_path / "gmnn" / "version_0"
     main(["analyze", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "report")])
-    rows = list(csv.DictReader(open(tmp_path / "report" / "routing.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "report" / "routing_val.csv")))
     assert [row["layer"] for row in rows] == ["blocks.0.ffn", "blocks.1.ffn"]
     assert all(int(row["tokens"]) == 8 * 32 and 0 <= float(row["mutual_information"]) <= float(row["mi_ceiling"]) + 1e-6
                for row in rows)
-    assert (tmp_path / "report" / "routing_blocks_0_ffn.png").stat().st_size > 0
+    assert (tmp_path / "report" / "routing_val_blocks_0_ffn.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         main(["analyze", "--ckpt_path", str(tmp_path / "missing.ckpt")])

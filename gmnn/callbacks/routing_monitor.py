@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
+from pytorch_lightning.utilities import rank_zero_warn  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics import Metric  # noqa: E402
 
@@ -84,6 +85,7 @@ class RoutingMonitor(Callback):
     logger) for the evaluation stages, ``val/routing/{layer}`` (and ``test/``):
     expert x label heatmap, usage bars, co-activation matrix and the stability
     history (none for training: drawing costs more than an epoch of updates).
+    A model with no MoE layer gets one warning; the monitor then does nothing (no probe, no hooks, no logs).
 
     Args:
         stages: Stages to monitor, from ``train``, ``val``, ``test``.
@@ -113,6 +115,7 @@ class RoutingMonitor(Callback):
         self.probe_top1: dict[str, Tensor] = {}
         self.stability: dict[str, list[float]] = {}
         self.stability_stats: dict[str, _ChangedFraction] = {}
+        self.warned_no_layer = False
 
     # ------------------------------------------------------------------ set up
     def _num_labels(self, trainer: Trainer, pl_module: LightningModule) -> int:
@@ -130,7 +133,11 @@ class RoutingMonitor(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.capture is not None:
             return
-        self.capture = RoutingCapture(pl_module)
+        capture = RoutingCapture(pl_module)
+        if not capture.layers:
+            self._warn_no_layer(pl_module)
+            return
+        self.capture = capture
         labels = self._num_labels(trainer, pl_module)
         self.label_names = getattr(getattr(trainer, "datamodule", None), "label_names", None)
         self.stats = {
@@ -139,6 +146,13 @@ class RoutingMonitor(Callback):
             for stage_name in self.stages
         }
         self.stability_stats = {name: _ChangedFraction() for name in self.capture.layers}
+
+    def _warn_no_layer(self, pl_module: LightningModule) -> None:
+        """Say once that ``pl_module`` has nothing to monitor; the hooks then find no capture and do nothing."""
+        if not self.warned_no_layer:
+            self.warned_no_layer = True
+            rank_zero_warn(f"RoutingMonitor: {type(pl_module).__name__} has no MoE layer (no gmnn MoELayer, Hugging "
+                           "Face MoE block or gmnn gate): nothing is monitored", category=UserWarning)
 
     def _to_device(self, pl_module: LightningModule) -> None:
         metrics = [*self.stability_stats.values(), *(m for stage in self.stats.values() for m in stage.values())]
@@ -176,7 +190,9 @@ class RoutingMonitor(Callback):
         self.capture.clear()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.probe is None and self.probe_size > 0 and isinstance(batch, (list, tuple)) and isinstance(batch[0], Tensor):
+        if self.capture is None or self.probe is not None or self.probe_size == 0:
+            return
+        if isinstance(batch, (list, tuple)) and isinstance(batch[0], Tensor):
             self.probe = batch[0][: self.probe_size].detach().clone()
             self.probe_top1 = self._probe_routing(pl_module)
             self.stability = {name: [] for name in self.probe_top1}
