@@ -34,7 +34,7 @@ from gmnn.checkpoints.resume import (
     log_into_checkpoint_run,
     resolve_last,
 )
-from gmnn.fragments import check_not_fragments_alone
+from gmnn.fragments import check_config_order, check_not_fragments_alone
 from gmnn.models.base import MoEModule
 from gmnn.process import freeze_garbage_collector, tune_malloc
 from gmnn.quiet import silence_known_warnings
@@ -187,12 +187,14 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
     the next step; ``GMNN_MALLOC_TUNING=0`` turns it off).
 
     Raises:
-        ValueError: the ``--config`` files are method fragments without a protocol before them.
+        ValueError: the ``--config`` files are method fragments without a protocol before them, or are
+            composed out of order (:func:`gmnn.fragments.check_config_order`).
     """
     silence_known_warnings()
     tune_malloc()
     if not isinstance(args, dict):
         check_not_fragments_alone(sys.argv[1:] if args is None else args)
+        check_config_order(sys.argv[1:] if args is None else args)
     with _only_these_args(args):
         return GMNNCLI(
             MoEModule,
