@@ -32,7 +32,9 @@ from gmnn.checkpoints.resume import (
     experiment_of,
     keep_csv_metrics,
     log_into_checkpoint_run,
+    read_tensors_only,
     resolve_last,
+    warn_ignored_model_options,
 )
 from gmnn.fragments import check_config_order, check_not_fragments_alone
 from gmnn.models.base import MoEModule
@@ -62,6 +64,11 @@ class GMNNCLI(LightningCLI):
     is Lightning's, redrawn 5 times a second (:mod:`gmnn.callbacks.progress`).
     """
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's parsing; the arguments are kept to name the model options a checkpoint replaces."""
+        self._args = sys.argv[1:] if args is None else args
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         # runs before Lightning loads the checkpoint's hyperparameters into the model config
         subcommand = self.config.get("subcommand")
@@ -70,6 +77,8 @@ class GMNNCLI(LightningCLI):
             resolve_last(config, resume_run=subcommand == "fit", experiment=self._experiment(subcommand))
             check_readable(config.get("ckpt_path"))
             check_config_fits_checkpoint(config)
+            warn_ignored_model_options(config, getattr(self, "_args", None))
+            read_tensors_only(config)
             if subcommand != "fit":
                 log_into_checkpoint_run(config, subcommand)
         super()._parse_ckpt_path()

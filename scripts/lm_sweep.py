@@ -235,7 +235,7 @@ def measure_overhead(config: Path, steps: int = 40, rounds: int = 3) -> dict[str
                 probe.append(callbacks[1].probe_s)
     import io
 
-    from gmnn.callbacks.routing_monitor import routing_figure
+    from gmnn.analysis.plots import routing_figure
 
     figure_s = []
     for _ in range(3):  # one validation figure of one layer, rendered to PNG as TensorBoard's add_figure does

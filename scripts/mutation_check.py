@@ -82,14 +82,14 @@ class MutationError(RuntimeError):
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
-        "metric_mutual_information_in_nats", "gmnn/metrics.py",
+        "metric_mutual_information_in_nats", "gmnn/metrics/functional.py",
         "return (torch.special.xlogy(joint, ratio).sum() / LN2).float()",
         "return (torch.special.xlogy(joint, ratio).sum()).float()",
         ("tests/test_metrics.py",),
         "mutual information off by a factor ln 2 (nats, not bits)",
     ),
     Mutation(
-        "metric_sample_entropy_halved", "gmnn/metrics.py",
+        "metric_sample_entropy_halved", "gmnn/metrics/decomposition.py",
         "return (self.entropy_sum / self.total.clamp_min(1)).float()",
         "return (self.entropy_sum / self.total.clamp_min(1) / 2).float()",
         ("tests/test_metrics.py",),
@@ -208,7 +208,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "--retest tests a freshly initialised model instead of last.ckpt",
     ),
     Mutation(
-        "ddp_metric_sync_dropped", "gmnn/metrics.py",
+        "ddp_metric_sync_dropped", "gmnn/metrics/decomposition.py",
         'self.add_state("counts", torch.zeros(num_experts, num_classes, dtype=torch.long), dist_reduce_fx="sum")',
         'self.add_state("counts", torch.zeros(num_experts, num_classes, dtype=torch.long), dist_reduce_fx=None)',
         ("tests/test_metrics.py", "tests/test_distributed.py"),

@@ -44,6 +44,6 @@ def test_a_missing_target_fails_loudly(tmp_path: Path) -> None:
     script = _script()
     (tmp_path / "gmnn").mkdir()
     (tmp_path / "gmnn" / "metrics.py").write_text("nothing to mutate here\n")
-    broken = script.Mutation("gone", "gmnn/metrics.py", "LN2).float()", "x", ("tests/test_metrics.py",), "")
-    with pytest.raises(script.MutationError, match="'gone'.*occurs 0 times in gmnn/metrics.py"):
+    broken = script.Mutation("gone", "gmnn/metrics/functional.py", "LN2).float()", "x", ("tests/test_metrics.py",), "")
+    with pytest.raises(script.MutationError, match="'gone'.*occurs 0 times in gmnn/metrics/functional.py"):
         broken.apply(tmp_path)

@@ -5,59 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
-from pytorch_lightning.utilities import rank_zero_warn  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchmetrics import Metric  # noqa: E402
-
-from gmnn.analysis import RoutingCapture, RoutingStats  # noqa: E402
-from gmnn.callbacks.figures import tensorboard_writer  # noqa: E402
-from gmnn.validation import check_choice, check_non_negative  # noqa: E402
+from gmnn.analysis.capture import RoutingCapture
+from gmnn.analysis.plots import routing_figure
+from gmnn.metrics.routing import ChangedFraction, RoutingStats
+from gmnn.callbacks.figures import tensorboard_writer
+from gmnn.validation import check_choice, check_non_negative
 
 STAGES = ("train", "val", "test")
 #: the scalars logged per layer and stage, as ``{stage}/routing/{layer}/{name}``
 SERIES = ("usage", "imbalance", "dead_experts", "dropped", "router_z", "mutual_information", "label_entropy")
-
-
-def routing_figure(matrices: dict[str, Tensor], label_names: Sequence[str] | None = None, title: str = "",
-                   stability: Sequence[float] | None = None) -> plt.Figure:
-    """Panels of one layer: expert x label heatmap (each label's top-1 expert distribution), usage
-    bars (share of routed token-expert pairs), co-activation (row e, column f: the fraction of
-    expert e's tokens that expert f also gets) and, when given, the stability history (fraction of probe tokens whose top-1 expert changed)."""
-    joint, load, coactivation = (matrices[key].double().cpu() for key in ("joint", "load", "coactivation"))
-    experts = joint.shape[0]
-    has_labels = joint.sum() > 0
-    panels = (1 if has_labels else 0) + 2 + (1 if stability else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), dpi=72, squeeze=False)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.82, wspace=0.4)
-    axes = list(axes[0])
-    if has_labels:
-        ax = axes.pop(0)
-        per_label = joint / joint.sum(0, keepdim=True).clamp_min(1e-12)
-        ax.imshow(per_label.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        names = list(label_names) if label_names and len(label_names) == joint.shape[1] else range(joint.shape[1])
-        ax.set(title="top-1 expert per label", xticks=range(joint.shape[1]), yticks=range(experts), ylabel="expert")
-        ax.set_xticklabels(names, rotation=30, fontsize="small")
-    ax = axes.pop(0)
-    ax.bar(range(experts), (load / load.sum().clamp_min(1e-12)).numpy())
-    ax.axhline(1 / experts, color="grey", linestyle=":")
-    ax.set(title="usage (share of routed pairs)", xlabel="expert", xticks=range(experts))
-    ax = axes.pop(0)
-    conditional = coactivation / coactivation.diagonal().clamp_min(1e-12).unsqueeze(1)
-    ax.imshow(conditional.fill_diagonal_(float("nan")).numpy(), vmin=0, vmax=1, cmap="magma", aspect="auto")
-    ax.set(title="co-activation P(col | row)", xlabel="expert", ylabel="expert", xticks=range(experts), yticks=range(experts))
-    if stability:
-        ax = axes.pop(0)
-        ax.plot(range(1, len(stability) + 1), list(stability), marker="o")
-        ax.set(title="top-1 changed on probe", xlabel="epoch", ylim=(0, 1), xticks=range(1, len(stability) + 1))
-    fig.suptitle(title, fontsize="small")
-    return fig
 
 
 class RoutingMonitor(Callback):
@@ -114,7 +75,7 @@ class RoutingMonitor(Callback):
         self.probe: Tensor | None = None
         self.probe_top1: dict[str, Tensor] = {}
         self.stability: dict[str, list[float]] = {}
-        self.stability_stats: dict[str, _ChangedFraction] = {}
+        self.stability_stats: dict[str, ChangedFraction] = {}
         self.warned_no_layer = False
 
     # ------------------------------------------------------------------ set up
@@ -145,7 +106,7 @@ class RoutingMonitor(Callback):
                          for name, (_, experts) in self.capture.layers.items()}
             for stage_name in self.stages
         }
-        self.stability_stats = {name: _ChangedFraction() for name in self.capture.layers}
+        self.stability_stats = {name: ChangedFraction() for name in self.capture.layers}
 
     def _warn_no_layer(self, pl_module: LightningModule) -> None:
         """Say once that ``pl_module`` has nothing to monitor; the hooks then find no capture and do nothing."""
@@ -272,21 +233,3 @@ def _last_training_batch(trainer: Trainer, batch_idx: int) -> bool:
     """Whether this is the epoch's last training batch (or the run's last step): the same answer on every rank."""
     last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
     return bool(trainer.is_last_batch) or batch_idx + 1 >= trainer.num_training_batches or last_step
-
-
-class _ChangedFraction(Metric):
-    """Fraction of ``True`` over all updates (exact under DDP)."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("changed", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, changed: Tensor) -> None:
-        self.changed += changed.double().sum()
-        self.total += changed.numel()
-
-    def compute(self) -> Tensor:
-        return (self.changed / self.total.clamp_min(1)).float()

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from gmnn.callbacks import RoutingMonitor
-from gmnn.callbacks.routing_monitor import routing_figure
+from gmnn.analysis.plots import routing_figure
 from gmnn.data import ToyDataModule
 from gmnn.models import DenseMoE
 from gmnn.nn import MoELayer
