@@ -52,10 +52,10 @@ __all__ = [
     "build_network",
     "dense_mixture",
     "from_hf",
-    "to_hf",
     "product_of_experts",
     "softmax_routing",
     "sparse_mixture",
+    "to_hf",
     "top_k_mixture",
     "top_k_routing",
 ]

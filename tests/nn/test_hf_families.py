@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 
 from gmnn.nn import from_hf, to_hf  # noqa: E402
 from gmnn.nn.moe.hf import FAMILIES, REFUSED, spec_of  # noqa: E402
-from tests.nn.hf_blocks import BLOCKS, D, REFUSED_BLOCKS, block_class, config, make  # noqa: E402
+from tests.nn.hf_blocks import BLOCKS, D, REFUSED_BLOCKS, config, make  # noqa: E402
 
 
 def _inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gmnn.nn import MoELayer, MLPExperts, Routing, SigmoidRouter, SoftmaxTopKRouter
+from gmnn.nn import MLPExperts, MoELayer, Routing, SigmoidRouter, SoftmaxTopKRouter
 from gmnn.nn.functional.regularizers import sequence_balance_loss
 
 

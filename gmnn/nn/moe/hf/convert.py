@@ -147,9 +147,10 @@ def to_hf(layer: MoELayer, block: nn.Module) -> nn.Module:
 
     Raises:
         ValueError: The block is refused by :func:`from_hf`, or the layer's structure differs from its family's.
+        TypeError: ``layer`` is not a :class:`~gmnn.nn.MoELayer`.
     """
     if not isinstance(layer, MoELayer) or not isinstance(layer.router, Router):
-        raise ValueError(f"layer must be a gmnn MoELayer, got {type(layer).__name__}")
+        raise TypeError(f"layer must be a gmnn MoELayer, got {type(layer).__name__}")
     spec = spec_of(block)
     reason = _mismatch(layer, _build(spec))
     if reason is not None:

@@ -169,10 +169,10 @@ FAMILIES: dict[str, tuple[str, Callable[[nn.Module], Spec]]] = {
 # Block class name -> (family, what gmnn lacks to represent it exactly).
 REFUSED: dict[str, tuple[str, str]] = {
     "PhimoeSparseMoeBlock": ("PhiMoE", "sparsemixer routing (masked-softmax top-2 with a jitter threshold) has no gmnn router"),
-    "GptOssMLP": ("GPT-OSS", "clamped SwiGLU experts (sigmoid(alpha x), limit, up + 1) with interleaved gate/up "
-                             "rows have no gmnn expert"),
-    "DbrxFFN": ("DBRX", "its flattened expert layout, p-norm renormalisation of the top-k weights and router "
-                        "input jitter are not read by gmnn"),
+    "GptOssMLP": ("GPT-OSS", ("clamped SwiGLU experts (sigmoid(alpha x), limit, up + 1) with interleaved gate/up "
+                              "rows have no gmnn expert")),
+    "DbrxFFN": ("DBRX", ("its flattened expert layout, p-norm renormalisation of the top-k weights and router "
+                         "input jitter are not read by gmnn")),
     "JetMoeMoE": ("JetMoE", "a learned bias added to the mixed output (MoELayer has no output bias)"),
     "Llama4TextMoe": ("Llama 4", "router scores scale the expert input (sigmoid of the top-k logits), not the output"),
     "SwitchTransformersSparseMLP": ("Switch", "expert capacity drops tokens in sequence order, with router jitter"),
