@@ -36,6 +36,7 @@ MOVED: dict[str, str] = {
     "gmnn.nn.routing_record": "gmnn.nn.moe.record",
     "gmnn.nn.hf": "gmnn.nn.moe.hf",
     "gmnn.nn.expert_parallel": "gmnn.nn.moe.parallel",
+    "gmnn.callbacks.revival": "gmnn.models.revival",
 }
 
 

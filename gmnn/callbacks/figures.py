@@ -5,21 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.image
+import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from torch import Tensor
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning import Callback, LightningModule, Trainer  # noqa: E402
-from pytorch_lightning.loggers import Logger, TensorBoardLogger  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from gmnn.run_folder import run_folder  # noqa: E402
-from gmnn.validation import check_positive_int  # noqa: E402
+from gmnn.run_folder import run_folder
+from gmnn.validation import check_positive_int
 
 
 def tensorboard_writer(trainer: Trainer) -> Any | None:
@@ -36,6 +33,16 @@ def image_logger(trainer: Trainer) -> Logger | None:
         if callable(getattr(logger, "log_image", None)):
             return logger
     return None
+
+
+def new_figure(size: tuple[float, float], dpi: float = 100, pyplot: bool = True) -> Figure:
+    """A figure of ``size`` inches: pyplot's (shown by ``plt.show()``, kept until ``plt.close``), or with
+    ``pyplot=False`` a plain ``Figure`` drawn by Agg, freed with its last reference and unseen by the backend."""
+    if pyplot:
+        return plt.figure(figsize=size, dpi=dpi)
+    fig = Figure(figsize=size, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 class DecompositionPlot:
@@ -57,11 +64,7 @@ class DecompositionPlot:
     def __init__(self, num_experts: int, num_classes: int, pyplot: bool = True) -> None:
         experts = torch.arange(num_experts).numpy()
         size = (3.5 + 0.35 * num_classes + 0.35 * num_experts, 1.4 + 0.3 * num_experts)
-        if pyplot:  # a figure of pyplot's (shown by plt.show(), kept until plt.close)
-            fig = plt.figure(figsize=size, dpi=80)
-        else:  # freed with this object: a callback's kept figure must not pile up in pyplot's registry
-            fig = Figure(figsize=size, dpi=80)
-            FigureCanvasAgg(fig)
+        fig = new_figure(size, dpi=80, pyplot=pyplot)
         heat, bars = fig.subplots(1, 2, width_ratios=[num_classes + 2, num_experts + 2])
         fig.subplots_adjust(left=0.16, right=0.98, bottom=0.2, top=0.88, wspace=0.35)
         self.image = heat.imshow(np.zeros((num_experts, num_classes)), vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -73,7 +76,7 @@ class DecompositionPlot:
         self.fig, self.heat, self.bars, self.shape = fig, heat, bars, (num_experts, num_classes)
         self._background: Any = None  # the figure without its values, drawn by the first pixels()
 
-    def update(self, allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> plt.Figure:
+    def update(self, allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> Figure:
         """Show these values (shapes ``[E, C]``, ``[E]``, ``[E]``, ``[E]``); returns the figure."""
         self.image.set_data(allocation.numpy())
         self.heat.set_yticklabels([f"expert {e} ({a:.2f})" for e, a in enumerate(accuracy.tolist())], fontsize="small")
@@ -105,7 +108,7 @@ class DecompositionPlot:
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def decomposition_figure(allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> plt.Figure:
+def decomposition_figure(allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> Figure:
     """A new :class:`DecompositionPlot` figure showing these values."""
     return DecompositionPlot(*allocation.shape).update(allocation, accuracy, usage, routed_fraction)
 
@@ -136,10 +139,12 @@ def _grid(points: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.no_grad()
-def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tensor, size: int = 80) -> plt.Figure:
+def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tensor, size: int = 80,
+                            pyplot: bool = True) -> Figure:
     """Which expert the gate picks, each expert's class and the model's class over a grid of a 2-D input.
 
-    ``model`` maps ``[N, 2]`` to a :class:`~gmnn.nn.mixture.output.MoEOutput` and owns ``experts``.
+    ``model`` maps ``[N, 2]`` to a :class:`~gmnn.nn.mixture.output.MoEOutput` and owns ``experts``;
+    ``pyplot=False`` makes a plain ``Figure`` that no backend or registry sees (what the callback draws).
     """
     gx, gy, grid = _grid(points.float().cpu(), size)
     grid = grid.to(model.device, model.dtype)  # the module's precision (e.g. 64-true, bf16-true)
@@ -151,7 +156,8 @@ def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tens
     panels.append(("model: class", out.log_probs.argmax(-1), model.num_classes, "coolwarm"))
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    fig = new_figure((3 * columns, 3 * rows), pyplot=pyplot)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     x, y = points.cpu().numpy(), labels.cpu().numpy()
@@ -228,13 +234,13 @@ class DecompositionFigures(Callback):
         if allocation is not None and stage in allocation:
             allocation[stage].reset()
 
-    def figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, plt.Figure]:
+    def figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, Figure]:
         """The figures of ``stage`` (``"val"`` or ``"test"``) as ``{tag: figure}`` (new figures, yours to close)."""
         return self._figures(trainer, pl_module, stage, plot=None)
 
     def _figures(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, plot: DecompositionPlot | None
-    ) -> dict[str, plt.Figure]:
+    ) -> dict[str, Figure]:
         result = {key: value.cpu() for key, value in pl_module.allocation[stage].compute().items()}
         for key in ("expert_accuracy", "routed", "usage"):  # torchmetrics squeezes one-element results (E = 1)
             result[key] = result[key].reshape(-1)
@@ -248,7 +254,7 @@ class DecompositionFigures(Callback):
             if data is not None:
                 was_training = pl_module.training
                 pl_module.eval()
-                figures[f"{stage}/decision_regions"] = decision_regions_figure(pl_module, *data, size=self.grid_size)
+                figures[f"{stage}/decision_regions"] = decision_regions_figure(pl_module, *data, size=self.grid_size, pyplot=False)
                 pl_module.train(was_training)
         return figures
 
@@ -282,13 +288,13 @@ class DecompositionFigures(Callback):
             elif log_dir is not None:
                 path = Path(log_dir) / FIGURES_DIR / f"{tag.replace('/', '_')}_step{step}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                plt.imsave(path, pixels)
+                matplotlib.image.imsave(path, pixels)
 
 
 FIGURES_DIR = "figures"
 
 
-def figure_pixels(fig: plt.Figure) -> np.ndarray:
+def figure_pixels(fig: Figure) -> np.ndarray:
     """``fig`` as an ``[H, W, 3]`` uint8 array (what image-taking loggers accept), the figure closed."""
     fig.canvas.draw()
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

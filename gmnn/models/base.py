@@ -90,7 +90,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
             each of the first ``revive_epochs`` training epochs, every expert whose mean gate
             probability over the epoch is below it is replaced by a noisy copy of the busiest expert,
             which shares that expert's gate mass (adds the callback
-            :class:`~gmnn.callbacks.revival.ReviveDeadExperts`).
+            :class:`~gmnn.models.revival.ReviveDeadExperts`).
         revive_epochs: Number of first epochs after which dead experts are revived.
         init_experts_from: Checkpoint of any gmnn variant whose experts initialise this model's
             (same count and architecture), e.g. to train a new gate on trained experts.
@@ -418,8 +418,8 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         return None if self.gate is None else output_layer(self.gate)
 
     def configure_callbacks(self) -> list[Callback]:
-        """:class:`~gmnn.callbacks.revival.ReviveDeadExperts` when ``revive_below > 0``."""
-        from gmnn.callbacks.revival import ReviveDeadExperts
+        """:class:`~gmnn.models.revival.ReviveDeadExperts` when ``revive_below > 0``."""
+        from gmnn.models.revival import ReviveDeadExperts
 
         below = self.hparams.get("revive_below", 0.0)
         return [ReviveDeadExperts(below, self.hparams.revive_epochs)] if below > 0 else []
