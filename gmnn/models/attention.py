@@ -57,7 +57,7 @@ class AttentionGateMoE(MoEModule):
         """The gate network without its output layer (and, with ``query_activation="none"``, without
         its last ReLU): it yields the query's hidden state."""
         hp = self.hparams
-        gate = build_network(hp.gate, self.input_shape, None, hp.gate_hidden, hp.gate_channels)
+        gate = build_network(hp.gate, self.input_shape, None, hp.gate_hidden, hp.gate_channels, "gate")
         if self.query_activation == "none":
             mlp = getattr(gate, "mlp", gate)
             if not isinstance(getattr(mlp, "body", None), nn.Sequential) or not isinstance(mlp.body[-1], nn.ReLU):

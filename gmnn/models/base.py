@@ -179,12 +179,12 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     def build_expert(self) -> nn.Module:
         """A fresh expert network mapping ``x`` to ``(logits [B, C], hidden [B, H])``."""
         hp = self.hparams
-        return build_network(hp.expert, self.input_shape, self.num_classes, hp.expert_hidden, hp.expert_channels)
+        return build_network(hp.expert, self.input_shape, self.num_classes, hp.expert_hidden, hp.expert_channels, "expert")
 
     def build_gate(self) -> nn.Module | None:
         """The gate network mapping ``x`` to ``(logits [B, E], hidden [B, H])``."""
         hp = self.hparams
-        return build_network(hp.gate, self.input_shape, self.num_experts, hp.gate_hidden, hp.gate_channels)
+        return build_network(hp.gate, self.input_shape, self.num_experts, hp.gate_hidden, hp.gate_channels, "gate")
 
     # ------------------------------------------------------------------ forward
     def check_input(self, x: Tensor) -> None:

@@ -68,13 +68,13 @@ class SingleModel(MoEModule):
     def build_expert(self) -> nn.Module:
         hp = self.hparams
         if isinstance(hp.expert, Mapping):  # a class-path network is built as configured, not size-matched
-            return build_network(hp.expert, self.input_shape, self.num_classes, (), hp.expert_channels)
+            return build_network(hp.expert, self.input_shape, self.num_classes, (), hp.expert_channels, "expert")
         if self.hidden is None:
             self.hidden = matched_hidden(
                 hp.expert, hp.gate, self.input_shape, self.num_classes, self._matched,
                 hp.expert_hidden, hp.gate_hidden, hp.expert_channels, hp.gate_channels,
             )
-        return build_network(hp.expert, self.input_shape, self.num_classes, self.hidden, hp.expert_channels)
+        return build_network(hp.expert, self.input_shape, self.num_classes, self.hidden, hp.expert_channels, "expert")
 
     def build_gate(self) -> nn.Module | None:
         return None

@@ -112,7 +112,7 @@ def test_bad_network_specs_are_refused_with_one_line(spec: object, message: str)
 
 def test_logits_of_the_wrong_width_are_refused() -> None:
     model = DenseMoE(input_shape=[2], num_classes=3, num_experts=2, expert={"class_path": f"{__name__}.WrongWidth"})
-    with pytest.raises(ValueError, match=r"WrongWidth must return logits of shape \[batch, 3\], got \[4, 7\]"):
+    with pytest.raises(ValueError, match=r"^expert tests.nn.test_custom.WrongWidth returned logits of shape \[4, 7\] for 4 inputs; expected \[4, 3\]$"):
         model(torch.randn(4, 2))
 
 

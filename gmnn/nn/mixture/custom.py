@@ -13,6 +13,9 @@ these parameters that the class's ``__init__`` accepts and ``init_args`` does
 not set. The module may return ``(logits, hidden)`` like gmnn's own networks,
 or only the logits: then the hidden layer is the output of the submodule named
 by ``hidden_from`` (flattened), or the logits themselves when it is not given.
+Every call checks what it returned (:func:`check_network_output`: floating logits
+``[batch, out_features]``, floating hidden ``[batch, H]``), in every model variant and
+on every path (all experts at once, the rows routed to one expert, ``vmap``).
 """
 
 from __future__ import annotations
@@ -66,8 +69,11 @@ def check_network_spec(name: str, spec: Any, shorthands: Sequence[str]) -> None:
         raise ValueError(f"{name}.hidden_from must be a submodule name, got {hidden_from!r}")
 
 
-def build_custom(spec: Mapping[str, Any], input_shape: Sequence[int], out_features: int | None) -> nn.Module:
-    """Build the network of a class-path spec, adapted to return ``(logits, hidden)``."""
+def build_custom(
+    spec: Mapping[str, Any], input_shape: Sequence[int], out_features: int | None, role: str = "network"
+) -> nn.Module:
+    """Build the network of a class-path spec, adapted to return ``(logits, hidden)``; ``role`` (``"expert"``,
+    ``"gate"``) names it in errors."""
     cls = import_class("network", spec["class_path"])
     kwargs = dict(spec.get("init_args") or {})
     sizes = {"input_shape": tuple(input_shape), "in_features": math.prod(input_shape), "out_features": out_features}
@@ -75,7 +81,34 @@ def build_custom(spec: Mapping[str, Any], input_shape: Sequence[int], out_featur
     for key in PASSED_SIZES:
         if key in accepted and key not in kwargs:
             kwargs[key] = sizes[key]
-    return LogitsAndHidden(cls(**kwargs), spec["class_path"], out_features, spec.get("hidden_from"))
+    return LogitsAndHidden(cls(**kwargs), spec["class_path"], out_features, spec.get("hidden_from"), role)
+
+
+def check_network_output(network: str, logits: Any, hidden: Any, batch: int, out_features: int | None) -> None:
+    """Raise ``ValueError`` unless a network returned floating logits ``[batch, out_features]`` and hidden ``[batch, H]``.
+
+    Reads shapes and dtypes only (no host sync); under ``torch.func.vmap`` it sees one expert's tensors.
+
+    Args:
+        network: The network as named in the message, e.g. ``"expert mypkg.Net"``.
+        logits: Its logits (class scores of an expert, expert scores of a gate).
+        hidden: Its hidden layer.
+        batch: The number of inputs it was given.
+        out_features: The width its logits must have, or ``None`` to accept any.
+    """
+    _check_returned(network, "logits", logits, batch, out_features)
+    _check_returned(network, "hidden", hidden, batch, None)
+
+
+def _check_returned(network: str, name: str, tensor: Any, batch: int, width: int | None) -> None:
+    """Raise ``ValueError`` unless ``tensor`` is a floating ``[batch, width]`` tensor (any width when ``None``)."""
+    if not isinstance(tensor, Tensor):
+        raise ValueError(f"{network} returned {name} of type {type(tensor).__name__}; expected a tensor")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{network} returned {name} of dtype {tensor.dtype}; expected a floating-point dtype (e.g. float32)")
+    if tensor.dim() != 2 or tensor.shape[0] != batch or (width is not None and tensor.shape[1] != width):
+        expected = f"[{batch}, {width if width is not None else 'H' if name == 'hidden' else '*'}]"
+        raise ValueError(f"{network} returned {name} of shape {list(tensor.shape)} for {batch} inputs; expected {expected}")
 
 
 class LogitsAndHidden(nn.Module):
@@ -86,11 +119,16 @@ class LogitsAndHidden(nn.Module):
         class_path: Its class path, named in errors.
         out_features: The width its logits must have, or ``None`` to accept any.
         hidden_from: Submodule whose output is the hidden layer when the network returns only logits.
+        role: What the network is in the model (``"expert"``, ``"gate"``), named in errors.
     """
 
-    def __init__(self, network: nn.Module, class_path: str, out_features: int | None, hidden_from: str | None = None) -> None:
+    def __init__(
+        self, network: nn.Module, class_path: str, out_features: int | None, hidden_from: str | None = None,
+        role: str = "network",
+    ) -> None:
         super().__init__()
         self.network, self.class_path, self.out_features, self.hidden_from = network, class_path, out_features, hidden_from
+        self.role = role
         if hidden_from is not None:
             try:
                 network.get_submodule(hidden_from)
@@ -110,15 +148,17 @@ class LogitsAndHidden(nn.Module):
         finally:
             if handle is not None:
                 handle.remove()
+        logits, hidden = self.logits_and_hidden(output, captured)
+        check_network_output(f"{self.role} {self.class_path}", logits, hidden, x.shape[0], self.out_features)
+        return logits, hidden
+
+    def logits_and_hidden(self, output: Any, captured: list[Tensor]) -> tuple[Any, Any]:
+        """``(logits, hidden)`` of what the network returned (``captured``: the ``hidden_from`` submodule's output)."""
+        network = f"{self.role} {self.class_path}"
         if isinstance(output, tuple):
             if len(output) != 2:
-                raise ValueError(f"{self.class_path} must return logits or (logits, hidden), got a {len(output)}-tuple")
-            logits, hidden = output
-        else:
-            logits = output
-            hidden = captured[-1].flatten(1) if captured else output
-        if self.out_features is not None and (logits.dim() != 2 or logits.shape[1] != self.out_features):
-            raise ValueError(
-                f"{self.class_path} must return logits of shape [batch, {self.out_features}], got {list(logits.shape)}"
-            )
-        return logits, hidden
+                raise ValueError(f"{network} returned a {len(output)}-tuple; expected a tensor of logits or a (logits, hidden) pair")
+            return output
+        if not isinstance(output, Tensor):
+            raise ValueError(f"{network} returned a {type(output).__name__}; expected a tensor of logits or a (logits, hidden) pair")
+        return output, captured[-1].flatten(1) if captured else output

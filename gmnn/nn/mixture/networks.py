@@ -107,18 +107,20 @@ def build_network(
     out_features: int | None,
     hidden_dims: Sequence[int],
     channels: int = 1,
+    role: str = "network",
 ) -> nn.Module:
     """Build a network by name (``"mlp"`` or ``"conv"``) or from a class-path spec (:mod:`gmnn.nn.mixture.custom`).
 
     ``hidden_dims`` and ``channels`` configure the named networks only; a class-path
-    network takes its arguments from its ``init_args``.
+    network takes its arguments from its ``init_args``, and every output it returns is checked
+    (:func:`~gmnn.nn.mixture.custom.check_network_output`), named by ``role`` (``"expert"``, ``"gate"``).
 
     Raises:
         ValueError: ``name`` is unknown or the input shape does not suit the network.
     """
     if isinstance(name, Mapping):
-        check_network_spec("network", name, NETWORKS)
-        return build_custom(name, input_shape, out_features)
+        check_network_spec(role, name, NETWORKS)
+        return build_custom(name, input_shape, out_features, role)
     if name == "mlp":
         return MLP(math.prod(input_shape), out_features, hidden_dims)
     if name == "conv":
