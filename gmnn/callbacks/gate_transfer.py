@@ -40,5 +40,5 @@ class GateTransfer(pl.Callback):
         gate = getattr(pl_module, "gate", None)
         if gate is None:
             raise ValueError(f"GateTransfer needs a model with a gate; {type(pl_module).__name__} has none")
-        self.loaded = load_gate(gate, self.checkpoint, strict=self.strict)
+        self.loaded = load_gate(gate, self.checkpoint, strict=self.strict, option="GateTransfer checkpoint")
         gate.requires_grad_(not self.freeze)

@@ -1,5 +1,7 @@
 """Everything gmnn does with checkpoints, in one place.
 
+- :mod:`gmnn.checkpoints.reading`: reading a checkpoint file as tensors and plain values only, never
+  code, with one error line naming the option and the file when it cannot be read.
 - :mod:`gmnn.checkpoints.hooks`: the LightningModule hooks that write and read gmnn's extra
   checkpoint entries (class path, gate temperature, random states) and load the right variant.
 - :mod:`gmnn.checkpoints.variants`: which gmnn class wrote a checkpoint (``MoEModule.load_from_checkpoint``

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gmnn.checkpoints.reading import read_checkpoint
 from gmnn.checkpoints.variants import CLASS_KEY
 
 RNG_KEY = "gmnn_rng_states"
@@ -64,7 +65,7 @@ def explain_overrides(error: ValueError, checkpoint_path: Any, overrides: Mappin
     """``error`` restated with the ``load_from_checkpoint`` keyword arguments that differ from the checkpoint."""
     if not overrides or "does not fit" not in str(error) or hasattr(checkpoint_path, "read"):
         return error
-    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    saved = read_checkpoint(checkpoint_path).get("hyper_parameters", {})
     changed = [
         f"{name}={_plain(saved[name])!r} in the checkpoint but {name}={_plain(value)!r} was passed to load_from_checkpoint"
         for name, value in overrides.items()

@@ -44,11 +44,15 @@ class CheckpointHooks:
 
         ``MoEModule.load_from_checkpoint(path)`` returns a ``TopKMoE`` for a
         top-k checkpoint; ``DenseMoE.load_from_checkpoint`` on a checkpoint of
-        another variant raises a ``ValueError`` naming both classes.
+        another variant raises a ``ValueError`` naming both classes. The file is read as tensors
+        and plain values only (``weights_only=True`` unless given): one that holds anything else,
+        or cannot be read, raises a one-line ``ValueError`` naming it.
         """
         target = variant_of_checkpoint(cls, checkpoint_path)
         kwargs.setdefault("init_experts_from", None)  # the experts are in the checkpoint itself
         loader = super(CheckpointHooks, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
+        if len(args) < 4 and kwargs.get("weights_only") is None:  # Lightning's load too reads tensors and plain values only
+            kwargs["weights_only"] = True
         try:
             return loader(target, checkpoint_path, *args, **kwargs)
         except ValueError as error:  # name the keyword arguments that made the model not fit

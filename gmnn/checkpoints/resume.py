@@ -15,6 +15,7 @@ import yaml
 from pytorch_lightning.utilities import rank_zero_only
 
 from gmnn.checkpoints.compatibility import check_checkpoint_matches
+from gmnn.checkpoints.reading import UnreadableCheckpoint, read_checkpoint
 from gmnn.checkpoints.variants import CLASS_KEY
 from gmnn.run_folder import FOLDER_LOGGERS as FOLDER_LOGGER_CLASSES
 
@@ -87,15 +88,11 @@ def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 def unreadable(path: Path) -> str | None:
-    """Why ``path`` is not a loadable Lightning checkpoint (empty, truncated, not one), else ``None``."""
+    """Why ``path`` is not a loadable Lightning checkpoint (empty, truncated, not one, unsafe), else ``None``."""
     try:
-        if path.stat().st_size == 0:
-            return "it is empty (0 bytes)"
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:  # any failure to load means the file cannot be resumed from
-        return f"it is truncated or not a checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        return "it holds no state_dict (not a Lightning checkpoint)"
+        read_checkpoint(path, "--ckpt_path")
+    except UnreadableCheckpoint as error:
+        return error.reason
     return None
 
 
@@ -225,12 +222,73 @@ def log_into_checkpoint_run(config: Any, subcommand: str) -> Path | None:
 
 
 def check_readable(ckpt_path: Any) -> None:
-    """Raise ``ValueError`` naming ``ckpt_path`` when it is a file that cannot be loaded."""
+    """Raise ``ValueError`` naming ``ckpt_path`` when it is a file that cannot be loaded as tensors and plain values."""
     if ckpt_path is None or ckpt_path in SPECIAL_PATHS or "://" in str(ckpt_path) or not Path(ckpt_path).is_file():
         return
-    reason = unreadable(Path(ckpt_path))
-    if reason is not None:
-        raise ValueError(f"--ckpt_path {ckpt_path} cannot be read: {reason}")
+    read_checkpoint(ckpt_path, "--ckpt_path")
+
+
+def read_tensors_only(config: Any) -> None:
+    """Leave Lightning's own load of ``ckpt_path`` at tensors and plain values (``--weights_only true``) unless
+    ``--weights_only`` was set (gmnn's checks have refused a file that needs more before Lightning reads it)."""
+    if _get(config, "ckpt_path") and "weights_only" in config and config.get("weights_only") is None:
+        config["weights_only"] = True
+
+
+def _model_options(args: Any) -> list[str]:
+    """The model init arguments named on the command line ``args`` (``--model.init_args.k=2``, ``--model.k 2``)."""
+    if not isinstance(args, (list, tuple)):
+        return []
+    names = []
+    for token in args:
+        if not isinstance(token, str) or not token.startswith("--model."):
+            continue
+        dotted = token[len("--model."):].partition("=")[0]
+        dotted = dotted[len("init_args."):] if dotted.startswith("init_args.") else dotted
+        name = dotted.partition(".")[0]
+        if name and name not in ("class_path", "init_args", "dict_kwargs", "help") and name not in names:
+            names.append(name)
+    return names
+
+
+def _plain_value(value: Any) -> Any:
+    """``value`` with tuples as lists and namespaces as dicts, as a checkpoint's hyper-parameters hold it."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {key: _plain_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(item) for item in value]
+    return value
+
+
+def warn_ignored_model_options(config: Any, args: Any) -> None:
+    """One line naming the model options of ``args`` that the checkpoint's hyper-parameters replace.
+
+    With a ``ckpt_path`` file Lightning's CLI rebuilds the model from the checkpoint's hyper-parameters,
+    so a model option given on the command line with another value than the checkpoint's is not used.
+    """
+    ckpt_path = _get(config, "ckpt_path")
+    if not ckpt_path or ckpt_path in SPECIAL_PATHS or not Path(ckpt_path).is_file():
+        return
+    given = _model_options(args)
+    if not given:
+        return
+    saved = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters", {})
+    current = _get(_get(config, "model"), "init_args")
+    ignored = [
+        f"--model.init_args.{name}={_shown(_get(current, name))} (the checkpoint's: {_shown(saved[name])})"
+        for name in given
+        if name in saved and _plain_value(_get(current, name)) != _plain_value(saved[name])
+    ]
+    if ignored:
+        _say(f"warning: --ckpt_path {ckpt_path}: the model comes from the checkpoint, ignoring {'; '.join(ignored)}")
+
+
+def _shown(value: Any) -> str:
+    """``value`` as it would be typed on the command line."""
+    plain = _plain_value(value)
+    return plain if isinstance(plain, str) else str(plain)
 
 
 def check_ckpt_path(model: torch.nn.Module, ckpt_path: str | None) -> None:
@@ -239,7 +297,7 @@ def check_ckpt_path(model: torch.nn.Module, ckpt_path: str | None) -> None:
         return
     if not Path(ckpt_path).is_file():
         raise ValueError(f"--ckpt_path {ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
     check_checkpoint_matches(model, checkpoint, f"--ckpt_path {ckpt_path}")
 
 
@@ -265,7 +323,7 @@ def check_config_fits_checkpoint(config: Any) -> None:
     model = _get(config, "model")
     if not ckpt_path or not Path(ckpt_path).is_file() or _get(model, "class_path") is None:
         return
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
     hparams = checkpoint.get("hyper_parameters", {})
     saved = checkpoint.get(CLASS_KEY) or hparams.get("_class_path")
     wanted = _full_class_path(_get(model, "class_path"))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-import torch
+from gmnn.checkpoints.reading import read_checkpoint
 
 CLASS_KEY = "gmnn_class_path"
 
@@ -17,18 +17,18 @@ def class_path_of(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def saved_class(checkpoint_path: str | Path | IO[bytes]) -> type | None:
+def saved_class(checkpoint_path: str | Path | IO[bytes], option: str = "checkpoint") -> type | None:
     """The LightningModule class a gmnn checkpoint was written by, if it can be resolved.
 
-    Only classes in ``gmnn`` or in modules that are already imported are
-    resolved, so a checkpoint cannot make us import arbitrary code.
+    The file is read as tensors and plain values only, and only classes in ``gmnn`` or in
+    modules that are already imported are resolved, so a checkpoint cannot make us run or
+    import arbitrary code. ``option`` names the file in the errors.
 
     Raises:
-        ValueError: The checkpoint names a class that cannot be found.
+        ValueError: The file cannot be read (:func:`~gmnn.checkpoints.reading.read_checkpoint`),
+            or it names a class that cannot be found.
     """
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if hasattr(checkpoint_path, "seek"):
-        checkpoint_path.seek(0)
+    checkpoint = read_checkpoint(checkpoint_path, option)
     path = checkpoint.get(CLASS_KEY) or checkpoint.get("hyper_parameters", {}).get("_class_path")
     if not path:
         return None

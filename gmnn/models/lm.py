@@ -246,4 +246,6 @@ class MoETransformerLM(MoEModule):
         target = variant_of_checkpoint(cls, checkpoint_path)
         # Lightning's loader: past MoEModule's own (CheckpointHooks), which would pass init_experts_from
         loader = super(CheckpointHooks, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
+        if len(args) < 4 and kwargs.get("weights_only") is None:  # Lightning's load too reads tensors and plain values only
+            kwargs["weights_only"] = True
         return loader(target, checkpoint_path, *args, **kwargs)

@@ -67,7 +67,7 @@ def test_gate_transfer_refuses_a_missing_file_and_another_gate(tmp_path: Path) -
     with pytest.raises(ValueError, match="checkpoint must be"):
         GateTransfer("")
     model = DenseMoE(**COMMON)
-    with pytest.raises(ValueError, match="gate_from must be an existing checkpoint"):
+    with pytest.raises(ValueError, match="GateTransfer checkpoint must be an existing checkpoint"):
         GateTransfer(str(tmp_path / "none.ckpt")).setup(None, model, "fit")  # type: ignore[arg-type]
     other = checkpoint_of(DenseMoE(**{**COMMON, "gate_hidden": [16]}), tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="another architecture"):
