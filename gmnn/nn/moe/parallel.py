@@ -238,7 +238,7 @@ class ExpertParallelMoELayer(MoELayer):
             :class:`~gmnn.nn.moe.experts.MLPExperts`, or the group size does not divide E.
     """
 
-    def __init__(self, layer: MoELayer, group=None) -> None:
+    def __init__(self, layer: MoELayer, group: dist.ProcessGroup | None = None) -> None:
         nn.Module.__init__(self)
         check_shardable(layer)
         distributed = dist.is_available() and dist.is_initialized()

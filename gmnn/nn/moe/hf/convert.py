@@ -47,7 +47,7 @@ def _build(spec: Spec, **layer_kwargs) -> MoELayer:
 
 
 def from_hf(block: nn.Module, balance_weight: float = 0.0, z_weight: float = 0.0, verify: bool = True,
-            **layer_kwargs) -> MoELayer:
+            **layer_kwargs: object) -> MoELayer:
     """A :class:`~gmnn.nn.MoELayer` computing exactly what a Hugging Face MoE block computes (weights copied).
 
     The families of :data:`~gmnn.nn.moe.hf.families.FAMILIES` convert (README's
