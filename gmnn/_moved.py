@@ -37,6 +37,13 @@ MOVED: dict[str, str] = {
     "gmnn.nn.hf": "gmnn.nn.moe.hf",
     "gmnn.nn.expert_parallel": "gmnn.nn.moe.parallel",
     "gmnn.callbacks.revival": "gmnn.models.revival",
+    "gmnn.checkpoints.resume": "gmnn.cli.resume",
+    "gmnn.fragments": "gmnn.cli.fragments",
+    "gmnn.report": "gmnn.cli.report",
+    "gmnn.reference": "gmnn.cli.reference",
+    "gmnn.process": "gmnn.cli.process",
+    "gmnn.quiet": "gmnn.cli.quiet",
+    "gmnn.run_folder": "gmnn.callbacks.run_folder",
 }
 
 

@@ -46,7 +46,7 @@ def run_one(config: Path, seed: int, out: Path) -> dict:
 
 def write_record(folder: Path, config: str, seed: int, wall_s: float) -> dict:
     """A finished run's ``result.json`` from its TensorBoard events (last values)."""
-    from gmnn.report import read_scalars
+    from gmnn.cli.report import read_scalars
 
     scalars = read_scalars(folder)
     for tag in list(scalars):  # a value logged per step and epoch carries an "_epoch" suffix

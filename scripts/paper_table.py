@@ -4,7 +4,7 @@ Example (after ``scripts/sweep.py --configs configs/paper/mnist/*.yaml ... --out
 
     python scripts/paper_table.py sweeps/paper
 
-The reference numbers are those of :data:`gmnn.reference.PAPER_MNIST`
+The reference numbers are those of :data:`gmnn.cli.reference.PAPER_MNIST`
 (``aaai_2022/results/mnist/mnist_final_results.csv`` of yamsgithub/modular_deep_learning), by the row
 each ``configs/paper/mnist/*.yaml`` reproduces (its header names it): one run kept out of 10, and the
 std of the test error over those 10. The best-of-seeds column here picks the seed with the lowest
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import this checkout's gmnn
     sys.path.insert(0, str(ROOT))
 
-from gmnn.reference import MNIST_CSV, MNIST_ROWS, PAPER_MNIST  # noqa: E402
-from gmnn.report import find_runs, read_scalars, run_row, summarise  # noqa: E402
+from gmnn.cli.reference import MNIST_CSV, MNIST_ROWS, PAPER_MNIST  # noqa: E402
+from gmnn.cli.report import find_runs, read_scalars, run_row, summarise  # noqa: E402
 
 
 

@@ -111,7 +111,7 @@ def _print(message: str) -> None:
 
 def write_results_md(path: Path, runs: list[Run], out: Path, reference: str, command: str) -> None:
     """``RESULTS.md``: the sweep's mean ± std per configuration next to a published table, the command and wall time."""
-    from gmnn.report import REFERENCES, comparison_markdown, find_runs, read_scalars, run_row, summarise
+    from gmnn.cli.report import REFERENCES, comparison_markdown, find_runs, read_scalars, run_row, summarise
 
     records = [json.loads((out / r.name / RESULT_FILE).read_text()) for r in runs if (out / r.name / RESULT_FILE).exists()]
     done = sorted(str(out / r.name) for r in runs if (out / r.name / RESULT_FILE).exists())
@@ -162,8 +162,8 @@ def sweep(runs: list[Run], out: Path, fixed: dict[str, str], log: Callable[[str]
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("test/acc", "test/loss"))
         log(f"{prefix}: done in {durations[-1]:.0f} s ({shown}); {left} left, about {eta / 60:.0f} min")
     finished = sorted(str(out / r.name) for r in runs if (out / r.name / RESULT_FILE).exists())
-    if finished:  # the results table of gmnn.report for this sweep's runs: per run and mean ± std per configuration
-        from gmnn.report import report
+    if finished:  # the results table of gmnn.cli.report for this sweep's runs: per run and mean ± std per configuration
+        from gmnn.cli.report import report
 
         report(finished, out=out)
     log(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']}; table: {out / 'results.md'}")

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import Logger
 
 from gmnn.cli import make_cli
 from gmnn.models import MoEModule
-from gmnn.report import report
+from gmnn.cli.report import report
 from tests.conftest import tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[1]

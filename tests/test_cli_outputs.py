@@ -54,7 +54,7 @@ def test_fit_test_predict_side_by_side_in_one_run_folder(tmp_path: Path) -> None
     import torch
 
     from gmnn.models import MoEModule
-    from gmnn.report import report
+    from gmnn.cli.report import report
     from tests.conftest import tiny_trainer
 
     common = ["--config", str(ROOT / "configs/toy/dense.yaml"), f"--trainer.logger.init_args.save_dir={tmp_path}",

@@ -124,12 +124,13 @@ def test_cli_destroys_the_process_group_only_after_a_successful_command(
     """Left to interpreter exit, gloo can abort a finished run ("terminate called without an active
     exception", exit -6); after an error another rank may still be in a collective, so it stays."""
     import gmnn.cli
+    import gmnn.cli.app
 
     def command(args: object) -> None:
         if fails:
             raise ValueError("bad input")
 
-    monkeypatch.setattr(gmnn.cli, "make_cli", command)
+    monkeypatch.setattr(gmnn.cli.app, "make_cli", command)
     store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
     torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:

@@ -60,7 +60,7 @@ def test_glibc_accepts_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
-    from gmnn import cli
+    from gmnn.cli import app as cli
 
     calls: list[str] = []
     monkeypatch.setattr(cli, "freeze_garbage_collector", lambda: calls.append("freeze"))
@@ -79,7 +79,7 @@ def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: 
 
 
 def test_imports_without_collection_pauses_the_collector_and_files_the_new_objects_as_old() -> None:
-    from gmnn.process import imports_without_collection
+    from gmnn.cli.process import imports_without_collection
 
     assert gc.isenabled()
     with imports_without_collection():

@@ -126,7 +126,7 @@ def _bash_commands(text: str) -> list[list[str]]:
 
 
 def test_every_config_the_readme_names_exists_and_no_fragment_runs_alone() -> None:
-    from gmnn.fragments import check_not_fragments_alone
+    from gmnn.cli.fragments import check_not_fragments_alone
 
     commands = _bash_commands(README)
     paths = [w for c in commands for w in c if re.fullmatch(r"configs/\S+\.yaml", w)]

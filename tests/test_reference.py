@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from gmnn.reference import MNIST_ROWS, NOT_COMPARABLE, PAPER_MNIST, read_reference_csv
-from gmnn.report import comparison_markdown, load_reference, main, summarise
+from gmnn.cli.reference import MNIST_ROWS, NOT_COMPARABLE, PAPER_MNIST, read_reference_csv
+from gmnn.cli.report import comparison_markdown, load_reference, main, summarise
 
 HEADER = "filename,train error,test error,mutual information,sample entropy,expert usage,val error std"
 # The rows of aaai_2022/results/mnist/mnist_final_results.csv (the reference's published numbers).

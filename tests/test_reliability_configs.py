@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gmnn.cli import main
-from gmnn.fragments import check_config_order
+from gmnn.cli.fragments import check_config_order
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = "--config configs/<dataset>/protocol.yaml --config configs/methods/<method>.yaml"

@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from gmnn.cli import main, make_cli
 from gmnn.data import ToyDataModule
 from gmnn.models import MoEModule
-from gmnn.report import report
+from gmnn.cli.report import report
 from tests.conftest import tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[1]

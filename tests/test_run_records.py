@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gmnn.cli import main, make_cli
-from gmnn.report import retest
+from gmnn.cli.report import retest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data.init_args.num_samples=400", "--data.init_args.batch_size=50"]

@@ -28,7 +28,7 @@ def test_sweep_runs_every_combination_once_and_resumes(tmp_path: Path) -> None:
     names = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.glob("*/*/result.json"))
     assert names == [f"{label}/seed{s}" for label in labels for s in (0, 1)]
     assert list((tmp_path / names[0]).glob("events.out.tfevents.*")), "each run logs into its own folder"
-    with open(tmp_path / "results.csv") as file:  # gmnn.report's table: one row per run
+    with open(tmp_path / "results.csv") as file:  # gmnn.cli.report's table: one row per run
         rows = list(csv.DictReader(file))
     assert sorted(r["configuration"] for r in rows) == sorted(labels * 2)
     assert all(0 <= float(r["test_error"]) <= 1 for r in rows)
@@ -57,7 +57,7 @@ def test_protocols_times_methods_are_named_after_the_protocols_dataset() -> None
     methods = [Path("configs/methods/dense.yaml"), Path("configs/methods/importance.yaml")]
     runs = sweep.plan(methods, [0, 1], {}, protocols)
     assert [r.name for r in runs[::2]] == ["mnist-dense/seed0", "mnist-importance/seed0", "cifar10-dense/seed0",
-                                           "cifar10-importance/seed0"]  # the names gmnn.reference maps to its rows
+                                           "cifar10-importance/seed0"]  # the names gmnn.cli.reference maps to its rows
     args = runs[2].cli_args(Path("out"), {})
     assert args[:4] == ["--config", "configs/mnist/protocol.yaml", "--config", "configs/methods/importance.yaml"]
 

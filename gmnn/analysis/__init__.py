@@ -3,7 +3,7 @@
 - :mod:`gmnn.analysis.capture`: find a model's MoE layers and record their routing;
 - :mod:`gmnn.analysis.report`: :func:`routing_report` over a dataloader, :func:`write_report` as CSV + PNG;
 - :mod:`gmnn.analysis.plots`: the per-layer figure;
-- :mod:`gmnn.analysis.command`: ``gmnn analyze``.
+- :mod:`gmnn.cli.analyze`: ``gmnn analyze``.
 
 The statistics themselves are :class:`gmnn.metrics.RoutingStats`.
 """

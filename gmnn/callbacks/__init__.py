@@ -5,10 +5,10 @@ from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.gate_transfer import GateTransfer
 from gmnn.callbacks.init_search import InitSearch
 from gmnn.callbacks.predictions import PredictionWriter
-from gmnn.models.revival import ReviveDeadExperts
 from gmnn.callbacks.routing_monitor import RoutingMonitor
 from gmnn.callbacks.run_config import RunConfig
 from gmnn.callbacks.unfreeze import UnfreezeExperts
+from gmnn.models.revival import ReviveDeadExperts
 
 __all__ = [
     "AtomicModelCheckpoint",

@@ -6,8 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
+from gmnn import pl
+from gmnn.pl import ModelCheckpoint
 
 PARTIAL_SUFFIX = ".partial"
 

@@ -25,15 +25,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from gmnn.nn.moe.parallel import ExpertParallelMoELayer, check_shardable, clip_grad_norm_, expert_keys
+from gmnn import pl
 from gmnn.nn.moe.layer import MoELayer
+from gmnn.nn.moe.parallel import (
+    ExpertParallelMoELayer,
+    check_shardable,
+    clip_grad_norm_,
+    expert_keys,
+)
+from gmnn.pl import Callback, DDPStrategy
 from gmnn.validation import check_positive_int
 
 __all__ = ["ExpertParallel"]

@@ -7,15 +7,14 @@ from typing import Any
 
 import matplotlib.image
 import matplotlib.pyplot as plt
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 import numpy as np
 import torch
-from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
 
-from gmnn.run_folder import run_folder
+from gmnn.callbacks.run_folder import run_folder
+from gmnn.pl import Callback, LightningModule, Logger, TensorBoardLogger, Trainer
 from gmnn.validation import check_positive_int
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
+from gmnn import pl
 from gmnn.checkpoints.reuse import load_gate
 
 

@@ -6,10 +6,10 @@ import itertools
 import math
 from typing import Any
 
-import pytorch_lightning as L
 import torch
 from torch import Tensor
 
+from gmnn import pl as L
 from gmnn.models.optim import adam
 from gmnn.validation import check_positive, check_positive_int
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from gmnn.run_folder import run_folder
+from gmnn import pl
+from gmnn.callbacks.run_folder import run_folder
+from gmnn.pl import BasePredictionWriter
 
 
 def prediction_columns(outputs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:

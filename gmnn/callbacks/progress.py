@@ -14,9 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
-from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
+from gmnn.pl import (
+    _RICH_AVAILABLE,
+    Callback,
+    ProgressBar,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 
 REDRAWS_PER_SECOND = 5
 

@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from gmnn.analysis.capture import RoutingCapture
 from gmnn.analysis.plots import routing_figure
-from gmnn.metrics.routing import ChangedFraction, RoutingStats
 from gmnn.callbacks.figures import tensorboard_writer
+from gmnn.metrics.routing import ChangedFraction, RoutingStats
+from gmnn.pl import Callback, LightningModule, Trainer, rank_zero_warn
 from gmnn.validation import check_choice, check_non_negative
 
 STAGES = ("train", "val", "test")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytorch_lightning as pl
-from pytorch_lightning.cli import SaveConfigCallback
-
-from gmnn.run_folder import run_folder
+from gmnn import pl
+from gmnn.callbacks.run_folder import run_folder
+from gmnn.pl import SaveConfigCallback
 
 
 class RunConfig(SaveConfigCallback):

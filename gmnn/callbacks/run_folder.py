@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 
-from pytorch_lightning import Trainer
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from gmnn.pl import CSVLogger, TensorBoardLogger, Trainer
 
 #: Loggers whose ``log_dir`` is the run's own folder (``<save_dir>/<name>/version_N``).
 FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 
+from gmnn import pl
+from gmnn.pl import BaseFinetuning
 from gmnn.validation import check_positive_int
 
 

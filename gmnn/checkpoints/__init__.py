@@ -8,7 +8,7 @@
   returns that class).
 - :mod:`gmnn.checkpoints.compatibility`: whether a checkpoint fits a model (variant and architecture),
   with the settings that differ in the message.
-- :mod:`gmnn.checkpoints.resume`: what ``--ckpt_path last`` means in the ``gmnn`` command, and the
+- :mod:`gmnn.cli.resume`: what ``--ckpt_path last`` means in the ``gmnn`` command, and the
   command-line checks of a checkpoint against the config.
 - :mod:`gmnn.checkpoints.reuse`: experts and gates copied from another run (``init_experts_from``,
   :class:`~gmnn.callbacks.GateTransfer`).

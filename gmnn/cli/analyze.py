@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gmnn import pl
 from gmnn.analysis.report import routing_report, write_report
 from gmnn.validation import check_positive_int
 
@@ -41,7 +42,7 @@ def main(args: list[str] | None = None) -> None:
         raise ValueError(f"--ckpt_path {ckpt} records no model class: is it a gmnn checkpoint?")
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu")
     data_parser = ArgumentParser()
-    data_parser.add_subclass_arguments(__import__("pytorch_lightning").LightningDataModule, "data")
+    data_parser.add_subclass_arguments(pl.LightningDataModule, "data")
     data_config = yaml.safe_load(config_path.read_text())["data"]
     data = data_parser.instantiate_classes(data_parser.parse_object({"data": data_config})).data
     data.setup("fit" if parsed.split != "test" else "test")

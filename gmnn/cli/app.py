@@ -15,17 +15,17 @@ from typing import Any
 
 import yaml
 
-from pytorch_lightning import Callback, LightningDataModule, Trainer
-from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import TensorBoardLogger
-
+from gmnn import pl
 from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
 from gmnn.callbacks.figures import DecompositionFigures
 from gmnn.callbacks.predictions import PredictionWriter
 from gmnn.callbacks.progress import default_progress_bar, needs_default_progress_bar
 from gmnn.callbacks.run_config import RunConfig
-from gmnn.checkpoints.resume import (
+from gmnn.callbacks.run_folder import run_folder
+from gmnn.cli.fragments import check_config_order, check_not_fragments_alone
+from gmnn.cli.process import freeze_garbage_collector, tune_malloc
+from gmnn.cli.quiet import silence_known_warnings
+from gmnn.cli.resume import (
     check_ckpt_path,
     check_config_fits_checkpoint,
     check_readable,
@@ -36,15 +36,20 @@ from gmnn.checkpoints.resume import (
     resolve_last,
     warn_ignored_model_options,
 )
-from gmnn.fragments import check_config_order, check_not_fragments_alone
-from gmnn.models.base import MoEModule
-from gmnn.process import freeze_garbage_collector, tune_malloc
-from gmnn.quiet import silence_known_warnings
-from gmnn.run_folder import run_folder
+from gmnn.pl import (
+    Callback,
+    LearningRateMonitor,
+    LightningArgumentParser,
+    LightningCLI,
+    LightningDataModule,
+    LightningModule,
+    TensorBoardLogger,
+    Trainer,
+)
 
 TRAINER_DEFAULTS = {
     "logger": {
-        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+        "class_path": f"{pl.root()}.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "gmnn"},
     },
     "enable_progress_bar": True,
@@ -181,7 +186,8 @@ def fit_summary(trainer: Any, log_dir: str | None = None) -> str:
     metrics = trainer.callback_metrics
     shown = [f"{name.split('/', 1)[1]} {float(metrics[name]):.4g}" for name in SUMMARY_METRICS if name in metrics]
     if shown:
-        lines.append(f"  validation:  {', '.join(shown)} (MI, usage, entropy in bits)")
+        bits = " (MI, usage, entropy in bits)" if any(name in metrics for name in SUMMARY_METRICS[2:]) else ""
+        lines.append(f"  validation:  {', '.join(shown)}{bits}")
     board = next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
     if board is not None:
         lines.append(f"  look at it:  tensorboard --logdir {board.save_dir}")
@@ -191,13 +197,13 @@ def fit_summary(trainer: Any, log_dir: str | None = None) -> str:
 def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> GMNNCLI:
     """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config).
 
-    Installs :func:`gmnn.quiet.silence_known_warnings`, so runs built from Python (sweeps, notebooks)
-    are as quiet as the ``gmnn`` command, and :func:`gmnn.process.tune_malloc` (freed memory is kept for
+    Installs :func:`gmnn.cli.quiet.silence_known_warnings`, so runs built from Python (sweeps, notebooks)
+    are as quiet as the ``gmnn`` command, and :func:`gmnn.cli.process.tune_malloc` (freed memory is kept for
     the next step; ``GMNN_MALLOC_TUNING=0`` turns it off).
 
     Raises:
         ValueError: the ``--config`` files are method fragments without a protocol before them, or are
-            composed out of order (:func:`gmnn.fragments.check_config_order`).
+            composed out of order (:func:`gmnn.cli.fragments.check_config_order`).
     """
     silence_known_warnings()
     tune_malloc()
@@ -206,7 +212,7 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
         check_config_order(sys.argv[1:] if args is None else args)
     with _only_these_args(args):
         return GMNNCLI(
-            MoEModule,
+            LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -255,14 +261,14 @@ def main(args: list[str] | None = None) -> None:
     silence_known_warnings()
     from_command_line = args is None
     if from_command_line:
-        freeze_garbage_collector()  # the imports' objects (gmnn.process)
+        freeze_garbage_collector()  # the imports' objects (gmnn.cli.process)
     args = sys.argv[1:] if args is None else args
     try:
         if args and args[0] in ("--version", "-V"):
             print(f"gmnn {version()}")
             return
         if args and args[0] == "report":
-            from gmnn.report import main as report_main
+            from gmnn.cli.report import main as report_main
 
             report_main(args[1:])
             return
@@ -270,7 +276,7 @@ def main(args: list[str] | None = None) -> None:
             print(configs_dir())
             return
         if args and args[0] == "analyze":
-            return __import__("gmnn.analysis", fromlist=["main"]).main(args[1:])
+            return __import__("gmnn.cli.analyze", fromlist=["main"]).main(args[1:])
         make_cli(None if from_command_line else args)
         _close_process_group()
         if from_command_line:

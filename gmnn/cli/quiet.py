@@ -10,12 +10,12 @@ import warnings
 
 THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     # pytorch_lightning's own use of a torch pytree API it has not caught up with (torch >= 2.10)
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "pytorch_lightning"),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "pytorch_lightning|lightning.pytorch"),
     # lightning_fabric's all_gather calls a torch function torch deprecated; gmnn does not call it
-    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", Warning, "lightning_fabric"),
+    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", Warning, "lightning_fabric|lightning.fabric"),
     # train/* metrics are per-process on purpose: syncing them would put a collective into whichever
-    # hook first reads the epoch metrics (rank zero's progress bar), the deadlock of issue 11
-    (r"It is recommended to use `self\.log\('train/", UserWarning, "pytorch_lightning"),
+    # hook first reads the epoch metrics (rank zero's progress bar): a deadlock under DDP
+    (r"It is recommended to use `self\.log\('train/", UserWarning, "pytorch_lightning|lightning.pytorch"),
 )
 
 

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import yaml
 
-from gmnn.reference import PAPER_MNIST, REFERENCES, Value, read_reference_csv  # noqa: F401 (PAPER_MNIST re-exported)
+from gmnn.cli.reference import PAPER_MNIST, REFERENCES, Value, read_reference_csv  # noqa: F401 (PAPER_MNIST re-exported)
 
 COLUMNS: dict[str, str] = {
     "train_error": "train error",
@@ -177,8 +177,7 @@ def retest(run_dir: Path) -> dict[str, float]:
     The model comes from the checkpoint (its class and hyperparameters are recorded there), the data
     module from the config's ``data`` entry under the run's seed; nothing is logged or written.
     """
-    import pytorch_lightning as pl
-
+    from gmnn import pl
     from gmnn.models import MoEModule
 
     config, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
@@ -301,7 +300,7 @@ def comparison_markdown(summary: Sequence[dict[str, object]], reference: dict[st
     """Mean ± std per configuration next to a published reference, matched by the name after the last ``-``.
 
     A configuration ``mnist-dense`` is compared with ``reference["dense"]``; a reference number that
-    measures something else (``gmnn.reference.NOT_COMPARABLE``) is shown as ``n/c``.
+    measures something else (``gmnn.cli.reference.NOT_COMPARABLE``) is shown as ``n/c``.
     """
     head = " | ".join(f"{COLUMNS[c]} | paper" for c in COMPARED)
     lines = [f"| configuration | runs | {head} |", "|---|---|" + "---|---|" * len(COMPARED)]

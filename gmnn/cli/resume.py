@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 import yaml
-from pytorch_lightning.utilities import rank_zero_only
 
+from gmnn.callbacks.run_folder import FOLDER_LOGGERS as FOLDER_LOGGER_CLASSES
 from gmnn.checkpoints.compatibility import check_checkpoint_matches
 from gmnn.checkpoints.reading import UnreadableCheckpoint, read_checkpoint
 from gmnn.checkpoints.variants import CLASS_KEY
-from gmnn.run_folder import FOLDER_LOGGERS as FOLDER_LOGGER_CLASSES
+from gmnn.pl import rank_zero_only
 
 LAST = "last.ckpt"
 SPECIAL_PATHS = ("last", "best", "hpc", "registry")
@@ -48,7 +48,7 @@ def run_root(config: Any) -> tuple[Path, str] | None:
     ``<default_root_dir>/lightning_logs`` with Lightning's default logger; for any other logger
     (W&B, MLflow, your own) ``<save_dir>`` (else ``default_root_dir``) with
     ``*/*/checkpoints/*.ckpt``, since its folder name (a project, an experiment id) is the
-    logger's to choose (:mod:`gmnn.run_folder`). ``None`` when the logger is off.
+    logger's to choose (:mod:`gmnn.callbacks.run_folder`). ``None`` when the logger is off.
     """
     trainer = _get(config, "trainer")
     logger = _get(trainer, "logger", True)
@@ -346,7 +346,7 @@ def keep_csv_metrics(trainer: Any) -> None:
     earlier epochs. The old rows are read first and handed to the writer, which
     writes them back with the new ones. Call it before anything logs.
     """
-    from pytorch_lightning.loggers import CSVLogger
+    from gmnn.pl import CSVLogger
 
     if not trainer.is_global_zero:
         return

@@ -1,7 +1,11 @@
 """LightningDataModules. They stand alone: nothing here imports the models."""
 
 from gmnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from gmnn.data.mnist import FashionMNISTDataModule, FashionMNISTMNISTDataModule, MNISTDataModule
+from gmnn.data.mnist import (
+    FashionMNISTDataModule,
+    FashionMNISTMNISTDataModule,
+    MNISTDataModule,
+)
 from gmnn.data.regression import REGRESSION_PROBLEMS, ToyRegressionDataModule
 from gmnn.data.text import MixedSourceTextDataModule
 from gmnn.data.toy import PROBLEMS, ToyDataModule

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from gmnn.pl import UnrepeatedDistributedSampler
 
 
 class EvalShardSampler(UnrepeatedDistributedSampler):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sized
 
-from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from gmnn.data.samplers import EvalShardSampler
+from gmnn.pl import LightningDataModule
 
 
 class SplitDataModule(LightningDataModule):

@@ -7,7 +7,6 @@ from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from pytorch_lightning import Callback, LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -15,24 +14,37 @@ from gmnn.checkpoints.hooks import CheckpointHooks
 from gmnn.checkpoints.reuse import load_experts
 from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.checks import (
-    check_training_precision,
     FiniteLossGuard,
     check_input_shape,
     check_labels,
+    check_training_precision,
 )
 from gmnn.models.guards import StepGuards
-from gmnn.models.regularization import RegularizerInputs, check_regularizers, regularizer_help, regularizer_values
 from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
+from gmnn.models.regularization import (
+    RegularizerInputs,
+    check_regularizers,
+    regularizer_help,
+    regularizer_values,
+)
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
-from gmnn.nn.functional.combine import class_log_probs, dense_mixture, softmax_of_mixture
-from gmnn.nn.mixture.experts import Experts
-from gmnn.nn.mixture.custom import check_network_spec
-from gmnn.nn.mixture.networks import NETWORKS, NetworkSpec, build_network
-from gmnn.nn.mixture.output import MoEOutput
+from gmnn.nn.functional.combine import (
+    class_log_probs,
+    dense_mixture,
+    softmax_of_mixture,
+)
 from gmnn.nn.functional.regularizers import Distance, ImportanceStd, sample_distances
 from gmnn.nn.functional.routing import softmax_routing
-from gmnn.nn.functional.temperature import check_temperature_schedule, scheduled_temperature
+from gmnn.nn.functional.temperature import (
+    check_temperature_schedule,
+    scheduled_temperature,
+)
+from gmnn.nn.mixture.custom import check_network_spec
+from gmnn.nn.mixture.experts import Experts
+from gmnn.nn.mixture.networks import NETWORKS, NetworkSpec, build_network
+from gmnn.nn.mixture.output import MoEOutput
+from gmnn.pl import Callback, LightningModule
 from gmnn.validation import check_choice, check_positive_int
 
 STAGES = ("train", "val", "test")

@@ -11,9 +11,12 @@ from torch import Tensor
 
 from gmnn.models.base import MoEModule
 from gmnn.nn.functional.combine import dense_mixture
-from gmnn.nn.mixture.output import MoEOutput
 from gmnn.nn.functional.routing import softmax_routing
-from gmnn.nn.functional.temperature import check_temperature_schedule, scheduled_temperature
+from gmnn.nn.functional.temperature import (
+    check_temperature_schedule,
+    scheduled_temperature,
+)
+from gmnn.nn.mixture.output import MoEOutput
 
 
 class DualTemperatureMoE(MoEModule):

@@ -12,8 +12,8 @@ from torch import Tensor
 from gmnn.models.base import MoEModule
 from gmnn.nn.functional.combine import dense_mixture
 from gmnn.nn.functional.losses import per_expert_nll
-from gmnn.nn.mixture.output import MoEOutput
 from gmnn.nn.functional.routing import softmax_routing
+from gmnn.nn.mixture.output import MoEOutput
 from gmnn.validation import check_choice
 
 GateLoss = Literal["mse", "l1_sum"]

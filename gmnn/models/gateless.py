@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal, get_args
 
-import torch
 from torch import Tensor, nn
 
 from gmnn.models.base import MoEModule
 from gmnn.nn.functional.combine import class_log_probs, dense_mixture
-from gmnn.nn.functional.losses import entropy, per_expert_nll, softmin_allocation, stochastic_mixture_loss
+from gmnn.nn.functional.losses import (
+    entropy,
+    per_expert_nll,
+    softmin_allocation,
+    stochastic_mixture_loss,
+)
 from gmnn.nn.mixture.output import MoEOutput
 from gmnn.validation import check_choice, check_non_negative, check_positive
 

@@ -8,9 +8,15 @@ from typing import Any
 from torch import Tensor
 
 from gmnn.models.base import MoEModule
-from gmnn.nn.functional.losses import HARD_EM_M_STEPS, HardEMStep, hard_assignment, hard_em_loss
+from gmnn.nn.functional.losses import (
+    HARD_EM_M_STEPS,
+    HardEMStep,
+    hard_assignment,
+    hard_em_loss,
+)
 from gmnn.nn.mixture.output import MoEOutput
 from gmnn.validation import check_choice
+
 
 class HardEMMoE(MoEModule):
     """Mixture of experts trained by hard EM (winner-take-all assignments).

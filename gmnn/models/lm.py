@@ -9,7 +9,6 @@ from typing import IO, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 
 from gmnn.checkpoints.hooks import CheckpointHooks
@@ -40,7 +39,11 @@ def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: s
                         balance_weight=balance_weight, z_weight=z_weight)
     try:
         from gmnn.nn.moe.experts import MLPExperts, SharedExperts
-        from gmnn.nn.moe.routers import ExpertChoiceRouter, SigmoidRouter, SoftmaxTopKRouter
+        from gmnn.nn.moe.routers import (
+            ExpertChoiceRouter,
+            SigmoidRouter,
+            SoftmaxTopKRouter,
+        )
     except ImportError as error:  # the layer before issue 14: softmax top-k only
         raise ValueError(f"router={router!r} with these options needs gmnn.nn.moe.routers (issue 14): {error}") from None
     if router == "expert_choice":

@@ -18,10 +18,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from gmnn import pl
 from gmnn.nn.mixture.experts import Experts
 
 

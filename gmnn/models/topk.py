@@ -11,8 +11,8 @@ from gmnn.models.base import MoEModule
 from gmnn.nn.functional.combine import class_log_probs, top_k_mixture
 from gmnn.nn.functional.dispatch import capacity_of
 from gmnn.nn.functional.losses import per_expert_nll, stochastic_mixture_loss
-from gmnn.nn.mixture.output import MoEOutput
 from gmnn.nn.functional.routing import softmax_routing, top_k_routing
+from gmnn.nn.mixture.output import MoEOutput
 from gmnn.validation import check_choice, check_non_negative
 
 GateGradient = Literal["residual", "renormalize", "stochastic"]

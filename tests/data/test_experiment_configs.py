@@ -14,7 +14,7 @@ from tests.data.fake_files import write_cifar10, write_cifar100, write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET_DIRS = ("mnist", "fmnist", "fmnist_mnist", "cifar10")
-# the rows of the paper's table (gmnn.reference.MNIST_ROWS, first stage), one method fragment each
+# the rows of the paper's table (gmnn.cli.reference.MNIST_ROWS, first stage), one method fragment each
 ROWS = ("single", "dense", "importance", "sample_similarity", "attention_importance", "attention_similarity",
         "top1_stochastic", "stochastic")
 PAIRS = [(dataset, row) for dataset in DATASET_DIRS for row in ROWS]
