@@ -32,6 +32,7 @@ def piecewise(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor,
 
 
 REGRESSION_PROBLEMS: dict[str, tuple[Generator, int]] = {"sine": (noisy_sine, 1), "piecewise": (piecewise, 1)}
+"""The 1-D regression problems by name: a generator ``(n, noise, torch.Generator) -> (x, y)`` and the target width."""
 
 
 class ToyRegressionDataModule(ToyDataModule):

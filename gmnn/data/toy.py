@@ -116,6 +116,7 @@ PROBLEMS: dict[str, tuple[Generator, int]] = {
     "disc": (reference_toys.disc, 2),
     "board_3x2": (reference_toys.board_3x2, 2),
 }
+"""The 2-D toy problems by name: a generator ``(n, noise, torch.Generator) -> (x, y)`` and the number of classes."""
 
 
 class ToyDataModule(SplitDataModule):
