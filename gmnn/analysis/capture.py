@@ -65,7 +65,7 @@ def routing_from_output(module: nn.Module, output: Any, num_experts: int, top_k:
     A router that returns only logits (e.g. a ``Linear`` gate) selects its ``top_k`` largest.
     """
     if isinstance(module, MoELayer):
-        return getattr(module, "last_routing", None)  # the layer before issue 14 has none: RoutingCapture hooks its router
+        return module.last_routing
     if hasattr(output, "gate_probs"):  # a gmnn image model's MoEOutput
         return Routing(probs=output.gate_probs.detach(), selected=None if output.selected is None else output.selected.detach(),
                        logits=None if output.gate_logits is None else output.gate_logits.detach(),
@@ -98,24 +98,14 @@ class RoutingCapture:
         self.handles = []
         blocks = dict(model.named_modules())  # an HF layer's name is its block's, which knows top_k
         for name, (module, experts) in self.layers.items():
-            if isinstance(module, MoELayer) and isinstance(module.router, nn.Linear) and not hasattr(module, "last_routing"):
-                hook = self._old_layer_hook(name, module)  # the layer before issue 14 exposes no record
-                self.handles.append(module.router.register_forward_hook(hook))
-            else:
-                top_k = _top_k_of(blocks.get(name, module), _top_k_of(module))
-                self.handles.append(module.register_forward_hook(self._hook(name, experts, top_k)))
+            top_k = _top_k_of(blocks.get(name, module), _top_k_of(module))
+            self.handles.append(module.register_forward_hook(self._hook(name, experts, top_k)))
 
     def _hook(self, name: str, experts: int, top_k: int) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             routing = routing_from_output(module, output, experts, top_k)
             if routing is not None:
                 self.records[name] = routing
-        return hook
-
-    def _old_layer_hook(self, name: str, layer: MoELayer) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any, logits: Tensor) -> None:
-            logits = logits.detach()
-            self.records[name] = Routing(torch.softmax(logits, -1), logits.topk(layer.k, dim=-1).indices, logits=logits)
         return hook
 
     def clear(self) -> None:

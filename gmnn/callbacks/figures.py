@@ -50,9 +50,9 @@ class DecompositionPlot:
     Left: heatmap of each expert's (rows) mean gate probability on each class (columns), with
     each expert's accuracy on the samples routed to it in its label. Right: bars of each expert's
     mean gate probability and of the fraction of samples routed to it (argmax of the gate).
-    Building the figure took about 25 ms and drawing it about 35 ms on a 2-core CPU (nearly all of it
-    text), so :class:`DecompositionFigures` keeps one per stage, updates its values and redraws only
-    them over the rest, drawn once (:meth:`pixels`: about 14 ms).
+    Building and drawing the figure is slow (nearly all of it text), so :class:`DecompositionFigures`
+    keeps one per stage, updates its values and redraws only them over the rest, drawn once
+    (:meth:`pixels`).
 
     Args:
         num_experts: Rows of the heatmap, bars of the usage plot.

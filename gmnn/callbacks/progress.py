@@ -2,9 +2,8 @@
 
 Lightning's ``RichProgressBar`` asks its drawing thread for a redraw after every batch and lets
 it redraw up to ``refresh_rate = 100`` times a second. Drawing a Rich bar holds the interpreter
-lock for a few milliseconds, so a small model that steps 90 times a second paid about 0.7 ms a
-training step and 0.6 ms a validation step for it (the paper's MNIST model, batch 512, on a
-2-core CPU: 8% of its training time). Five redraws a second look the same to a person.
+lock, so a small model that steps many times a second spends a noticeable share of its training
+time waiting for its own progress bar. Five redraws a second look the same to a person.
 
 Without ``rich`` installed Lightning's ``TQDMProgressBar`` is used as Lightning would choose it.
 """

@@ -5,8 +5,8 @@ few megabytes (a batch of activations) is a fresh ``mmap`` that the kernel zero-
 when it is first written, and freed memory at the top of the heap goes back to the system: every
 step pays those page faults again. Raising the mmap threshold to its maximum (32 MiB), the trim
 threshold to 1 GiB and keeping 64 MiB of top padding lets each step reuse the pages of the last
-one. Measured on the paper's MNIST model, batch 512, on a 2-core CPU machine: a training step took
-12.7 ms instead of 15.5-17.5 ms (``python scripts/bench_end_to_end.py`` runs it end to end).
+one, which shortens a small model's training step (``python scripts/bench_end_to_end.py`` runs it
+end to end; the figures are in ``benchmarks/README.md``).
 
 The cost is memory: the process keeps its peak heap (plus 64 MiB) instead of returning freed
 pages. The PyTorch performance guide's advice for CPU training (jemalloc or tcmalloc) has the
@@ -16,11 +16,11 @@ glibc (macOS, Windows, musl).
 
 **Garbage collector.** Importing Lightning, torchmetrics and torchvision creates about half a
 million objects that live until the process ends. While they load, the collector would walk them
-again and again (seven full collections, about 0.55 s of a 4.6 s import on that machine):
+again and again (several full collections, a sizeable share of the import time):
 ``import gmnn`` (which every ``gmnn.*`` import runs first) loads them in
 :func:`imports_without_collection`, which pauses it and then hands the new objects to its oldest
-generation without a walk (``import gmnn.cli``: 4.0 s instead of 4.6 s). Every full collection walks them again, and so
-does the interpreter's exit (about 1.7 s of a ``gmnn fit`` process on that machine).
+generation without a walk. Every full collection walks them again, and so does the interpreter's
+exit (a noticeable part of a short ``gmnn fit`` process).
 :func:`freeze_garbage_collector` (``gc.freeze``) moves the objects that exist when it is called
 out of the collector's sight; the ``gmnn`` command calls it after its imports and again when the
 command is done. Objects are still freed when their reference count drops; only cyclic garbage

@@ -5,6 +5,11 @@ sizes, kept on the device: no host sync). :func:`grouped_linear` runs expert
 e's linear layer on its rows with ``torch._grouped_mm`` in the forward and the
 backward pass; :func:`grouped_mm_works` says whether this build of PyTorch
 supports it on a device and dtype (callers fall back to a loop over groups).
+
+Under ``torch.compile`` the grouped path is taken only in the dtypes that
+``torch._grouped_mm``'s shape function (the meta kernel the compiler traces
+with) accepts, :data:`COMPILABLE_DTYPES`: a float32 layer compiles through the
+loop over groups even where ``torch._grouped_mm`` runs float32 eagerly (the CPU).
 """
 
 from __future__ import annotations
@@ -35,9 +40,22 @@ class _GroupedLinear(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-@functools.cache
+#: The dtypes ``torch._grouped_mm`` can be traced in by ``torch.compile`` (its meta kernel refuses the others).
+COMPILABLE_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@torch.compiler.assume_constant_result
 def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``torch._grouped_mm`` runs forward and backward on this device type and dtype."""
+    """Whether ``torch._grouped_mm`` runs forward and backward on this device type and dtype.
+
+    Probed once per device type and dtype, eagerly: under ``torch.compile`` the answer is a constant
+    of the graph (the probe is neither traced nor a graph break).
+    """
+    return _probe(device_type, dtype)
+
+
+@functools.cache
+def _probe(device_type: str, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     try:
@@ -62,9 +80,12 @@ def can_group(x: Tensor, *widths: int) -> bool:
     """Whether :func:`grouped_linear` runs on rows like ``x`` with these layer widths.
 
     ``torch._grouped_mm`` must work on the device and the compute dtype, and
-    every width must be a multiple of 16 bytes (its stride requirement).
+    every width must be a multiple of 16 bytes (its stride requirement). While
+    ``torch.compile`` traces, only :data:`COMPILABLE_DTYPES` are grouped.
     """
     dtype = compute_dtype(x)
+    if dtype not in COMPILABLE_DTYPES and torch.compiler.is_compiling():
+        return False
     aligned = all(width * dtype.itemsize % 16 == 0 for width in widths)
     return aligned and grouped_mm_works(x.device.type, dtype)
 

@@ -73,8 +73,7 @@ def convnets_and_gate_stacked(
     """E conv experts (stacked ``state``) and a conv ``gate`` on one input ``x [N, ...]``.
 
     The first layers of all of them are one convolution + max-pool of all their filters: one matrix
-    product, one maximum over phases and one weight-gradient product instead of two each (about 0.6 ms
-    of a 9 ms training step of the paper's MNIST model on a 2-core CPU). Requires
+    product, one maximum over phases and one weight-gradient product instead of two each. Requires
     :func:`shares_first_conv`. Returns ``((expert output [E, N, O], expert hidden [E, N, H]), gate(x))``.
     """
     weight, bias = state["features.0.weight"], state.get("features.0.bias")  # [E, c, C_in, k, k], [E, c]
