@@ -49,10 +49,17 @@ def saved_class(checkpoint_path: str | Path | IO[bytes], option: str = "checkpoi
 def variant_of_checkpoint(cls: type, checkpoint_path: str | Path | IO[bytes]) -> type:
     """The class that wrote ``checkpoint_path`` (``cls`` when it is not recorded).
 
+    A class whose own body sets ``loads_every_gmnn_checkpoint = True`` (:class:`~gmnn.models.base.MoEModule`,
+    the entry point of every gmnn checkpoint) rebuilds whatever gmnn class wrote the file, e.g. a
+    :class:`~gmnn.models.lm.MoETransformerLM`, which is a LightningModule but not a ``MoEModule``.
+
     Raises:
         ValueError: The checkpoint holds a class that is not ``cls`` or a subclass of it.
     """
-    target = saved_class(checkpoint_path) or cls
+    saved = saved_class(checkpoint_path)
+    target = saved or cls
+    if saved is not None and vars(cls).get("loads_every_gmnn_checkpoint", False):
+        return target
     if not issubclass(target, cls):
         raise ValueError(
             f"checkpoint {checkpoint_path} holds a {target.__name__}, not a {cls.__name__}: "

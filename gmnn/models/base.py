@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -10,17 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from gmnn.checkpoints.hooks import CheckpointHooks
+from gmnn.checkpoints.hooks import GateCheckpointHooks
 from gmnn.checkpoints.reuse import load_experts
 from gmnn.metrics import DecompositionMetrics, ExpertAllocation
 from gmnn.models.checks import (
-    FiniteLossGuard,
     check_input_shape,
     check_labels,
-    check_training_precision,
 )
 from gmnn.models.guards import StepGuards
-from gmnn.models.optim import Scheduler, adam, check_optimizer_args, with_schedule
+from gmnn.models.optim import AdamOptimizer, Scheduler, check_optimizer_args
 from gmnn.models.regularization import (
     RegularizerInputs,
     check_regularizers,
@@ -29,6 +27,7 @@ from gmnn.models.regularization import (
 )
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
+from gmnn.models.step_log import log_options
 from gmnn.nn.functional.combine import (
     class_log_probs,
     dense_mixture,
@@ -53,7 +52,7 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 EVAL_STAGES = ("val", "test")
 
 
-class MoEModule(CheckpointHooks, StepGuards, LightningModule):
+class MoEModule(GateCheckpointHooks, StepGuards, AdamOptimizer, LightningModule):
     """Base class of every gmnn mixture of experts (a dense mixture by default).
 
     Owns the experts, the gate, the task loss, the optimizer and the logging.
@@ -118,6 +117,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
     """
 
     min_num_classes: int = 2
+    loads_every_gmnn_checkpoint = True  # MoEModule.load_from_checkpoint rebuilds any gmnn model (gmnn.checkpoints.variants)
 
     def __init__(
         self,
@@ -339,19 +339,7 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         self.gate_means[stage].add(out.gate_probs.detach())
         self.log_task_metrics(stage, out, y, batch_size)
 
-    @staticmethod
-    def log_options(stage: str, batch_size: int) -> dict[str, Any]:
-        """``self.log`` options of a per-batch mean: per step and epoch in training, per epoch and
-        synced over processes (a sample-weighted mean of the whole set) in evaluation.
-
-        The batch size is passed as a float: Lightning sums the per-process batch
-        counts with an integer mean (``(301 + 300) / 2 = 300``) when they are
-        integers, which skews every synced mean once the unpadded shards of an
-        odd-sized evaluation set differ by one sample.
-        """
-        training = stage == "train"
-        return dict(on_step=training, on_epoch=True,
-                    batch_size=batch_size if training else float(batch_size), sync_dist=not training)
+    log_options = staticmethod(log_options)  # the options of a per-batch mean (gmnn.models.step_log)
 
     def log_task_metrics(self, stage: str, out: MoEOutput, y: Tensor, batch_size: int) -> None:
         """Update the metrics built by :meth:`build_metrics` with a batch (accuracy; decomposition and allocation
@@ -401,12 +389,6 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
         return {"probs": probs, "prediction": probs.argmax(-1), "gate_probs": out.gate_probs, "expert": out.chosen_expert}
 
     # -------------------------------------------------------------- checkpoints
-    def setup(self, stage: str) -> None:
-        self._checked_stages: set[str] = set()  # check the first batch of every stage of every run
-        if stage == "fit":
-            self._finite_guard = FiniteLossGuard()
-            check_training_precision(self.trainer.precision)
-
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics("train")
 
@@ -434,22 +416,6 @@ class MoEModule(CheckpointHooks, StepGuards, LightningModule):
 
         below = self.hparams.get("revive_below", 0.0)
         return [ReviveDeadExperts(below, self.hparams.revive_epochs)] if below > 0 else []
-
-    def on_fit_end(self) -> None:
-        if self.trainer.num_training_batches == 0 and self.trainer.limit_train_batches != 0:
-            raise ValueError("the training set is empty: the train dataloader yielded 0 batches, nothing was trained")
-
-    def make_adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
-        """Adam with ``lr``, ``weight_decay`` and ``decoupled_weight_decay`` (:func:`gmnn.models.optim.adam`)."""
-        hp = self.hparams
-        return adam(params, hp.lr, hp.weight_decay, bool(hp.get("decoupled_weight_decay", False)))
-
-    def configure_optimizers(self) -> Any:
-        """Adam on the trainable parameters, plus the per-step ``scheduler``."""
-        optimizer = self.make_adam(p for p in self.parameters() if p.requires_grad)
-        schedule = self.hparams.get("scheduler", "none")
-        steps = self.trainer.estimated_stepping_batches if schedule != "none" else 1
-        return with_schedule(optimizer, schedule, self.hparams.lr, steps)
 
 
 MoEModule.__doc__ = (MoEModule.__doc__ or "").replace("{regularizers}", regularizer_help())

@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gmnn.models.checks import BatchGuard, FiniteLossGuard, check_batch
+from gmnn.models.checks import (
+    BatchGuard,
+    FiniteLossGuard,
+    check_batch,
+    check_training_precision,
+)
 
 
 class StepGuards:
@@ -52,6 +57,20 @@ class StepGuards:
 
     def on_test_epoch_end(self) -> None:
         self.check_eval_guard("test")
+
+    def setup(self, stage: str) -> None:
+        """Fresh guards for every run: the first batch of every stage is checked again; fit refuses a
+        training precision the losses cannot be checked in."""
+        self._checked_stages: set[str] = set()
+        if stage == "fit":
+            self._finite_guard = FiniteLossGuard()
+            check_training_precision(self._trainer.precision)  # type: ignore[union-attr]
+
+    def on_fit_end(self) -> None:
+        """Refuse a run whose training set was empty (nothing was trained)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.num_training_batches == 0 and trainer.limit_train_batches != 0:
+            raise ValueError("the training set is empty: the train dataloader yielded 0 batches, nothing was trained")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.batch_index = batch_idx

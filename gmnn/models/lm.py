@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmnn.checkpoints.hooks import CheckpointHooks
-from gmnn.checkpoints.variants import variant_of_checkpoint
-from gmnn.models.base import STAGES, MoEModule
 from gmnn.models.checks import check_labels
-from gmnn.models.optim import Scheduler, check_optimizer_args
-from gmnn.models.running_mean import RunningMean
+from gmnn.models.guards import StepGuards
+from gmnn.models.optim import AdamOptimizer, Scheduler, check_optimizer_args
+from gmnn.models.step_log import log_options
 from gmnn.nn.moe.layer import MoELayer
+from gmnn.pl import LightningModule
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
 Router = Literal["softmax", "sigmoid", "expert_choice"]
@@ -31,21 +30,15 @@ def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: s
 
     ``softmax`` top-k without extras uses the layer's own constructor
     ``MoELayer(d_model, hidden, num_experts, k)``; every other setting builds
-    the router / shared-expert modules of issue 14 (``MoELayer(router=..., experts=..., shared=...)``).
+    the router / shared-expert modules (``MoELayer(router=..., experts=..., shared=...)``).
     """
     plain = router == "softmax" and normalize is None and balance_rate == 0 and shared_experts == 0
     if plain:
         return MoELayer(d_model, hidden, num_experts, k, capacity_factor=capacity_factor,
                         balance_weight=balance_weight, z_weight=z_weight)
-    try:
-        from gmnn.nn.moe.experts import MLPExperts, SharedExperts
-        from gmnn.nn.moe.routers import (
-            ExpertChoiceRouter,
-            SigmoidRouter,
-            SoftmaxTopKRouter,
-        )
-    except ImportError as error:  # the layer before issue 14: softmax top-k only
-        raise ValueError(f"router={router!r} with these options needs gmnn.nn.moe.routers (issue 14): {error}") from None
+    from gmnn.nn.moe.experts import MLPExperts, SharedExperts
+    from gmnn.nn.moe.routers import ExpertChoiceRouter, SigmoidRouter, SoftmaxTopKRouter
+
     if router == "expert_choice":
         module = ExpertChoiceRouter(d_model, num_experts, capacity_factor=float(k), bias=True)
         capacity_factor = 0.0
@@ -88,7 +81,7 @@ class MoEBlock(nn.Module):
         return x + out, aux
 
 
-class MoETransformerLM(MoEModule):
+class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, LightningModule):
     """Byte-level causal transformer LM whose feed-forward layers are MoE layers (Shazeer et al., 2017;
     Fedus et al., 2021, "Switch Transformers"; Jiang et al., 2024, "Mixtral of Experts").
 
@@ -103,9 +96,10 @@ class MoETransformerLM(MoEModule):
     balancing settings compare at equal footing), ``{stage}/loss_aux`` and
     ``{stage}/bits_per_byte``.
 
-    It subclasses :class:`~gmnn.models.base.MoEModule` for the ``gmnn`` command
-    (its model base class), the optimizer / schedules, the NaN guard and
-    checkpoint loading; it builds none of the base's experts or gate.
+    A LightningModule with gmnn's checkpoint hooks (class and random state recorded, the class
+    that wrote a checkpoint rebuilt by ``load_from_checkpoint``), step guards (NaN/inf losses)
+    and optimizer (Adam with the per-step schedule); not a :class:`~gmnn.models.base.MoEModule`,
+    whose experts and gate are per sample. ``MoEModule.load_from_checkpoint`` loads its checkpoints too.
 
     Args:
         input_shape: ``[seq_len]``, the longest sequence (linked from the data).
@@ -152,8 +146,7 @@ class MoETransformerLM(MoEModule):
         decoupled_weight_decay: bool = False,
         scheduler: Scheduler = "none",
     ) -> None:
-        super(MoEModule, self).__init__()  # LightningModule: none of MoEModule's experts, gate or image metrics
-        _ = __class__  # noqa: F841 -- save_hyperparameters reads the `__class__` local that zero-argument super() creates
+        super().__init__()
         self.save_hyperparameters()
         if len(input_shape) != 1:
             raise ValueError(f"input_shape must be [seq_len], got {list(input_shape)}")
@@ -173,8 +166,6 @@ class MoETransformerLM(MoEModule):
         check_optimizer_args(lr, weight_decay, scheduler)
         self.input_shape = (int(input_shape[0]),)
         self.num_classes, self.num_experts = num_classes, num_experts
-        self.temperature, self.regularizer_weights = 1.0, {}
-        self.gate_means = {stage: RunningMean() for stage in STAGES}  # stay empty: routing goes through RoutingMonitor
         self.embedding = nn.Embedding(num_classes, d_model)
         self.position = nn.Embedding(self.input_shape[0], d_model)
         self.blocks = nn.ModuleList(
@@ -199,7 +190,7 @@ class MoETransformerLM(MoEModule):
             aux = aux + block_aux
         return F.linear(self.norm(x), self.embedding.weight), aux
 
-    def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor]:
         """Loss of one batch ``(tokens, targets, ...)``; logs ``{stage}/loss``, ``loss_aux``, ``bits_per_byte``."""
         tokens, targets = batch[0], batch[1]
         checked = self.__dict__.setdefault("_checked_stages", set())
@@ -213,7 +204,7 @@ class MoETransformerLM(MoEModule):
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         if stage == "train":
             self.guard_finite({"nll": nll, "aux": aux})
-        opts = self.log_options(stage, tokens.shape[0])  # evaluation: synced, a sequence-weighted mean of the whole set
+        opts = log_options(stage, tokens.shape[0])  # evaluation: synced, a sequence-weighted mean of the whole set
         self.log(f"{stage}/loss", nll, prog_bar=True, **opts)
         self.log_dict({f"{stage}/loss_aux": aux.detach(), f"{stage}/bits_per_byte": nll.detach() / math.log(2)}, **opts)
         return nll + aux, logits
@@ -233,22 +224,7 @@ class MoETransformerLM(MoEModule):
         probs = torch.softmax(self(tokens)[0], dim=-1)
         return {"probs": probs, "prediction": probs.argmax(-1)}
 
-    def on_train_epoch_start(self) -> None:
-        pass  # no gate temperature
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another class or architecture; when resuming ``fit``, restore the random state
-        (no gate temperature to restore)."""
-        self.check_and_restore_random_state(checkpoint)
-
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls, checkpoint_path: str | Path | IO[bytes], *args: Any, **kwargs: Any
-    ) -> MoETransformerLM:
-        """Load a checkpoint written by this class (or a subclass: that class is rebuilt)."""
-        target = variant_of_checkpoint(cls, checkpoint_path)
-        # Lightning's loader: past MoEModule's own (CheckpointHooks), which would pass init_experts_from
-        loader = super(CheckpointHooks, target).load_from_checkpoint.__func__  # type: ignore[attr-defined]
-        if len(args) < 4 and kwargs.get("weights_only") is None:  # Lightning's load too reads tensors and plain values only
-            kwargs["weights_only"] = True
-        return loader(target, checkpoint_path, *args, **kwargs)
+    def on_train_start(self) -> None:
+        """Train in training mode even after ``model.eval()`` before ``fit`` (Lightning keeps the mode it finds)."""
+        if not self.training:
+            self.train()

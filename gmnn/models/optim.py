@@ -46,3 +46,22 @@ def with_schedule(optimizer: torch.optim.Optimizer, schedule: str, lr: float, st
     else:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.3)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class AdamOptimizer:
+    """``configure_optimizers`` of a LightningModule whose hyperparameters hold ``lr``, ``weight_decay``,
+    ``decoupled_weight_decay`` and ``scheduler``: Adam on the trainable parameters with the per-step schedule."""
+
+    hparams: Any
+
+    def make_adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
+        """Adam with ``lr``, ``weight_decay`` and ``decoupled_weight_decay`` (:func:`adam`)."""
+        hp = self.hparams
+        return adam(params, hp.lr, hp.weight_decay, bool(hp.get("decoupled_weight_decay", False)))
+
+    def configure_optimizers(self) -> Any:
+        """Adam on the trainable parameters, plus the per-step ``scheduler``."""
+        optimizer = self.make_adam(p for p in self.parameters() if p.requires_grad)  # type: ignore[attr-defined]
+        schedule = self.hparams.get("scheduler", "none")
+        steps = self.trainer.estimated_stepping_batches if schedule != "none" else 1  # type: ignore[attr-defined]
+        return with_schedule(optimizer, schedule, self.hparams.lr, steps)

@@ -81,7 +81,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     trainer.fit(model, MixedSourceTextDataModule(**{**SMALL_DATA, "num_train": 16}))
     trainer.save_checkpoint(tmp_path / "lm.ckpt")
     loaded = MoETransformerLM.load_from_checkpoint(tmp_path / "lm.ckpt")
-    assert isinstance(loaded, MoEModule) and loaded.hparams.router == "sigmoid"
+    assert type(loaded) is MoETransformerLM and loaded.hparams.router == "sigmoid"
+    assert type(MoEModule.load_from_checkpoint(tmp_path / "lm.ckpt")) is MoETransformerLM  # the entry of every gmnn checkpoint
     tokens = torch.randint(0, 256, (1, 32))
     model.eval(), loaded.eval()
     assert torch.allclose(model(tokens)[0], loaded(tokens)[0])
