@@ -107,7 +107,9 @@ def top_k_mixture(log_gate: Tensor, indices: Tensor, selected_log_probs: Tensor,
     """
     log_selected = log_gate.gather(-1, indices)
     if residual:
-        masked = log_gate.scatter(-1, indices, float("-inf"))
+        # the most negative finite value, not -inf: with every unselected expert at gate probability 0, the
+        # logsumexp of an all -inf row would be -inf with a NaN gradient
+        masked = log_gate.scatter(-1, indices, torch.finfo(log_gate.dtype).min)
         return sparse_mixture(log_selected, selected_log_probs, torch.logsumexp(masked, dim=-1))
     return sparse_mixture(torch.log_softmax(log_selected, dim=-1), selected_log_probs)
 
