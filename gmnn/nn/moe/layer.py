@@ -8,14 +8,23 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from gmnn.nn.functional.dispatch import capacity_of, capacity_slots, gather_into_slots, group_by_expert, read_from_slots
-from gmnn.nn.functional.regularizers import importance_loss, router_z_loss, sequence_balance_loss
+from gmnn.nn.functional.dispatch import (
+    capacity_of,
+    capacity_slots,
+    gather_into_slots,
+    read_from_slots,
+)
+from gmnn.nn.functional.regularizers import (
+    importance_loss,
+    router_z_loss,
+    sequence_balance_loss,
+)
 from gmnn.nn.moe.experts import MLPExperts, SharedExperts
-from gmnn.nn.moe.routers import Route, Router, SoftmaxTopKRouter
 from gmnn.nn.moe.record import Routing
+from gmnn.nn.moe.routers import Route, Router, SoftmaxTopKRouter
 from gmnn.validation import check_choice, check_non_negative
 
-__all__ = ["MoELayer", "importance_of_weights", "masked_z_loss", "routed_load_balancing_loss"]
+__all__ = ["ExpertCompute", "LocalExperts", "MoELayer", "importance_of_weights", "masked_z_loss", "routed_load_balancing_loss"]
 
 
 def routed_load_balancing_loss(router_probs: Tensor, indices: Tensor, mask: Tensor | None = None,
@@ -75,6 +84,61 @@ def masked_z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     return (z * mask.to(z.dtype)).sum() / mask.sum().clamp_min(1)
 
 
+class ExpertCompute:
+    """Where a :class:`MoELayer` runs its routed experts on token-choice routings: the layer routes and
+    combines, its ``compute`` runs the experts. :class:`LocalExperts` runs them in this process;
+    :class:`~gmnn.nn.moe.parallel.ExpertParallel` sends the rows to the ranks that hold them.
+
+    The interface, three members:
+
+    * :meth:`num_held`: how many of the E experts the layer's ``experts`` module holds;
+    * :meth:`pairs`: dropless routing, rows sorted by expert -> expert outputs, same order;
+    * :meth:`slots`: capacity routing, one fixed buffer per expert -> outputs, same layout;
+
+    and ``dense`` (class attribute): whether ``k == E`` may run every expert on every token.
+    """
+
+    dense: bool = False
+
+    def num_held(self, num_experts: int) -> int:
+        """The number of experts the layer's ``experts`` module holds out of ``num_experts``."""
+        raise NotImplementedError
+
+    def pairs(self, experts: MLPExperts, rows: Tensor, expert_ids: Tensor) -> Tensor:
+        """Routed experts on rows ``[N, d_model]`` sorted by expert (``expert_ids [N]``, ascending global ids);
+        the outputs ``[N, d_model]`` in the same order."""
+        raise NotImplementedError
+
+    def slots(self, experts: MLPExperts, rows: Tensor, num_experts: int, capacity: int) -> Tensor:
+        """Routed experts on fixed buffers ``[E * capacity, d_model]`` (expert e's rows in block e); the outputs
+        ``[E * capacity, d_model]`` in the same layout."""
+        raise NotImplementedError
+
+
+class LocalExperts(ExpertCompute):
+    """All experts in this process: dropless pairs as grouped matrix products (``torch._grouped_mm``,
+    no host sync) or, where that kernel is missing, a loop over the non-empty groups; capacity
+    buffers as batched matmuls."""
+
+    dense = True
+
+    def num_held(self, num_experts: int) -> int:
+        return num_experts
+
+    def pairs(self, experts: MLPExperts, rows: Tensor, expert_ids: Tensor) -> Tensor:
+        if experts.can_group(rows):  # no loop over experts, no host sync
+            counts = torch.zeros(experts.num_experts, dtype=torch.int32, device=rows.device)
+            ones = torch.ones_like(expert_ids, dtype=torch.int32)
+            offsets = counts.scatter_add_(0, expert_ids, ones).cumsum(0, dtype=torch.int32)
+            return experts.grouped(rows, offsets, expert_ids)
+        counts = torch.bincount(expert_ids, minlength=experts.num_experts).tolist()  # one host sync
+        groups = rows.split(counts)
+        return torch.cat([experts.expert(e, part) for e, part in enumerate(groups) if counts[e] > 0])
+
+    def slots(self, experts: MLPExperts, rows: Tensor, num_experts: int, capacity: int) -> Tensor:
+        return experts.batched(rows.view(num_experts, capacity, -1)).reshape(num_experts * capacity, -1)
+
+
 class MoELayer(nn.Module):
     """Sparse mixture-of-experts feed-forward layer (Shazeer et al., 2017; Fedus et al., 2021).
 
@@ -88,8 +152,7 @@ class MoELayer(nn.Module):
 
     Top-1 (``k=1``) scales the expert output by the router probability
     (Switch Transformers): the router gets a gradient from the task loss.
-    (Before, the single weight was renormalised to 1 and the router learnt
-    only from the aux loss.) For ``k > 1`` the k weights are renormalised.
+    For ``k > 1`` the k weights are renormalised.
 
     How the experts run, by router kind:
 
@@ -106,6 +169,10 @@ class MoELayer(nn.Module):
       is dropped (adds nothing; the residual carries the token);
       ``dropped_fraction`` holds the fraction dropped in the last call.
     * expert choice and Soft MoE: fixed ``[E, c, d_model]`` buffers, static shapes.
+
+    The token-choice paths run the experts through ``compute``, an
+    :class:`ExpertCompute` (:class:`LocalExperts` by default; expert
+    parallelism: :class:`~gmnn.nn.moe.parallel.ExpertParallelMoELayer`).
 
     ``forward(x, mask=None, return_routing=False)`` returns ``(output, aux_loss)``
     (and the live :class:`~gmnn.nn.moe.record.Routing` with
@@ -136,6 +203,7 @@ class MoELayer(nn.Module):
             (:func:`~gmnn.nn.functional.regularizers.sequence_balance_loss`, token
             choice only; term ``sequence_balance``); a sequence is the second-last
             axis of the input (an input ``[T, d_model]`` is one sequence).
+        compute: Where the routed experts run (:class:`ExpertCompute`; ``None``: :class:`LocalExperts`).
     """
 
     def __init__(
@@ -155,6 +223,7 @@ class MoELayer(nn.Module):
         importance_weight: float = 0.0,
         balance_scope: str = "local",
         sequence_balance_weight: float = 0.0,
+        compute: ExpertCompute | None = None,
     ) -> None:
         super().__init__()
         for name, value in [("noise_std", noise_std), ("capacity_factor", capacity_factor),
@@ -173,14 +242,16 @@ class MoELayer(nn.Module):
             if hidden is None:
                 raise ValueError("hidden is required when no experts module is given")
             experts = MLPExperts(router.d_model, hidden, router.num_experts)
+        compute = LocalExperts() if compute is None else compute
         for name, value in [("d_model", d_model), ("num_experts", num_experts)]:
             if value is not None and value != getattr(router, name):
                 raise ValueError(f"{name}={value} differs from the router's {getattr(router, name)}")
-            if getattr(experts, name) != getattr(router, name):
-                raise ValueError(f"experts.{name}={getattr(experts, name)} differs from the router's {getattr(router, name)}")
+            held = getattr(router, name) if name == "d_model" else compute.num_held(router.num_experts)
+            if getattr(experts, name) != held:
+                raise ValueError(f"experts.{name}={getattr(experts, name)} differs from the router's {held}")
         if capacity_factor > 0 and router.kind != "token":
             raise ValueError(f"capacity_factor applies to token-choice routers, not to kind {router.kind!r}")
-        self.router, self.experts, self.shared = router, experts, shared
+        self.router, self.experts, self.shared, self.compute = router, experts, shared, compute
         self.d_model, self.num_experts, self.k = router.d_model, router.num_experts, router.k
         self.capacity_factor = float(capacity_factor)
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
@@ -195,30 +266,23 @@ class MoELayer(nn.Module):
         return self.experts.expert(index, x)
 
     def _grouped(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+        """Dropless token choice: the (token, expert) pairs sorted by expert through ``compute.pairs``."""
         flat = indices.reshape(-1)
-        k = indices.shape[-1]
-        if self.experts.can_group(x):  # no loop over experts, no host sync
-            order = flat.argsort(stable=True)
-            counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
-            offsets = counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32)).cumsum(0, dtype=torch.int32)
-            token = order // k
-            outputs = self.experts.grouped(x.index_select(0, token), offsets, flat.index_select(0, order))
-        else:  # one group per expert: the group sizes are read on the host
-            order, counts = group_by_expert(flat, self.num_experts)
-            token = order // k
-            groups = x.index_select(0, token).split(counts)
-            outputs = torch.cat([self.expert(e, rows) for e, rows in enumerate(groups) if counts[e] > 0])
+        order = flat.argsort(stable=True)
+        token = order // indices.shape[-1]
+        outputs = self.compute.pairs(self.experts, x.index_select(0, token), flat.index_select(0, order))
         outputs = outputs * weights.reshape(-1, 1).index_select(0, order).to(outputs.dtype)
         return outputs.new_zeros(x.shape).index_add(0, token, outputs)
 
     def _with_capacity(self, x: Tensor, routing: Routing) -> Tensor:
+        """Token choice with a capacity: fixed buffers per expert through ``compute.slots``; pairs beyond it drop."""
         tokens, k = routing.selected.shape
         capacity = capacity_of(tokens, k, self.num_experts, self.capacity_factor)
         valid = None if routing.mask is None else routing.mask.repeat(k)
         slots, kept = capacity_slots(routing.selected.t().reshape(-1), self.num_experts, capacity, valid)
         pair_token = torch.arange(tokens, device=x.device).repeat(k)
-        rows = gather_into_slots(x, pair_token, slots, self.num_experts * capacity).view(self.num_experts, capacity, -1)
-        outputs = self.experts.batched(rows).reshape(self.num_experts * capacity, -1)
+        rows = gather_into_slots(x, pair_token, slots, self.num_experts * capacity)  # [E * C, D]
+        outputs = self.compute.slots(self.experts, rows, self.num_experts, capacity)
         pair_outputs = read_from_slots(outputs, slots)  # [k * T, D]
         dropped = ~kept if valid is None else valid & ~kept
         routing.dropped = dropped.view(k, tokens).t()
@@ -249,7 +313,7 @@ class MoELayer(nn.Module):
             return self._expert_choice(x, route)
         if self.capacity_factor > 0:
             return self._with_capacity(x, routing)
-        if self.k == self.num_experts:
+        if self.k == self.num_experts and self.compute.dense:
             dense = torch.zeros_like(routing.probs).scatter(-1, routing.selected, routing.weights)
             outputs = self.experts.dense(x)
             return torch.einsum("te,etd->td", dense.to(outputs.dtype), outputs)

@@ -12,8 +12,8 @@ DeepSpeed-MoE, Rajbhandari et al., 2022):
    ``all_to_all_single`` of variable lengths (no padding). With a capacity:
    fixed ``[E, capacity, d_model]`` buffers per rank (GShard's per-group
    capacity), exchanged with equal splits, no host sync;
-3. runs the local experts with the layer's grouped (``torch._grouped_mm``) or
-   batched path;
+3. runs the local experts as grouped matrix products (``torch._grouped_mm``), or
+   a loop over them, or batched over the capacity buffers;
 4. returns the outputs with the reverse ``all_to_all_single`` and combines
    them with the router weights.
 
@@ -22,6 +22,10 @@ all-to-all is the all-to-all with the splits swapped). The gradient of a local
 expert therefore sums the contributions of every rank's tokens; the router's
 and the shared experts' gradients are local to the rank and must be
 all-reduced by the caller (DDP does it for the parameters it does not ignore).
+
+:class:`ExpertParallelMoELayer` is a :class:`~gmnn.nn.MoELayer` whose
+``compute`` (:class:`~gmnn.nn.moe.layer.ExpertCompute`) is :class:`ExpertParallel`:
+the layer routes and combines as in one process, the strategy does steps 2 to 4.
 
 Every rank of the group must call ``forward`` (and ``backward``) in step, with
 the same layer configuration. Expert choice and Soft MoE routers are not
@@ -40,12 +44,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from gmnn.nn.functional.dispatch import capacity_of, capacity_slots, gather_into_slots, read_from_slots
 from gmnn.nn.moe.experts import MLPExperts
-from gmnn.nn.moe.layer import MoELayer
-from gmnn.nn.moe.record import Routing
+from gmnn.nn.moe.layer import ExpertCompute, MoELayer
 
 __all__ = [
+    "ExpertParallel",
     "ExpertParallelMoELayer",
     "all_to_all",
     "check_shardable",
@@ -215,8 +218,83 @@ def _local_experts(experts: MLPExperts, start: int, stop: int) -> MLPExperts:
     return local
 
 
+class ExpertParallel(ExpertCompute):
+    """The :class:`~gmnn.nn.moe.layer.ExpertCompute` of expert parallelism: this rank holds experts
+    ``first_expert ... first_expert + num_local - 1`` of ``num_experts``; rows travel to the rank of their
+    expert and back by all-to-all (a collective: every rank of ``group`` calls it in step).
+
+    Args:
+        num_experts: E, the experts of the whole layer.
+        group: The expert-parallel process group (``None``: the default group; without an
+            initialised ``torch.distributed``: one rank).
+
+    Raises:
+        ValueError: The group size does not divide E.
+    """
+
+    dense = False  # k == E too goes through the exchange: every expert runs on its own rank
+
+    def __init__(self, num_experts: int, group: dist.ProcessGroup | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        self.group = group
+        self.num_ranks = dist.get_world_size(group) if distributed else 1
+        self.rank = dist.get_rank(group) if distributed else 0
+        self.num_experts = num_experts
+        self.num_local = _check_layout(num_experts, self.num_ranks, self.rank)
+        self.first_expert = self.rank * self.num_local
+
+    def num_held(self, num_experts: int) -> int:
+        return self.num_local
+
+    def _exchange(self, x: Tensor, output_splits: list[int], input_splits: list[int]) -> Tensor:
+        if self.num_ranks == 1:
+            return x
+        return all_to_all(x, output_splits, input_splits, self.group)
+
+    def _local_compute(self, experts: MLPExperts, rows: Tensor, expert_of_row: Tensor, per_expert: list[int]) -> Tensor:
+        """Local experts on received rows (in any order): ``[N, d_model] -> [N, d_model]``, same row order."""
+        order = expert_of_row.argsort(stable=True)
+        sorted_rows = rows.index_select(0, order)
+        if rows.shape[0] > 0 and experts.can_group(rows):  # grouped, no further host sync (empty: loop)
+            offsets = torch.tensor(per_expert, device=rows.device).cumsum(0).to(torch.int32)
+            outputs = experts.grouped(sorted_rows, offsets, expert_of_row.index_select(0, order))
+        else:
+            groups = sorted_rows.split(per_expert)
+            # empty groups run too: the output stays in the graph, so every rank runs the backward exchange
+            outputs = torch.cat([experts.expert(e, part) for e, part in enumerate(groups)])
+        return outputs.index_select(0, order.argsort())
+
+    def pairs(self, experts: MLPExperts, rows: Tensor, expert_ids: Tensor) -> Tensor:
+        """Exchange the per-expert counts (one small all-to-all, one host read), send the rows to their
+        experts' ranks (variable splits, no padding), run the local experts, send the outputs back."""
+        counts = torch.bincount(expert_ids, minlength=self.num_experts)
+        if self.num_ranks > 1:
+            received = torch.empty_like(counts)  # [P * E/P]: what each source sends to my experts
+            dist.all_to_all_single(received, counts, group=self.group)
+        else:
+            received = counts
+        host = torch.stack([counts, received]).view(2, self.num_ranks, self.num_local).tolist()  # one host sync
+        input_splits = [sum(row) for row in host[0]]
+        output_splits = [sum(row) for row in host[1]]
+        per_expert = [sum(host[1][s][e] for s in range(self.num_ranks)) for e in range(self.num_local)]
+        mine = self._exchange(rows, output_splits, input_splits)  # sorted by global expert = by destination rank
+        local_expert = torch.arange(self.num_local, device=rows.device).repeat(self.num_ranks)
+        expert_of_row = local_expert.repeat_interleave(received.view(-1))
+        return self._exchange(self._local_compute(experts, mine, expert_of_row, per_expert), input_splits, output_splits)
+
+    def slots(self, experts: MLPExperts, rows: Tensor, num_experts: int, capacity: int) -> Tensor:
+        """Exchange the fixed buffers with equal splits (no host sync), run the local experts batched, send back."""
+        splits = [self.num_local * capacity] * self.num_ranks
+        received = self._exchange(rows, splits, splits)  # [P, E/P, C, D] from every source
+        per_expert = received.view(self.num_ranks, self.num_local, capacity, -1).transpose(0, 1)
+        outputs = experts.batched(per_expert.reshape(self.num_local, self.num_ranks * capacity, -1))
+        outputs = outputs.view(self.num_local, self.num_ranks, capacity, -1).transpose(0, 1).reshape(-1, rows.shape[-1])
+        return self._exchange(outputs, splits, splits)  # [E * C, D], my tokens' slots again
+
+
 class ExpertParallelMoELayer(MoELayer):
-    """A :class:`~gmnn.nn.MoELayer` whose experts are sharded over a process group (expert parallelism).
+    """A :class:`~gmnn.nn.MoELayer` whose experts are sharded over a process group (expert parallelism):
+    the layer with the :class:`ExpertParallel` compute.
 
     Built from a full single-process layer: ``ExpertParallelMoELayer(layer, group)``
     keeps its router, shared experts and settings and the expert block of this
@@ -226,7 +304,8 @@ class ExpertParallelMoELayer(MoELayer):
     the sum over all ranks' tokens (GShard, Lepikhin et al., 2021;
     DeepSpeed-MoE, Rajbhandari et al., 2022). The state dict holds the local
     shard under the single-process names; :meth:`full_state_dict` (a
-    collective) and :meth:`load_full_state_dict` convert.
+    collective) and :meth:`load_full_state_dict` convert. ``expert(i, x)`` runs
+    local expert ``i`` (``0 ... E/P - 1``).
 
     Args:
         layer: A token-choice :class:`~gmnn.nn.MoELayer` with all E experts.
@@ -238,25 +317,44 @@ class ExpertParallelMoELayer(MoELayer):
             :class:`~gmnn.nn.moe.experts.MLPExperts`, or the group size does not divide E.
     """
 
+    compute: ExpertParallel
+
     def __init__(self, layer: MoELayer, group: dist.ProcessGroup | None = None) -> None:
-        nn.Module.__init__(self)
         check_shardable(layer)
-        distributed = dist.is_available() and dist.is_initialized()
-        self.group = group
-        self.num_ranks = dist.get_world_size(group) if distributed else 1
-        self.rank = dist.get_rank(group) if distributed else 0
-        self.num_local = _check_layout(layer.num_experts, self.num_ranks, self.rank)
-        for name in ("d_model", "num_experts", "k", "capacity_factor", "balance_weight", "z_weight",
-                     "importance_weight", "balance_scope", "sequence_balance_weight"):
-            setattr(self, name, getattr(layer, name))
-        self.router, self.shared = layer.router, layer.shared
-        start = self.rank * self.num_local
-        self.experts = _local_experts(layer.experts, start, start + self.num_local)
-        self.first_expert = start
-        self.dropped_fraction: Tensor | None = None
-        self.last_routing: Routing | None = None
-        self.last_losses: dict[str, Tensor] = {}
+        compute = ExpertParallel(layer.num_experts, group)
+        start = compute.first_expert
+        super().__init__(
+            router=layer.router, experts=_local_experts(layer.experts, start, start + compute.num_local),
+            shared=layer.shared, capacity_factor=layer.capacity_factor, balance_weight=layer.balance_weight,
+            z_weight=layer.z_weight, importance_weight=layer.importance_weight, balance_scope=layer.balance_scope,
+            sequence_balance_weight=layer.sequence_balance_weight, compute=compute,
+        )
         self._register_load_state_dict_pre_hook(self._take_own_block)
+
+    @property
+    def group(self) -> dist.ProcessGroup | None:
+        """The expert-parallel process group."""
+        return self.compute.group
+
+    @property
+    def num_ranks(self) -> int:
+        """P, the ranks the experts are spread over."""
+        return self.compute.num_ranks
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in :attr:`group`."""
+        return self.compute.rank
+
+    @property
+    def num_local(self) -> int:
+        """E / P, the experts this rank holds."""
+        return self.compute.num_local
+
+    @property
+    def first_expert(self) -> int:
+        """The global index of this rank's first expert."""
+        return self.compute.first_expert
 
     def _take_own_block(self, state: dict, prefix: str, *args) -> None:
         """Loading a full (single-process) state dict: keep this rank's block of every expert tensor."""
@@ -267,76 +365,6 @@ class ExpertParallelMoELayer(MoELayer):
 
     def extra_repr(self) -> str:
         return f"experts {self.first_expert}..{self.first_expert + self.num_local - 1} of {self.num_experts}, ranks={self.num_ranks}"
-
-    def expert(self, index: int, x: Tensor) -> Tensor:
-        """Local expert ``index`` (``0 ... E/P - 1``) on rows ``x [N, d_model]``."""
-        return self.experts.expert(index, x)
-
-    def _exchange(self, x: Tensor, output_splits: list[int], input_splits: list[int]) -> Tensor:
-        if self.num_ranks == 1:
-            return x
-        return all_to_all(x, output_splits, input_splits, self.group)
-
-    def _local_compute(self, rows: Tensor, expert_of_row: Tensor, per_expert: list[int]) -> Tensor:
-        """Local experts on received rows (in any order): ``[N, d_model] -> [N, d_model]``, same row order."""
-        order = expert_of_row.argsort(stable=True)
-        sorted_rows = rows.index_select(0, order)
-        if rows.shape[0] > 0 and self.experts.can_group(rows):  # grouped, no further host sync (empty: loop)
-            offsets = torch.tensor(per_expert, device=rows.device).cumsum(0).to(torch.int32)
-            outputs = self.experts.grouped(sorted_rows, offsets, expert_of_row.index_select(0, order))
-        else:
-            groups = sorted_rows.split(per_expert)
-            # empty groups run too: the output stays in the graph, so every rank runs the backward exchange
-            outputs = torch.cat([self.expert(e, part) for e, part in enumerate(groups)])
-        return outputs.index_select(0, order.argsort())
-
-    def _grouped(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
-        flat = indices.reshape(-1)
-        k = indices.shape[-1]
-        order = flat.argsort(stable=True)  # pairs sorted by global expert = by destination rank
-        counts = torch.bincount(flat, minlength=self.num_experts)
-        if self.num_ranks > 1:
-            received = torch.empty_like(counts)  # [P * E/P]: what each source sends to my experts
-            dist.all_to_all_single(received, counts, group=self.group)
-        else:
-            received = counts
-        host = torch.stack([counts, received]).view(2, self.num_ranks, self.num_local).tolist()  # one host sync
-        input_splits = [sum(row) for row in host[0]]
-        output_splits = [sum(row) for row in host[1]]
-        per_expert = [sum(host[1][s][e] for s in range(self.num_ranks)) for e in range(self.num_local)]
-        token = order // k
-        rows = self._exchange(x.index_select(0, token), output_splits, input_splits)
-        local_expert = torch.arange(self.num_local, device=x.device).repeat(self.num_ranks)
-        expert_of_row = local_expert.repeat_interleave(received.view(-1))
-        outputs = self._exchange(self._local_compute(rows, expert_of_row, per_expert), input_splits, output_splits)
-        outputs = outputs * weights.reshape(-1, 1).index_select(0, order).to(outputs.dtype)
-        return outputs.new_zeros(x.shape).index_add(0, token, outputs)
-
-    def _with_capacity(self, x: Tensor, routing: Routing) -> Tensor:
-        tokens, k = routing.selected.shape
-        capacity = capacity_of(tokens, k, self.num_experts, self.capacity_factor)
-        valid = None if routing.mask is None else routing.mask.repeat(k)
-        slots, kept = capacity_slots(routing.selected.t().reshape(-1), self.num_experts, capacity, valid)
-        pair_token = torch.arange(tokens, device=x.device).repeat(k)
-        rows = gather_into_slots(x, pair_token, slots, self.num_experts * capacity)  # [E * C, D], by destination
-        block = self.num_local * capacity
-        splits = [block] * self.num_ranks
-        received = self._exchange(rows, splits, splits)  # [P, E/P, C, D] from every source
-        per_expert = received.view(self.num_ranks, self.num_local, capacity, -1).transpose(0, 1)
-        outputs = self.experts.batched(per_expert.reshape(self.num_local, self.num_ranks * capacity, -1))
-        outputs = outputs.view(self.num_local, self.num_ranks, capacity, -1).transpose(0, 1).reshape(-1, x.shape[-1])
-        outputs = self._exchange(outputs, splits, splits)  # [E * C, D], my tokens' slots again
-        pair_outputs = read_from_slots(outputs, slots)
-        dropped = ~kept if valid is None else valid & ~kept
-        routing.dropped = dropped.view(k, tokens).t()
-        counted = dropped.numel() if valid is None else valid.sum().clamp_min(1)
-        self.dropped_fraction = dropped.sum() / counted
-        return (pair_outputs.view(k, tokens, -1) * routing.weights.t().unsqueeze(-1).to(pair_outputs.dtype)).sum(0)
-
-    def _run(self, x: Tensor, route) -> Tensor:
-        if self.capacity_factor > 0:
-            return self._with_capacity(x, route.routing)
-        return self._grouped(x, route.routing.weights, route.routing.selected)  # k == E too: no dense shortcut
 
     def expert_parameter_names(self, prefix: str = "") -> list[str]:
         """Names of the sharded (rank-local) parameters, e.g. for ``_ddp_params_and_buffers_to_ignore``."""
