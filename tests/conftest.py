@@ -24,3 +24,24 @@ def tiny_trainer(**kwargs: object) -> L.Trainer:
 
 # Small ops: one intra-op thread is as fast, and avoids oversubscribing CI's 2 cores.
 torch.set_num_threads(1)
+
+
+# Tests that start several processes (DDP over gloo, spawned workers, a pip install): under pytest-xdist they
+# share one group, which `--dist loadgroup` runs one after another on a single worker, so that two of them never
+# oversubscribe the cores past their hang limits or race for a free port; each fails (pytest-timeout) on a hang.
+MULTI_PROCESS = (
+    "tests/test_distributed.py::",
+    "tests/test_expert_parallel_cli.py::",
+    "tests/nn/test_expert_parallel.py::",
+    "tests/callbacks/test_routing_monitor.py::test_ddp_metrics_equal_one_process",
+    "tests/nn/test_routers.py::test_aux_free_bias_stays_identical_on_two_real_processes",
+)
+MULTI_PROCESS_TIMEOUT_S = 480
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(MULTI_PROCESS):
+            item.add_marker(pytest.mark.xdist_group("multiprocess"))
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(MULTI_PROCESS_TIMEOUT_S))
