@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 import gmnn.models
+from gmnn.pl import LightningModule
 from gmnn.models import MoEModule, RegressionMoE
 
 E, C = 3, 3  # experts, classes (or regression targets)
@@ -43,9 +44,9 @@ def is_token_model(model: nn.Module) -> bool:
 
 
 def model_classes() -> list[str]:
-    """The names in ``gmnn.models.__all__`` that are LightningModules of gmnn."""
+    """The names in ``gmnn.models.__all__`` that are LightningModules (every model, whatever its base)."""
     return [name for name in gmnn.models.__all__
-            if isinstance(getattr(gmnn.models, name), type) and issubclass(getattr(gmnn.models, name), MoEModule)]
+            if isinstance(getattr(gmnn.models, name), type) and issubclass(getattr(gmnn.models, name), LightningModule)]
 
 
 def cases() -> list[tuple[str, dict[str, Any]]]:

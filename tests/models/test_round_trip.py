@@ -34,6 +34,6 @@ def test_fit_save_and_reload_gives_the_same_model(name: str, tmp_path: Path) -> 
     for loaded in (MoEModule.load_from_checkpoint(path), type(model).load_from_checkpoint(path)):
         assert type(loaded) is type(model) and loaded.hparams == model.hparams
         torch.testing.assert_close(outputs(loaded, x), expected, atol=0, rtol=0)
-        assert loaded.temperature == model.temperature
+        assert getattr(loaded, "temperature", None) == getattr(model, "temperature", None)  # the LM has none
     fresh = outputs(build(name, SETTINGS.get(name, [{}])[0]), x)
     assert not torch.allclose(fresh, expected), "the reloaded outputs must be the trained model's, not a fresh one's"
