@@ -27,7 +27,7 @@ from gmnn.models.regularization import (
 )
 from gmnn.models.revival import output_layer, revival_of
 from gmnn.models.running_mean import RunningMean
-from gmnn.models.step_log import log_options
+from gmnn.models.step_log import StageSteps, log_options
 from gmnn.nn.functional.combine import (
     class_log_probs,
     dense_mixture,
@@ -52,7 +52,7 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 EVAL_STAGES = ("val", "test")
 
 
-class MoEModule(GateCheckpointHooks, StepGuards, AdamOptimizer, LightningModule):
+class MoEModule(GateCheckpointHooks, StepGuards, AdamOptimizer, StageSteps, LightningModule):
     """Base class of every gmnn mixture of experts (a dense mixture by default).
 
     Owns the experts, the gate, the task loss, the optimizer and the logging.
@@ -371,15 +371,6 @@ class MoEModule(GateCheckpointHooks, StepGuards, AdamOptimizer, LightningModule)
         gate_means, training = self.gate_means[stage], stage == "train"
         self.log_dict(gate_means.as_logged(f"{stage}/gate_prob/expert_"), on_step=False, on_epoch=True,
                       batch_size=1 if training else float(gate_means.count), sync_dist=not training)
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "train")[0]
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "val")[0]
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "test")[0]
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Class probabilities, predicted class and gate probabilities of a batch."""

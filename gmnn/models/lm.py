@@ -14,7 +14,7 @@ from gmnn.checkpoints.hooks import CheckpointHooks
 from gmnn.models.checks import check_labels
 from gmnn.models.guards import StepGuards
 from gmnn.models.optim import AdamOptimizer, Scheduler, check_optimizer_args
-from gmnn.models.step_log import log_options
+from gmnn.models.step_log import StageSteps, log_options
 from gmnn.nn.moe.layer import MoELayer
 from gmnn.pl import LightningModule
 from gmnn.validation import check_choice, check_non_negative, check_positive_int
@@ -81,7 +81,7 @@ class MoEBlock(nn.Module):
         return x + out, aux
 
 
-class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, LightningModule):
+class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, LightningModule):
     """Byte-level causal transformer LM whose feed-forward layers are MoE layers (Shazeer et al., 2017;
     Fedus et al., 2021, "Switch Transformers"; Jiang et al., 2024, "Mixtral of Experts").
 
@@ -208,15 +208,6 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, LightningModu
         self.log(f"{stage}/loss", nll, prog_bar=True, **opts)
         self.log_dict({f"{stage}/loss_aux": aux.detach(), f"{stage}/bits_per_byte": nll.detach() / math.log(2)}, **opts)
         return nll + aux, logits
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "train")[0]
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "val")[0]
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, "test")[0]
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Next-byte probabilities and the most likely next byte of every position."""

@@ -1,8 +1,10 @@
-"""How a gmnn model logs a per-batch mean with ``self.log``."""
+"""How a gmnn model runs its stages' steps and logs a per-batch mean with ``self.log``."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from torch import Tensor
 
 
 def log_options(stage: str, batch_size: int) -> dict[str, Any]:
@@ -17,3 +19,22 @@ def log_options(stage: str, batch_size: int) -> dict[str, Any]:
     training = stage == "train"
     return dict(on_step=training, on_epoch=True,
                 batch_size=batch_size if training else float(batch_size), sync_dist=not training)
+
+
+class StageSteps:
+    """``training_step``, ``validation_step`` and ``test_step`` as one ``shared_step(batch, stage)``.
+
+    A model defines ``shared_step(batch, stage) -> (loss, output)``; each step returns the loss.
+    """
+
+    def shared_step(self, batch: Any, stage: str) -> tuple[Tensor, Any]:
+        raise NotImplementedError(f"{type(self).__name__} must define shared_step(batch, stage)")
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "train")[0]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "val")[0]
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "test")[0]
