@@ -31,6 +31,15 @@ from gmnn.nn.moe.record import Routing
 from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 
+def _ratio_or_log_space(values: Tensor, log_values: Tensor) -> Tensor:
+    """``values / values.sum(-1)`` for non-negative ``values``, as ``softmax(log_values)`` where the sum is below
+    the smallest normal number of its dtype (0 / 0, or a subnormal divisor): finite and exact in both branches,
+    with finite gradients."""
+    total = values.sum(-1, keepdim=True)
+    underflow = total < torch.finfo(total.dtype).tiny
+    return torch.where(underflow, torch.softmax(log_values, dim=-1), values / total.masked_fill(underflow, 1.0))
+
+
 @dataclass
 class Route:
     """A router's answer for one call: the routing record (live tensors) and kind-specific plans.
@@ -87,7 +96,8 @@ class TokenChoiceRouter(Router):
 
     Subclasses define the scores (:meth:`scores`). Shared options:
 
-    * ``normalize``: divide the k weights by their sum. Default (``None``):
+    * ``normalize``: divide the k weights by their sum (in log space where
+      every picked score is exactly 0, so no 0 / 0). Default (``None``):
       only for ``k > 1``. With ``k = 1`` and ``normalize=False`` the expert
       output is scaled by the router probability, as Switch Transformers
       (Fedus et al., 2021), so the task loss trains the router (a renormalised
@@ -158,6 +168,16 @@ class TokenChoiceRouter(Router):
         """``(scores, probs)``: scores to select and weight by (noise included), clean probabilities for the record."""
         raise NotImplementedError
 
+    def log_scores(self, logits: Tensor) -> Tensor:
+        """Logarithms of the clean scores ``[T, E]`` (finite where the scores underflow to 0), for :meth:`_renormalize`."""
+        raise NotImplementedError
+
+    def _renormalize(self, weights: Tensor, logits: Tensor, selected: Tensor) -> Tensor:
+        """The picked scores ``weights [T, k]`` divided by their sum; where the sum underflows (a selection bias
+        picking experts of probability 0, sigmoid scores below float32's range), the same ratio taken in log space:
+        the softmax of their :meth:`log_scores` (no 0 / 0)."""
+        return _ratio_or_log_space(weights, self.log_scores(logits).gather(-1, selected))
+
     def _select(self, choice: Tensor) -> Tensor:
         if self.num_groups > 1:
             tokens, size = choice.shape[0], self.num_experts // self.num_groups
@@ -175,9 +195,10 @@ class TokenChoiceRouter(Router):
         biased = self.selection_bias is not None
         selected = self._select(scores + self.selection_bias if biased else scores)
         weights = scores.gather(-1, selected)
-        if self.normalize:
-            total = weights.sum(-1, keepdim=True)
-            weights = weights / (total.clamp_min(self.norm_min) if self.norm_min > 0 else total)
+        if self.normalize and self.norm_min > 0:
+            weights = weights / weights.sum(-1, keepdim=True).clamp_min(self.norm_min)
+        elif self.normalize:
+            weights = self._renormalize(weights, logits.float(), selected)
         if self.scale != 1.0:
             weights = weights * self.scale
         if biased:  # the bias may change the order: keep it by decreasing weight
@@ -238,6 +259,10 @@ class SoftmaxTopKRouter(TokenChoiceRouter):
             return probs, probs
         return torch.softmax(logits + self.noise(x, logits), dim=-1), probs
 
+    def log_scores(self, logits: Tensor) -> Tensor:
+        """``log_softmax(logits)`` (without the training noise)."""
+        return torch.log_softmax(logits, dim=-1)
+
 
 class NoisyTopKRouter(SoftmaxTopKRouter):
     """Noisy top-k gating with learned noise (Shazeer et al., 2017, "Outrageously Large Neural Networks").
@@ -262,13 +287,18 @@ class SigmoidRouter(TokenChoiceRouter):
 
     Weights are the picked ``sigmoid(logits)``, renormalised over the k by
     default and times ``scale``; the record's ``probs`` are the sigmoid
-    scores normalised per token. Combine with ``num_groups`` / ``topk_groups``
+    scores normalised per token (as ``softmax(logsigmoid(logits))`` where their sum underflows: every
+    logit below about -87 in float32). Combine with ``num_groups`` / ``topk_groups``
     and ``balance_rate`` for DeepSeek-V3's routing. Arguments as :class:`TokenChoiceRouter`.
     """
 
     def scores(self, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         scores = torch.sigmoid(logits)
-        return scores, scores / scores.sum(-1, keepdim=True)
+        return scores, _ratio_or_log_space(scores, F.logsigmoid(logits))
+
+    def log_scores(self, logits: Tensor) -> Tensor:
+        """``logsigmoid(logits)``."""
+        return F.logsigmoid(logits)
 
 
 class ExpertChoiceRouter(Router):
