@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = {"problem": "gaussian_clusters", "num_samples": 200, "batch_size": 8}
 
 
+def tables(split: str) -> list[str]:
+    """The tables of a split: layers, experts, labels."""
+    return [f"routing_{split}{part}.csv" for part in ("", "_experts", "_labels")]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The last checkpoint of a one-epoch toy run."""
@@ -40,8 +45,8 @@ def test_each_split_writes_its_own_table_and_figures(checkpoint: Path) -> None:
     for split in ("val", "test"):
         main(["analyze", "--ckpt_path", str(checkpoint), "--split", split, "--max_batches", "1"])
     out = checkpoint.parents[1] / "routing"
-    assert sorted(path.name for path in out.iterdir()) == [
-        "routing_test.csv", "routing_test_gate.png", "routing_val.csv", "routing_val_gate.png"]
+    assert sorted(path.name for path in out.iterdir()) == sorted([
+        *tables("test"), "routing_test_gate.png", *tables("val"), "routing_val_gate.png"])
     for split in ("val", "test"):
         (row,) = list(csv.DictReader((out / f"routing_{split}.csv").open()))
         assert row["layer"] == "gate" and int(row["tokens"]) == DATA["batch_size"]
@@ -58,9 +63,9 @@ def test_a_new_table_never_sits_beside_an_old_figure(tmp_path: Path) -> None:
     write_report(*_rows("blocks.0.ffn"), tmp_path, split="test")
     assert (tmp_path / "routing_val_blocks_1_ffn.png").is_file()
     paths = write_report(*_rows("blocks.0.ffn"), tmp_path, split="val")  # another model, one layer
-    assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "routing_test.csv", "routing_test_blocks_0_ffn.png", "routing_val.csv", "routing_val_blocks_0_ffn.png"]
-    assert [path.name for path in paths] == ["routing_val.csv", "routing_val_blocks_0_ffn.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([
+        *tables("test"), "routing_test_blocks_0_ffn.png", *tables("val"), "routing_val_blocks_0_ffn.png"])
+    assert [path.name for path in paths] == [*tables("val"), "routing_val_blocks_0_ffn.png"]
     write_report(*_rows(), tmp_path, split="val")  # no layer measured: an empty table, no figure
-    assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "routing_test.csv", "routing_test_blocks_0_ffn.png", "routing_val.csv"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([
+        *tables("test"), "routing_test_blocks_0_ffn.png", *tables("val")])

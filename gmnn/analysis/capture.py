@@ -12,12 +12,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmnn.nn.moe.hf.families import FAMILIES, deepseek_v3
 from gmnn.nn.moe.layer import MoELayer
 from gmnn.nn.moe.record import Routing
 
 MODEL_LAYER = "gate"  # the name of a whole gmnn image model's routing (its gate)
+
+#: Hugging Face blocks whose router scores are sigmoids of the logits (DeepSeek-V3, GLM-4-MoE, dots1): the
+#: families that ``gmnn.nn.from_hf`` converts to a :class:`~gmnn.nn.moe.routers.SigmoidRouter`.
+SIGMOID_BLOCKS = frozenset(name for name, (_, convert) in FAMILIES.items() if convert is deepseek_v3)
 
 
 def _router_of(module: nn.Module) -> tuple[nn.Module, int] | None:
@@ -59,10 +65,15 @@ def _top_k_of(module: nn.Module, default: int = 1) -> int:
     return next((value for value in found if isinstance(value, int)), default)
 
 
-def routing_from_output(module: nn.Module, output: Any, num_experts: int, top_k: int | None = None) -> Routing | None:
+def routing_from_output(module: nn.Module, output: Any, num_experts: int, top_k: int | None = None,
+                        scores: str = "softmax") -> Routing | None:
     """The :class:`Routing` of one call of a hooked module (gmnn layer, HF router, gmnn model), detached.
 
-    A router that returns only logits (e.g. a ``Linear`` gate) selects its ``top_k`` largest.
+    A Hugging Face router returns its logits ``[T, E]``, in transformers 5 followed by the combine weights and
+    the chosen experts ``[T, k]`` (recorded as they are: the top-1 is the chosen expert of highest weight, never
+    the first column). A router that returns only logits (e.g. a ``Linear`` gate) selects its ``top_k`` most
+    probable. ``probs`` are ``softmax(logits)``, or with ``scores="sigmoid"`` (:data:`SIGMOID_BLOCKS`) the sigmoid
+    scores normalised per token, computed as ``softmax(logsigmoid(logits))``.
     """
     if isinstance(module, MoELayer):
         return module.last_routing
@@ -72,14 +83,21 @@ def routing_from_output(module: nn.Module, output: Any, num_experts: int, top_k:
                        dropped=None if output.dropped is None else output.dropped.detach())
     items = output if isinstance(output, (tuple, list)) else (output,)
     tensors = [t for t in items if isinstance(t, Tensor)]
-    logits = next((t for t in tensors if t.is_floating_point() and t.shape[-1] == num_experts), None)
-    if logits is None:
+    found = next((t for t in tensors if t.is_floating_point() and t.shape[-1] == num_experts), None)
+    if found is None:
         return None
-    logits = logits.detach().reshape(-1, num_experts).float()
+    logits = found.detach().reshape(-1, num_experts).float()
     chosen = next((t for t in tensors if not t.is_floating_point() and t.dim() >= 2 and t.numel() % logits.shape[0] == 0), None)
-    selected = chosen.detach().reshape(logits.shape[0], -1).long() if chosen is not None else \
-        logits.topk(min(top_k or _top_k_of(module), num_experts), dim=-1).indices
-    return Routing(probs=torch.softmax(logits, dim=-1), selected=selected, logits=logits)
+    weights = None
+    if chosen is not None:
+        selected = chosen.detach().reshape(logits.shape[0], -1).long()
+        weights = next((t.detach().reshape(selected.shape).float() for t in tensors
+                        if t is not found and t.is_floating_point() and t.numel() == selected.numel()), None)
+    scored = F.logsigmoid(logits) if scores == "sigmoid" else logits
+    probs = torch.softmax(scored, dim=-1)
+    if chosen is None:
+        selected = logits.topk(min(top_k or _top_k_of(module), num_experts), dim=-1).indices
+    return Routing(probs=probs, selected=selected, weights=weights, logits=logits)
 
 
 class RoutingCapture:
@@ -98,12 +116,14 @@ class RoutingCapture:
         self.handles = []
         blocks = dict(model.named_modules())  # an HF layer's name is its block's, which knows top_k
         for name, (module, experts) in self.layers.items():
-            top_k = _top_k_of(blocks.get(name, module), _top_k_of(module))
-            self.handles.append(module.register_forward_hook(self._hook(name, experts, top_k)))
+            block = blocks.get(name, module)
+            top_k = _top_k_of(block, _top_k_of(module))
+            scores = "sigmoid" if type(block).__name__ in SIGMOID_BLOCKS else "softmax"
+            self.handles.append(module.register_forward_hook(self._hook(name, experts, top_k, scores)))
 
-    def _hook(self, name: str, experts: int, top_k: int) -> Callable[..., None]:
+    def _hook(self, name: str, experts: int, top_k: int, scores: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            routing = routing_from_output(module, output, experts, top_k)
+            routing = routing_from_output(module, output, experts, top_k, scores)
             if routing is not None:
                 self.records[name] = routing
         return hook
