@@ -37,6 +37,15 @@ MULTI_PROCESS = (
     "tests/nn/test_routers.py::test_aux_free_bias_stays_identical_on_two_real_processes",
 )
 MULTI_PROCESS_TIMEOUT_S = 480
+# Modules whose expensive module-scoped fixture (a dry run, trained checkpoints) several tests share: kept on one
+# worker, else each worker that gets one of their tests builds the fixture again (the GPU check's dry run: minutes).
+SHARED_MODULE_FIXTURE = (
+    "tests/test_gpu_check.py::",
+    "tests/test_reliability_analysis.py::",
+    "tests/test_reliability_checkpoints.py::",
+    "tests/test_robustness_checkpoints.py::",
+    "tests/data/test_text.py::",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,3 +54,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("multiprocess"))
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(MULTI_PROCESS_TIMEOUT_S))
+        elif item.nodeid.startswith(SHARED_MODULE_FIXTURE):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
