@@ -72,11 +72,11 @@ def _check_matches_one_process(logged: dict[str, float], single: dict[str, float
 
 @pytest.mark.slow
 def test_readme_ddp_command_finishes_and_its_metrics_equal_one_process(tmp_path: Path) -> None:
-    """The README's command, defaults on (the progress bar Lightning picks, figures, summary), 2 epochs."""
+    """The command of docs/distributed.md (two CPU processes), defaults on (the progress bar Lightning picks, figures, summary), 2 epochs."""
     result = run_gmnn(_ddp("fit", "--trainer.max_epochs=2"), cwd=tmp_path)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout, "the second process did not start"
     for noise in ("is deprecated", "It is recommended to use `self.log(", "Warning:"):
-        assert noise not in result.stdout, f"the README's DDP command prints {noise!r}"
+        assert noise not in result.stdout, f"the documented DDP command prints {noise!r}"
     runs = list((tmp_path / "runs" / "gmnn").iterdir())
     assert [run.name for run in runs] == ["version_0"], "only rank zero may create a run folder"
     assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1, "only rank zero may write events"

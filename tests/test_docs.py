@@ -50,6 +50,35 @@ def test_every_example_is_rendered_with_its_outputs(site: Path) -> None:
     assert list((site / "examples" / "05_token_moe_files").glob("*.png"))
 
 
+def test_mkdocs_serve_serves_the_site(site: Path, tmp_path: Path) -> None:
+    """The README's ``mkdocs serve``: the landing page and an API page come back over HTTP (after the build
+    above, so the examples' pages exist and the server does not execute them again)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "--dev-addr", f"127.0.0.1:{port}"], cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    try:
+        deadline, page = time.monotonic() + 180, None
+        while page is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, (tmp_path / "serve.log").read_text()[-4000:]
+        assert "<title>gmnn</title>" in page and "images/dense_regions.png" in page
+        api = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models/", timeout=30).read().decode()
+        assert 'id="gmnn.models.DenseMoE"' in api
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
 @pytest.mark.parametrize("package", API_PACKAGES)
 def test_every_public_name_has_an_api_entry(site: Path, package: str) -> None:
     import importlib

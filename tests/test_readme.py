@@ -1,4 +1,8 @@
-"""The README's examples run as written and do what the text says."""
+"""The documentation's examples run as written and do what the text says.
+
+The blocks and commands live in README.md and the docs pages (tests/documentation.py reads them together);
+the README itself names only commands that a test runs (``test_the_readme_names_only_tested_commands``).
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,22 @@ import torch
 from gmnn.cli import make_cli
 from gmnn.models import MoEModule
 from tests.conftest import tiny_trainer
+from tests.documentation import documentation_text
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = documentation_text()  # README.md and every docs page
 
 
 def _block(tag: str) -> str:
-    match = re.search(rf"<!-- readme-test: {tag} -->\n```python\n(.*?)```", README, re.S)
-    assert match, f"README has no block tagged {tag}"
+    match = re.search(rf"<!-- readme-test: {tag} -->\n```python\n(.*?)```", DOCS, re.S)
+    assert match, f"neither README nor docs have a block tagged {tag}"
     return match.group(1)
 
 
 def _python_usage() -> str:
-    match = re.search(r"## Using gmnn from Python\n\n```python\n(.*?)```", README, re.S)
-    assert match, "README has no Python block under '## Using gmnn from Python'"
+    match = re.search(r"## Using gmnn from Python\n\n```python\n(.*?)```", DOCS, re.S)
+    assert match, "neither README nor docs have a Python block under '## Using gmnn from Python'"
     return match.group(1)
 
 
@@ -37,12 +43,12 @@ def _mixture_float64(gate_probs: torch.Tensor, expert_log_probs: torch.Tensor) -
 
 def test_subclassing_example_swaps_the_expert_and_trains(tmp_path: Path) -> None:
     namespace: dict = {}
-    exec(compile(_block("subclassing"), "README.md", "exec"), namespace)
+    exec(compile(_block("subclassing"), "docs", "exec"), namespace)
     model = namespace["model"]
     assert [type(e).__name__ for e in model.experts.experts] == ["TanhExpert"] * 3
     x = torch.randn(64, 2)
     y = (x.sum(1) > 0).long()
-    with torch.no_grad():  # the experts are the README's: tanh(W1 x + b1) -> W2 h + b2
+    with torch.no_grad():  # the experts are the docs': tanh(W1 x + b1) -> W2 h + b2
         out = model(x)
         for e, expert in enumerate(model.experts.experts):
             first, head = expert.body[0], expert.head
@@ -77,7 +83,7 @@ def test_subclass_runs_from_yaml_by_class_path_and_reloads(tmp_path: Path, monke
 def test_python_usage_example_gives_the_mixture_and_loads_a_checkpoint(tmp_path: Path) -> None:
     block = _python_usage()
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs", "exec"), namespace)
     model, out = namespace["model"], namespace["out"]
     assert out.log_probs.shape == (8, 2) and out.gate_probs.shape == (8, 4) and out.expert_log_probs.shape == (8, 4, 2)
     torch.testing.assert_close(out.gate_probs.sum(-1), torch.ones(8))
@@ -99,7 +105,7 @@ def test_python_usage_example_gives_the_mixture_and_loads_a_checkpoint(tmp_path:
 
 def test_paper_mode_example_builds_the_options_and_states_the_loss_floor(capsys) -> None:
     namespace: dict = {}
-    exec(compile(_block("paper-mode"), "README.md", "exec"), namespace)
+    exec(compile(_block("paper-mode"), "docs", "exec"), namespace)
     paper, top1 = namespace["paper"], namespace["top1"]
     assert paper.hparams.objective == "softmax_of_mixture" and paper.hparams.importance_std == "unbiased"
     assert top1.train_experts == "all"
@@ -110,13 +116,16 @@ def test_paper_mode_example_builds_the_options_and_states_the_loss_floor(capsys)
     assert math.isclose(float(namespace["floor"]), math.log(1 + 9 / math.e), rel_tol=1e-6)
 
 
-def _bash_commands(text: str) -> list[list[str]]:
-    """The README's shell commands (``gmnn`` and ``python scripts/...``), continuation lines joined, braces expanded."""
+def _bash_commands(text: str, refused: bool = False) -> list[list[str]]:
+    """A Markdown text's shell commands (``gmnn`` and ``python scripts/...``), continuation lines joined, braces expanded.
+
+    A command commented ``# refused: ...`` shows what gmnn refuses: only those with ``refused=True``, else the others.
+    """
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("  #", 1)[0].strip()
-            if line.startswith(("gmnn ", "python scripts/")):
+            line, _, comment = (part.strip() for part in line.partition("  #"))
+            if line.startswith(("gmnn ", "python scripts/")) and comment.startswith("refused") == refused:
                 words = []
                 for word in line.split():
                     match = re.fullmatch(r"(.*)\{([^}]*,[^}]*)\}(.*)", word)
@@ -125,13 +134,56 @@ def _bash_commands(text: str) -> list[list[str]]:
     return commands
 
 
-def test_every_config_the_readme_names_exists_and_no_fragment_runs_alone() -> None:
+def test_every_config_the_documentation_names_exists_and_no_fragment_runs_alone() -> None:
     from gmnn.cli.fragments import check_not_fragments_alone
 
-    commands = _bash_commands(README)
+    commands = _bash_commands(DOCS)
     paths = [w for c in commands for w in c if re.fullmatch(r"configs/\S+\.yaml", w)]
     assert len(paths) > 40 and "configs/methods/importance.yaml" in paths and "configs/mnist/protocol.yaml" in paths
     assert [p for p in paths if not list(ROOT.glob(p))] == []  # a glob (configs/paper/mnist/*.yaml) matches files
     for command in commands:
         if command[:2] in (["gmnn", "fit"], ["gmnn", "test"], ["gmnn", "predict"]):
             check_not_fragments_alone([str(ROOT / w) if w.startswith("configs/") else w for w in command[2:]])
+    for command in _bash_commands(DOCS, refused=True):  # docs/configuration.md: a fragment alone, refused
+        with pytest.raises(ValueError, match="needs a protocol first"):
+            check_not_fragments_alone([str(ROOT / w) if w.startswith("configs/") else w for w in command[2:]])
+
+
+# Every command in README.md's bash blocks, and the tests that run it as written.
+README_COMMANDS = {
+    "pip install -e . && gmnn fit --config configs/toy/dense.yaml": [
+        "tests/test_cli.py::test_the_readme_first_command_prints_no_warning",  # the command, a fresh process
+        "tests/test_first_run.py::test_a_short_first_run_gives_each_expert_its_own_classes",  # what it trains
+    ],
+    'pip install -e ".[dev]" && python -m pytest -q': [".ci/run"],  # CI runs exactly this
+    'pip install -e ".[docs]" && mkdocs serve': ["tests/test_docs.py::test_mkdocs_serve_serves_the_site"],
+    "mkdocs build --strict": ["tests/test_docs.py::test_every_example_is_rendered_with_its_outputs"],  # its fixture
+}
+
+
+def test_the_readme_names_only_tested_commands() -> None:
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                found.append(line)
+    assert found == list(README_COMMANDS)
+    for runners in README_COMMANDS.values():
+        for runner in runners:
+            path, _, test = runner.partition("::")
+            assert test == "" or f"def {test}(" in (ROOT / path).read_text(), runner
+    ci = (ROOT / ".ci" / "run").read_text()  # .ci/run: the README's test command, as python3
+    assert '\npython3 -m pip install -e ".[dev]"\npython3 -m pytest -q\n' in ci
+
+
+def test_the_readme_links_and_picture_exist() -> None:
+    """mkdocs checks the docs pages' links; the README's relative links and its figure are checked here."""
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert "docs/images/dense_regions.png" in local and "docs/getting-started.md" in local
+    assert [t for t in local if not (ROOT / t).exists()] == []
+    for target in re.findall(r"\]\((docs/[\w-]+\.md)#([\w-]+)\)", README):
+        page, anchor = target
+        headings = re.findall(r"^#+ (.+)$", (ROOT / page).read_text(), re.M)
+        assert anchor in [re.sub(r"[^\w\s-]", "", h).strip().lower().replace(" ", "-") for h in headings], target

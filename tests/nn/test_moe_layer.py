@@ -1,6 +1,5 @@
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from gmnn.nn import (
 )
 from gmnn.nn.moe.layer import routed_load_balancing_loss
 from gmnn.nn.functional.regularizers import router_z_loss
+from tests.documentation import documentation_text
 
 ACT = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 
@@ -269,10 +269,10 @@ layer:
 
 
 def test_readme_transformer_block_example_runs() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"<!-- readme-test: moe-layer -->\n```python\n(.*?)```", readme, re.S).group(1)
+    """The block tagged moe-layer in README.md or a docs page (docs/moe-layer.md)."""
+    block = re.search(r"<!-- readme-test: moe-layer -->\n```python\n(.*?)```", documentation_text(), re.S).group(1)
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/moe-layer.md", "exec"), namespace)
     assert namespace["y"].shape == (2, 10, 32) and namespace["aux_loss"].item() > 0
     ffn = namespace["block"].ffn
     assert ffn.experts.w1.grad.abs().sum() > 0 and ffn.router.weight.grad.abs().sum() > 0

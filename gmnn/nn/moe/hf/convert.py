@@ -50,8 +50,8 @@ def from_hf(block: nn.Module, balance_weight: float = 0.0, z_weight: float = 0.0
             **layer_kwargs: object) -> MoELayer:
     """A :class:`~gmnn.nn.MoELayer` computing exactly what a Hugging Face MoE block computes (weights copied).
 
-    The families of :data:`~gmnn.nn.moe.hf.families.FAMILIES` convert (README's
-    table); any other block, and a known block with a setting gmnn cannot honour
+    The families of :data:`~gmnn.nn.moe.hf.families.FAMILIES` convert (the table in
+    docs/moe-layer.md); any other block, and a known block with a setting gmnn cannot honour
     or a tensor it has no place for, raises a one-line ``ValueError`` naming the
     class and what is missing. Both the fused experts of transformers 5 and the
     per-expert ``nn.ModuleList`` of transformers 4 are read. The layer takes the
