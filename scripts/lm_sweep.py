@@ -1,6 +1,7 @@
 """The token-level routing grid of RESULTS_LM.md: configs/lm/*.yaml x seeds, one process at a time, resumably.
 
     python scripts/lm_sweep.py --seeds 0 1 2 --out runs_lm --results-md RESULTS_LM.md
+    python scripts/lm_sweep.py --methods --seeds 0 1 2 --out runs_lm   # the specialization methods + 2 baselines
 
 Each run is ``gmnn fit --config C --seed_everything=S`` in its own process
 (``OMP_NUM_THREADS=1``) under ``OUT/<config>/seed<S>/``; it is finished once its
@@ -26,16 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# the paper's methods at token level (docs/moe-layer.md) and the baselines they are compared with
+METHODS = ("similarity", "attention", "attention_expert_hidden", "dual_temperature", "hard_em_warmup")
+METHOD_BASELINES = ("top2_switch", "sigmoid_aux_free")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 SERIES = ("mutual_information", "usage", "imbalance", "dead_experts", "label_entropy")
 
 
-def run_one(config: Path, seed: int, out: Path) -> dict:
-    """Fit one run in a fresh process; return its record (also written to ``result.json``)."""
+def run_one(config: Path, seed: int, out: Path, extra: list[str] | None = None) -> dict:
+    """Fit one run in a fresh process (``extra``: further ``gmnn fit`` arguments); return its record
+    (also written to ``result.json``)."""
     folder = out / config.stem / f"seed{seed}"
     command = [sys.executable, "-c", "from gmnn.cli import main; main()", "fit", "--config", str(config),
                f"--seed_everything={seed}", f"--trainer.logger.init_args.save_dir={out}",
-               f"--trainer.logger.init_args.name={config.stem}", f"--trainer.logger.init_args.version=seed{seed}", *QUIET]
+               f"--trainer.logger.init_args.name={config.stem}", f"--trainer.logger.init_args.version=seed{seed}", *QUIET, *(extra or [])]
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     folder.mkdir(parents=True, exist_ok=True)
@@ -256,6 +261,12 @@ def measure_overhead(config: Path, steps: int = 40, rounds: int = 3) -> dict[str
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", type=Path, default=sorted((ROOT / "configs" / "lm").glob("*.yaml")))
+    parser.add_argument("--methods", action="store_true",
+                        help=f"run the specialization methods {METHODS} and the baselines {METHOD_BASELINES} "
+                             "instead of --configs")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra gmnn fit arguments for every run, without the leading dashes, e.g. "
+                             "trainer.max_epochs=2 model.init_args.d_model=32 (use another --out for another size)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs_lm")
     parser.add_argument("--results-md", type=Path, default=None, help="write the table here (Markdown)")
@@ -266,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.overhead:
         print(json.dumps(measure_overhead(args.configs[0] if len(args.configs) == 1 else ROOT / "configs/lm/top2_switch.yaml"), indent=1))
         return
+    if args.methods:
+        args.configs = [ROOT / "configs" / "lm" / f"{name}.yaml" for name in (*METHOD_BASELINES, *METHODS)]
     out = args.out.resolve()
     for seed in args.seeds:  # seed-major: every setting gets its first seed before any gets its third
         for config in args.configs:
@@ -275,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.table_only or done.exists():
                 continue
             try:
-                record = run_one(config.resolve(), seed, out)
+                record = run_one(config.resolve(), seed, out, [f"--{item.removeprefix('--')}" for item in args.set])
                 print(f"{config.stem} seed {seed}: val loss {record['val_loss']:.3f} in {record['wall_s']:.0f} s", flush=True)
             except subprocess.CalledProcessError as error:
                 print(f"{config.stem} seed {seed}: FAILED ({error}); see {out / config.stem / f'seed{seed}' / 'fit.log'}", flush=True)

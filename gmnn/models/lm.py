@@ -15,39 +15,60 @@ from gmnn.models.checks import check_labels
 from gmnn.models.guards import StepGuards
 from gmnn.models.optim import AdamOptimizer, Scheduler, check_optimizer_args
 from gmnn.models.step_log import StageSteps, log_options
+from gmnn.nn.functional.regularizers import DISTANCES, allocation_loss
+from gmnn.nn.functional.temperature import check_temperature_schedule, scheduled_temperature
 from gmnn.nn.moe.layer import MoELayer
 from gmnn.pl import LightningModule
-from gmnn.validation import check_choice, check_non_negative, check_positive_int
+from gmnn.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
-Router = Literal["softmax", "sigmoid", "expert_choice"]
+Router = Literal["softmax", "sigmoid", "expert_choice", "attention"]
 ROUTERS: tuple[str, ...] = get_args(Router)
+AttentionKeys = Literal["learned", "expert_hidden"]
+ATTENTION_KEYS: tuple[str, ...] = get_args(AttentionKeys)
+Distance = Literal["euclidean", "cosine"]
 
 
 def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: str, normalize: bool | None,
                   balance_weight: float, balance_rate: float, z_weight: float, shared_experts: int,
-                  capacity_factor: float) -> MoELayer:
-    """One :class:`~gmnn.nn.MoELayer` FFN from primitive settings (the routers of :mod:`gmnn.nn.moe.routers`).
+                  capacity_factor: float, *, router_options: dict[str, Any] | None = None,
+                  layer_options: dict[str, Any] | None = None) -> MoELayer:
+    """One :class:`~gmnn.nn.MoELayer` FFN from primitive settings (the routers of :mod:`gmnn.nn.moe.routers`
+    and :mod:`gmnn.nn.moe.specialization`).
 
     ``softmax`` top-k without extras uses the layer's own constructor
     ``MoELayer(d_model, hidden, num_experts, k)``; every other setting builds
     the router / shared-expert modules (``MoELayer(router=..., experts=..., shared=...)``).
+    ``router_options``: temperatures (``temperature``, ``expert_temperature``: a
+    :class:`~gmnn.nn.moe.specialization.TemperatureSoftmaxRouter`) and, for ``router="attention"``,
+    ``attention_dim`` and ``keys``; ``layer_options``: further :class:`~gmnn.nn.MoELayer` arguments
+    (the sample-similarity weights).
     """
-    plain = router == "softmax" and normalize is None and balance_rate == 0 and shared_experts == 0
+    router_options, layer_options = dict(router_options or {}), dict(layer_options or {})
+    plain = router == "softmax" and normalize is None and balance_rate == 0 and shared_experts == 0 and not router_options
     if plain:
         return MoELayer(d_model, hidden, num_experts, k, capacity_factor=capacity_factor,
-                        balance_weight=balance_weight, z_weight=z_weight)
+                        balance_weight=balance_weight, z_weight=z_weight, **layer_options)
     from gmnn.nn.moe.experts import MLPExperts, SharedExperts
     from gmnn.nn.moe.routers import ExpertChoiceRouter, SigmoidRouter, SoftmaxTopKRouter
+    from gmnn.nn.moe.specialization import AttentionRouter, TemperatureSoftmaxRouter
 
+    if router in ("expert_choice", "sigmoid") and router_options:
+        raise ValueError(f"router temperatures apply to the softmax and attention routers, not to {router!r}")
     if router == "expert_choice":
         module = ExpertChoiceRouter(d_model, num_experts, capacity_factor=float(k), bias=True)
         capacity_factor = 0.0
+    elif router == "attention":
+        module = AttentionRouter(d_model, num_experts, k, normalize=normalize, balance_rate=balance_rate,
+                                 expert_hidden=hidden, **router_options)
+    elif router == "softmax" and router_options:
+        module = TemperatureSoftmaxRouter(d_model, num_experts, k, normalize=normalize, bias=True,
+                                          balance_rate=balance_rate, **router_options)
     else:
         kind = SoftmaxTopKRouter if router == "softmax" else SigmoidRouter
         module = kind(d_model, num_experts, k, normalize=normalize, bias=True, balance_rate=balance_rate)
     shared = SharedExperts(d_model, hidden, shared_experts, activation="gelu", gated=False) if shared_experts else None
     return MoELayer(router=module, experts=MLPExperts(d_model, hidden, num_experts), shared=shared,
-                    capacity_factor=capacity_factor, balance_weight=balance_weight, z_weight=z_weight)
+                    capacity_factor=capacity_factor, balance_weight=balance_weight, z_weight=z_weight, **layer_options)
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,17 +88,22 @@ class CausalSelfAttention(nn.Module):
 
 
 class MoEBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + moe(ln(x))``; returns ``(x, aux_loss)``."""
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + moe(ln(x))``; returns ``(x, aux_loss)``.
+
+    ``routing`` holds the last call's :class:`~gmnn.nn.moe.record.Routing` with gradients (for a loss on
+    the router's probabilities, e.g. the hard-EM allocation fit), until the next call.
+    """
 
     def __init__(self, d_model: int, num_heads: int, ffn: nn.Module) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.attention = CausalSelfAttention(d_model, num_heads)
         self.ffn = ffn
+        self.routing = None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x + self.attention(self.norm1(x))
-        out, aux = self.ffn(self.norm2(x))
+        out, aux, self.routing = self.ffn(self.norm2(x), return_routing=True)
         return x + out, aux
 
 
@@ -118,6 +144,36 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         z_weight: Weight of the router z-loss (Zoph et al., 2022).
         shared_experts: Experts every token uses besides the routed ones (DeepSeekMoE; 0: none).
         capacity_factor: Token-choice capacity factor (0: dropless).
+        attention_dim: ``router="attention"``: width of the queries and keys.
+        attention_keys: ``router="attention"``: ``"learned"`` keys per expert or ``"expert_hidden"``, keys
+            from each expert's hidden layer on the token (:class:`~gmnn.nn.moe.specialization.AttentionRouter`;
+            the attention gate of Krishnamurthy, Watkins & Gaertner, 2023).
+        router_temperature: Softmax temperature of the softmax / attention router (1: none).
+        expert_temperature: Dual temperature (Krishnamurthy, Watkins & Gaertner, 2023): the experts' combine
+            weights use this temperature while training, the router's gradient ``router_temperature``
+            (``None``: off; :class:`~gmnn.nn.moe.specialization.TemperatureSoftmaxRouter`).
+        temperature_decay: Anneal per epoch: ``T_{e+1} = T_e / (1 + decay (e - start))``, not below
+            ``temperature_min`` (:func:`~gmnn.nn.functional.temperature.scheduled_temperature`), of
+            ``expert_temperature`` when it is set (as the paper's dual-temperature training) else of
+            ``router_temperature``; 0: constant.
+        temperature_decay_start: First epoch of the decay.
+        temperature_min: Lowest annealed temperature.
+        similarity_same: beta_s of the pair-sampled sample-similarity loss on every layer's router inputs
+            (Krishnamurthy, Watkins & Gaertner, 2023; ``MoELayer(similarity_same_weight=...)``).
+        similarity_different: beta_d of it (distant tokens to different experts).
+        similarity_pairs: Token pairs drawn per layer and batch for it.
+        similarity_distance: ``"euclidean"`` or ``"cosine"`` distance of the router inputs.
+        allocation_steps: Hard-EM allocation for the first this many training steps (0: off): every layer
+            routes each token to the k experts with the lowest next-byte loss on it, found without gradient
+            by routing all tokens of that layer to one expert at a time (:meth:`expert_losses`), each with
+            weight 1/k; the router is fitted to the allocation by ``allocation_weight`` times the
+            cross-entropy from ``softmin(expert losses / allocation_temperature)`` to its probabilities
+            (:func:`~gmnn.nn.functional.regularizers.allocation_loss`): the hard EM and the gate-less
+            allocation followed by a fitted gate of Krishnamurthy & Watkins (2021, "Interpretability in
+            Gated Modular Neural Networks"), at token level. Afterwards the fitted routers route.
+            Dropless token-choice routers only.
+        allocation_weight: Weight of the router-fit loss during the allocation steps.
+        allocation_temperature: Temperature of the soft-min target of the router fit.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         decoupled_weight_decay: Decoupled weight decay (AdamW).
@@ -145,6 +201,20 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
         scheduler: Scheduler = "none",
+        attention_dim: int = 32,
+        attention_keys: AttentionKeys = "learned",
+        router_temperature: float = 1.0,
+        expert_temperature: float | None = None,
+        temperature_decay: float = 0.0,
+        temperature_decay_start: int = 0,
+        temperature_min: float = 0.05,
+        similarity_same: float = 0.0,
+        similarity_different: float = 0.0,
+        similarity_pairs: int = 1024,
+        similarity_distance: Distance = "euclidean",
+        allocation_steps: int = 0,
+        allocation_weight: float = 1.0,
+        allocation_temperature: float = 0.05,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -164,6 +234,20 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
                             ("shared_experts", shared_experts)]:
             check_non_negative(name, value)
         check_optimizer_args(lr, weight_decay, scheduler)
+        router_options = self._router_options()
+        for name, value in [("similarity_same", similarity_same), ("similarity_different", similarity_different),
+                            ("allocation_weight", allocation_weight)]:
+            check_non_negative(name, value)
+        check_positive_int("similarity_pairs", similarity_pairs)
+        check_choice("similarity_distance", similarity_distance, DISTANCES)
+        if isinstance(allocation_steps, bool) or not isinstance(allocation_steps, int) or allocation_steps < 0:
+            raise ValueError(f"allocation_steps must be an integer >= 0, got {allocation_steps!r}")
+        check_positive("allocation_temperature", allocation_temperature)
+        if allocation_steps and (router == "expert_choice" or capacity_factor > 0):
+            raise ValueError("allocation_steps needs dropless token-choice routing (not expert_choice or a capacity)")
+        layer_options = {"similarity_same_weight": similarity_same, "similarity_different_weight": similarity_different,
+                         "similarity_pairs": similarity_pairs, "similarity_distance": similarity_distance} \
+            if similarity_same or similarity_different else {}
         self.input_shape = (int(input_shape[0]),)
         self.num_classes, self.num_experts = num_classes, num_experts
         self.embedding = nn.Embedding(num_classes, d_model)
@@ -171,19 +255,117 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         self.blocks = nn.ModuleList(
             MoEBlock(d_model, num_heads, build_moe_ffn(d_model, expert_hidden, num_experts, k, router, normalize,
                                                        balance_weight, balance_rate, z_weight, int(shared_experts),
-                                                       capacity_factor))
+                                                       capacity_factor, router_options=router_options,
+                                                       layer_options=layer_options))
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         nn.init.normal_(self.position.weight, std=0.02)
 
+    def _router_options(self) -> dict[str, Any]:
+        """The router temperatures and attention settings of the hyperparameters (checked); ``{}``: none."""
+        hp = self.hparams
+        options: dict[str, Any] = {}
+        if hp.router == "attention":
+            check_positive_int("attention_dim", hp.attention_dim)
+            check_choice("attention_keys", hp.attention_keys, ATTENTION_KEYS)
+            options.update(attention_dim=hp.attention_dim, keys=hp.attention_keys)
+        start = hp.expert_temperature if hp.expert_temperature is not None else hp.router_temperature
+        check_temperature_schedule(float(start), hp.temperature_decay, hp.temperature_decay_start, hp.temperature_min)
+        if hp.expert_temperature is not None:
+            check_temperature_schedule(float(hp.router_temperature), 0.0, 0, hp.temperature_min)
+        if hp.router_temperature != 1.0 or hp.expert_temperature is not None or hp.temperature_decay > 0:
+            options.update(temperature=float(hp.router_temperature), expert_temperature=hp.expert_temperature)
+        return options
+
+    def annealed_temperature(self, epoch: int) -> float:
+        """The annealed temperature at ``epoch``: of the experts (dual) or of the router."""
+        hp = self.hparams
+        start = hp.expert_temperature if hp.expert_temperature is not None else hp.router_temperature
+        return scheduled_temperature(epoch, float(start), hp.temperature_decay, hp.temperature_decay_start,
+                                     hp.temperature_min)
+
+    def on_train_epoch_start(self) -> None:
+        """Step the temperature schedule (a function of the epoch: resuming needs no state)."""
+        hp = self.hparams
+        if hp.temperature_decay <= 0:
+            return
+        value = self.annealed_temperature(self.current_epoch)
+        name = "expert_temperature" if hp.expert_temperature is not None else "temperature"
+        for block in self.blocks:
+            block.ffn.router.set_temperature(**{name: value})
+        self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=1)
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.embedding(tokens) + self.position(positions)
+
+    def _next_byte_nll(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Per-position next-byte cross-entropy ``[B, L]`` of the last block's output ``x``."""
+        logits = F.linear(self.norm(x), self.embedding.weight)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+    @torch.no_grad()
+    def expert_losses(self, tokens: Tensor, targets: Tensor) -> list[Tensor]:
+        """Per layer, the next-byte loss of every token with that layer routing all tokens to each expert
+        alone (weight 1), the other layers routing as their routers do: ``[B * L, E]`` per layer.
+
+        The E-step of the hard-EM allocation (``allocation_steps``). Runs in evaluation mode (no router
+        noise, no aux-loss-free bias update) and without gradient; one forward of an ``E``-times larger
+        batch from each layer up. Token ``t``'s loss is measured with every token of the layer on the same
+        expert, not only ``t`` (one pass per expert instead of one per token and expert).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            experts, (batch, length) = self.num_experts, tokens.shape
+            x = self._embed(tokens)
+            losses = []
+            for index, block in enumerate(self.blocks):
+                k = block.ffn.k
+                forced = torch.arange(experts, device=tokens.device).repeat_interleave(batch * length)
+                weights = torch.zeros(forced.shape[0], k, device=tokens.device)
+                weights[:, 0] = 1.0
+                block.ffn.assign(forced.unsqueeze(-1).expand(-1, k).contiguous(), weights)
+                h = block(x.repeat(experts, 1, 1))[0]
+                for later in self.blocks[index + 1:]:
+                    h = later(h)[0]
+                losses.append(self._next_byte_nll(h, targets.repeat(experts, 1)).view(experts, -1).t())
+                x = block(x)[0]
+            for block in self.blocks:
+                block.routing = None
+            return losses
+        finally:
+            self.train(was_training)
+
+    def allocation_step(self, batch: Any) -> Tensor:
+        """A training step of the hard-EM allocation: E-step (:meth:`expert_losses`), every layer routed
+        to its tokens' k lowest-loss experts (weight 1/k each), and the routers fitted to the allocation."""
+        tokens, targets = batch[0], batch[1]
+        scores = self.expert_losses(tokens, targets)
+        for block, loss in zip(self.blocks, scores):
+            k = block.ffn.k
+            selected = loss.topk(k, dim=-1, largest=False).indices
+            block.ffn.assign(selected, torch.full(selected.shape, 1.0 / k, device=selected.device))
+        total, _ = self.shared_step(batch, "train")
+        temperature = self.hparams.allocation_temperature
+        fit = sum(allocation_loss(block.routing.probs.clamp_min(1e-9).log(), loss, temperature)
+                  for block, loss in zip(self.blocks, scores)) / len(self.blocks)
+        self.log("train/allocation_fit", fit.detach(), on_step=True, on_epoch=True, batch_size=tokens.shape[0])
+        return total + self.hparams.allocation_weight * fit
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """The next-byte loss plus the aux losses; during the first ``allocation_steps``, :meth:`allocation_step`."""
+        if self.global_step < self.hparams.allocation_steps:
+            return self.allocation_step(batch)
+        return self.shared_step(batch, "train")[0]
+
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Next-token logits ``[B, L, V]`` of ``tokens [B, L]`` and the summed auxiliary loss."""
         if tokens.dim() != 2 or not 1 <= tokens.shape[1] <= self.input_shape[0]:
             raise ValueError(f"tokens must have shape [batch, length <= {self.input_shape[0]}], got {list(tokens.shape)}")
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.embedding(tokens) + self.position(positions)
+        x = self._embed(tokens)
         aux = x.new_zeros(())
         for block in self.blocks:
             x, block_aux = block(x)

@@ -13,6 +13,7 @@ The public names of all three are importable from here.
 from gmnn.nn.functional import dense_mixture, product_of_experts, softmax_routing, sparse_mixture, top_k_mixture, top_k_routing
 from gmnn.nn.mixture import MLP, AttentionGate, ConvNet, Experts, MoEOutput, build_network
 from gmnn.nn.moe import (
+    AttentionRouter,
     ExpertChoiceRouter,
     ExpertParallelMoELayer,
     GeGLUExperts,
@@ -26,6 +27,7 @@ from gmnn.nn.moe import (
     SoftMoERouter,
     SoftmaxTopKRouter,
     SwiGLUExperts,
+    TemperatureSoftmaxRouter,
     from_hf,
     to_hf,
 )
@@ -33,6 +35,7 @@ from gmnn.nn.moe import (
 __all__ = [
     "MLP",
     "AttentionGate",
+    "AttentionRouter",
     "ConvNet",
     "ExpertChoiceRouter",
     "ExpertParallelMoELayer",
@@ -49,6 +52,7 @@ __all__ = [
     "SoftMoERouter",
     "SoftmaxTopKRouter",
     "SwiGLUExperts",
+    "TemperatureSoftmaxRouter",
     "build_network",
     "dense_mixture",
     "from_hf",

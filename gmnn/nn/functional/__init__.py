@@ -12,10 +12,12 @@ from gmnn.nn.functional.regularizers import (
     importance_loss,
     load_balancing_loss,
     orthogonality_loss,
+    pair_similarity_terms,
     prediction_class_cv,
     router_z_loss,
     sample_distances,
     sample_similarity_terms,
+    sample_token_pairs,
 )
 from gmnn.nn.functional.routing import softmax_routing, top_k_routing
 
@@ -29,12 +31,14 @@ __all__ = [
     "importance_loss",
     "load_balancing_loss",
     "orthogonality_loss",
+    "pair_similarity_terms",
     "per_expert_nll",
     "prediction_class_cv",
     "product_of_experts",
     "router_z_loss",
     "sample_distances",
     "sample_similarity_terms",
+    "sample_token_pairs",
     "softmax_of_mixture",
     "softmax_routing",
     "softmin_allocation",

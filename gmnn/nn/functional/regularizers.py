@@ -88,6 +88,74 @@ def sample_similarity_terms(gate_probs: Tensor, distances: Tensor) -> tuple[Tens
     return same, different
 
 
+def sample_token_pairs(tokens: int, pairs: int, device: torch.device | str | None = None,
+                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``pairs`` token pairs ``(first [P], second [P])`` drawn uniformly, with replacement, from ``tokens`` tokens.
+
+    The pairs of :func:`pair_similarity_terms`: ``P`` of them instead of the ``T^2`` of a full
+    distance matrix, so the regularizer costs ``O(P (d + E))`` memory at any sequence length.
+    """
+    if tokens < 1 or pairs < 1:
+        raise ValueError(f"tokens and pairs must be >= 1, got tokens={tokens}, pairs={pairs}")
+    first = torch.randint(tokens, (pairs,), device=device, generator=generator)
+    second = torch.randint(tokens, (pairs,), device=device, generator=generator)
+    return first, second
+
+
+def pair_similarity_terms(gate_probs: Tensor, x: Tensor, first: Tensor, second: Tensor, metric: str = "euclidean",
+                          weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The sample-similarity terms (Krishnamurthy, Watkins & Gaertner, 2023, "Improving Expert Specialization
+    in Mixture of Experts") over given pairs of tokens: the token-level, memory-bounded form of
+    :func:`sample_similarity_terms`.
+
+    For pairs ``(i, j) = (first[p], second[p])`` with distance ``d_p`` between ``x_i`` and ``x_j``
+    (``"euclidean"`` or ``"cosine"``, 1 - cosine similarity; computed without gradient and divided by
+    the largest ``d_p`` of the pairs):
+
+    same = ``mean_p (sum_e g_ie g_je / E) d_p``;
+    different = ``mean_p (sum_{e != f} g_ie g_jf / (E^2 - E)) d_p`` (0 when E = 1).
+
+    Over all ``T^2`` ordered pairs these are ``sample_similarity_terms(g, sample_distances(x))``'s
+    ``same / T^2`` and ``different``: ``same`` becomes a mean instead of a sum, so that its scale
+    does not grow with the number of tokens. Over ``P`` pairs drawn uniformly
+    (:func:`sample_token_pairs`) they are unbiased estimates of those means (the distances divided by
+    the largest sampled one). Memory ``O(P (d + E))``: no ``[T, T]`` tensor.
+
+    Args:
+        gate_probs: Router probabilities ``[T, E]`` (the gradient flows through them).
+        x: The router's inputs ``[T, d]`` (constant: the distances carry no gradient).
+        first: First token of each pair ``[P]`` (int64).
+        second: Second token of each pair ``[P]``.
+        metric: ``"euclidean"`` or ``"cosine"``.
+        weight: Optional ``[P]`` weight of each pair (e.g. 0 where a token is padding); the means are weighted.
+
+    Returns:
+        ``(same, different)`` scalars.
+    """
+    check_choice("metric", metric, DISTANCES)
+    g = _flat(gate_probs)
+    experts = g.shape[-1]
+    with torch.no_grad():
+        a, b = x.index_select(0, first).float(), x.index_select(0, second).float()
+        if metric == "euclidean":
+            distances = (a - b).norm(dim=-1)
+        else:
+            distances = (1 - F.cosine_similarity(a, b, dim=-1)).clamp_min(0)
+        if weight is not None:
+            distances = distances * weight.to(distances.dtype)
+        distances = distances / distances.max().clamp_min(1e-12)
+        total = distances.new_tensor(float(first.numel())) if weight is None else weight.to(distances.dtype).sum()
+        total = total.clamp_min(1)
+    gi, gj = g.index_select(0, first), g.index_select(0, second)
+    shared = (gi * gj).sum(-1)  # sum_e g_ie g_je
+    same = (shared * distances).sum() / total / experts
+    if experts == 1:
+        return same, same.new_zeros(())
+    crossed = gi.sum(-1) * gj.sum(-1) - shared  # sum_{e != f} g_ie g_jf
+    different = (crossed * distances).sum() / total / (experts * experts - experts)
+    return same, different
+
+
 def load_balancing_loss(gate_probs: Tensor) -> Tensor:
     """Switch Transformer load-balancing loss ``E * sum_e f_e P_e`` (Fedus et al., 2021).
 

@@ -7,8 +7,10 @@ from gmnn.nn.moe.layer import MoELayer
 from gmnn.nn.moe.parallel import ExpertParallelMoELayer
 from gmnn.nn.moe.record import Routing
 from gmnn.nn.moe.routers import ExpertChoiceRouter, NoisyTopKRouter, Router, SigmoidRouter, SoftmaxTopKRouter, SoftMoERouter
+from gmnn.nn.moe.specialization import AttentionRouter, TemperatureSoftmaxRouter
 
 __all__ = [
+    "AttentionRouter",
     "ExpertChoiceRouter",
     "ExpertParallelMoELayer",
     "GeGLUExperts",
@@ -22,6 +24,7 @@ __all__ = [
     "SoftMoERouter",
     "SoftmaxTopKRouter",
     "SwiGLUExperts",
+    "TemperatureSoftmaxRouter",
     "from_hf",
     "to_hf",
 ]

@@ -95,6 +95,11 @@ class MLPExperts(nn.Module):
         """One buffer of rows per expert: ``[E, C, d_model] -> [E, C, d_model]`` (batched matmuls)."""
         return linear_grouped(self._act(linear_grouped(x, self.w1, self.b1)), self.w2, self.b2)
 
+    def hidden_states(self, x: Tensor) -> Tensor:
+        """Every expert's hidden activations (after the first layer and its activation) on every row:
+        ``[T, d_model] -> [E, T, hidden]``."""
+        return self._act(linear_shared(x, self.w1, self.b1))
+
     def dense(self, x: Tensor) -> Tensor:
         """Every expert on every row: ``[T, d_model] -> [E, T, d_model]``."""
         return linear_grouped(self._act(linear_shared(x, self.w1, self.b1)), self.w2, self.b2)

@@ -15,14 +15,17 @@ from gmnn.nn.functional.dispatch import (
     read_from_slots,
 )
 from gmnn.nn.functional.regularizers import (
+    DISTANCES,
     importance_loss,
+    pair_similarity_terms,
     router_z_loss,
+    sample_token_pairs,
     sequence_balance_loss,
 )
 from gmnn.nn.moe.experts import MLPExperts, SharedExperts
 from gmnn.nn.moe.record import Routing
 from gmnn.nn.moe.routers import Route, Router, SoftmaxTopKRouter
-from gmnn.validation import check_choice, check_non_negative
+from gmnn.validation import check_choice, check_non_negative, check_positive_int
 
 __all__ = ["ExpertCompute", "LocalExperts", "MoELayer", "importance_of_weights", "masked_z_loss", "routed_load_balancing_loss"]
 
@@ -204,6 +207,22 @@ class MoELayer(nn.Module):
             choice only; term ``sequence_balance``); a sequence is the second-last
             axis of the input (an input ``[T, d_model]`` is one sequence).
         compute: Where the routed experts run (:class:`ExpertCompute`; ``None``: :class:`LocalExperts`).
+        similarity_same_weight: beta_s of the token-level sample-similarity loss (Krishnamurthy, Watkins &
+            Gaertner, 2023): tokens with nearby router inputs to the same experts (term ``similarity_same``).
+        similarity_different_weight: beta_d of it: distant tokens to different experts (term
+            ``similarity_different``, the negated "different" term, so that the weighted sum rewards it).
+        similarity_pairs: Token pairs drawn per call for the similarity loss (memory ``O(pairs)``, never ``[T, T]``).
+        similarity_distance: ``"euclidean"`` or ``"cosine"``: distance between the router inputs of a pair.
+
+    Sample similarity at token level (:func:`~gmnn.nn.functional.regularizers.pair_similarity_terms`):
+    every call draws ``similarity_pairs`` pairs of its tokens uniformly (with replacement; pairs with a
+    padding token weigh 0) and adds ``beta_s * same - beta_d * different`` over them, with distances
+    between the router's inputs (no gradient) and the router probabilities. Any router kind.
+
+    Hard-EM allocation: :meth:`assign` sets the experts and weights of the next call's tokens (token
+    choice only), overriding the router's selection while keeping its probabilities and logits (for
+    the balancing losses and a loss that fits the router to the allocation; see
+    :class:`gmnn.models.MoETransformerLM`'s ``allocation_steps``).
     """
 
     def __init__(
@@ -224,14 +243,22 @@ class MoELayer(nn.Module):
         balance_scope: str = "local",
         sequence_balance_weight: float = 0.0,
         compute: ExpertCompute | None = None,
+        similarity_same_weight: float = 0.0,
+        similarity_different_weight: float = 0.0,
+        similarity_pairs: int = 1024,
+        similarity_distance: str = "euclidean",
     ) -> None:
         super().__init__()
         for name, value in [("noise_std", noise_std), ("capacity_factor", capacity_factor),
                             ("balance_weight", balance_weight), ("z_weight", z_weight),
                             ("importance_weight", importance_weight),
-                            ("sequence_balance_weight", sequence_balance_weight)]:
+                            ("sequence_balance_weight", sequence_balance_weight),
+                            ("similarity_same_weight", similarity_same_weight),
+                            ("similarity_different_weight", similarity_different_weight)]:
             check_non_negative(name, value)
         check_choice("balance_scope", balance_scope, ("local", "global"))
+        check_positive_int("similarity_pairs", similarity_pairs)
+        check_choice("similarity_distance", similarity_distance, DISTANCES)
         if router is None:
             if d_model is None or num_experts is None:
                 raise ValueError("d_model and num_experts are required when no router is given")
@@ -257,6 +284,12 @@ class MoELayer(nn.Module):
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
         self.importance_weight, self.balance_scope = float(importance_weight), balance_scope
         self.sequence_balance_weight = float(sequence_balance_weight)
+        self.similarity_same_weight = float(similarity_same_weight)
+        self.similarity_different_weight = float(similarity_different_weight)
+        self.similarity_pairs, self.similarity_distance = int(similarity_pairs), similarity_distance
+        if hasattr(router, "bind_experts"):  # a router whose scores read the experts (AttentionRouter)
+            router.bind_experts(experts)
+        self._assigned: tuple[Tensor, Tensor] | None = None
         self.dropped_fraction: Tensor | None = None
         self.last_routing: Routing | None = None
         self.last_losses: dict[str, Tensor] = {}
@@ -319,10 +352,35 @@ class MoELayer(nn.Module):
             return torch.einsum("te,etd->td", dense.to(outputs.dtype), outputs)
         return self._grouped(x, routing.weights, routing.selected)
 
-    def losses(self, routing: Routing, seq_len: int | None = None) -> dict[str, Tensor]:
+    def assign(self, selected: Tensor, weights: Tensor) -> None:
+        """Route the next call's tokens to ``selected [T, k]`` with combine ``weights [T, k]`` (hard-EM
+        allocation; token-choice routers only). The router still runs (its probabilities and logits
+        feed the losses); only its selection and weights are replaced, for that one call."""
+        if self.router.kind != "token":
+            raise ValueError(f"assign applies to token-choice routers, not to kind {self.router.kind!r}")
+        if selected.dim() != 2 or selected.shape[-1] != self.k or weights.shape != selected.shape:
+            raise ValueError(f"selected and weights must have shape [T, k={self.k}], got {list(selected.shape)} "
+                             f"and {list(weights.shape)}")
+        self._assigned = (selected, weights)
+
+    def similarity_terms(self, tokens: Tensor, routing: Routing) -> tuple[Tensor, Tensor]:
+        """The pair-sampled sample-similarity terms ``(same, different)`` of a call's router inputs
+        ``tokens [T, d_model]`` and routing (:func:`~gmnn.nn.functional.regularizers.pair_similarity_terms`)."""
+        first, second = sample_token_pairs(tokens.shape[0], self.similarity_pairs, tokens.device)
+        weight = None if routing.mask is None else (routing.mask[first] & routing.mask[second])
+        return pair_similarity_terms(routing.probs, tokens, first, second, self.similarity_distance, weight)
+
+    def losses(self, routing: Routing, seq_len: int | None = None, tokens: Tensor | None = None) -> dict[str, Tensor]:
         """The unweighted balancing terms of a routing (those with a weight > 0; ``balance`` and
-        ``sequence_balance`` for token choice only). ``seq_len``: tokens per sequence (``None``: one sequence)."""
+        ``sequence_balance`` for token choice only). ``seq_len``: tokens per sequence (``None``: one sequence);
+        ``tokens``: the router's inputs ``[T, d_model]``, for the sample-similarity terms."""
         out = {}
+        if tokens is not None and (self.similarity_same_weight > 0 or self.similarity_different_weight > 0):
+            same, different = self.similarity_terms(tokens, routing)
+            if self.similarity_same_weight > 0:
+                out["similarity_same"] = same
+            if self.similarity_different_weight > 0:
+                out["similarity_different"] = -different
         if self.balance_weight > 0 and self.router.kind == "token":
             out["balance"] = routed_load_balancing_loss(routing.probs, routing.selected, routing.mask,
                                                         self.balance_scope == "global")
@@ -353,12 +411,21 @@ class MoELayer(nn.Module):
         flat_mask = None if mask is None else mask.reshape(-1).bool()
         self.dropped_fraction = None
         route = self.router(tokens, flat_mask, x.shape[-2] if x.dim() > 1 else 1)
+        if self._assigned is not None:
+            selected, weights = self._assigned
+            self._assigned = None
+            if selected.shape[0] != tokens.shape[0]:
+                raise ValueError(f"assign: {selected.shape[0]} assigned tokens for a call of {tokens.shape[0]}")
+            if flat_mask is not None:
+                weights = weights * flat_mask.unsqueeze(-1).to(weights.dtype)
+            route.routing.selected, route.routing.weights = selected.to(tokens.device), weights.to(route.routing.probs.dtype)
         out = self._run(tokens, route)
         if self.shared is not None:
             out = out + self.shared(tokens)
-        losses = self.losses(route.routing, x.shape[-2] if x.dim() > 2 else None)
+        losses = self.losses(route.routing, x.shape[-2] if x.dim() > 2 else None, tokens)
         weight = {"balance": self.balance_weight, "importance": self.importance_weight, "z": self.z_weight,
-                  "sequence_balance": self.sequence_balance_weight}
+                  "sequence_balance": self.sequence_balance_weight, "similarity_same": self.similarity_same_weight,
+                  "similarity_different": self.similarity_different_weight}
         aux = sum((weight[name] * value for name, value in losses.items()), tokens.new_zeros(()))
         route.routing.losses = losses
         self.last_losses = {name: value.detach() for name, value in losses.items()}

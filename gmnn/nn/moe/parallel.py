@@ -328,6 +328,9 @@ class ExpertParallelMoELayer(MoELayer):
             shared=layer.shared, capacity_factor=layer.capacity_factor, balance_weight=layer.balance_weight,
             z_weight=layer.z_weight, importance_weight=layer.importance_weight, balance_scope=layer.balance_scope,
             sequence_balance_weight=layer.sequence_balance_weight, compute=compute,
+            similarity_same_weight=layer.similarity_same_weight,
+            similarity_different_weight=layer.similarity_different_weight,
+            similarity_pairs=layer.similarity_pairs, similarity_distance=layer.similarity_distance,
         )
         self._register_load_state_dict_pre_hook(self._take_own_block)
 
