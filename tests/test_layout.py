@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "gmnn"
 LAYERS: dict[str, int] = {
     "gmnn.validation": 0,
     "gmnn._moved": 0,
+    "gmnn._deferred": 0,
     "gmnn.pl": 0,
     "gmnn.nn.functional": 1,
     "gmnn.nn.mixture": 2,

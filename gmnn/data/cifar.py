@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision import datasets
 
 from gmnn.data.vision import ImageDataModule, check_files
 
@@ -34,7 +33,8 @@ class CIFAR10DataModule(ImageDataModule):
     the 50k training images less ``val_size`` (default 10k) for validation.
     """
 
-    dataset_class: type[datasets.CIFAR10] = datasets.CIFAR10
+    #: The torchvision dataset (``torchvision.datasets.<name>``) that downloads the files.
+    dataset_name = "CIFAR10"
     folder = "cifar-10-batches-py"
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
     test_files = ["test_batch"]
@@ -45,11 +45,13 @@ class CIFAR10DataModule(ImageDataModule):
     std = (0.2470, 0.2435, 0.2616)
 
     def download_files(self) -> None:
-        self.dataset_class(str(self.root), train=True, download=True)
+        from torchvision import datasets
+
+        getattr(datasets, self.dataset_name)(str(self.root), train=True, download=True)
 
     def read(self, train: bool) -> tuple[Tensor, Tensor]:
         folder = self.root / self.folder
-        check_files(folder, self.train_files + self.test_files, self.dataset_class.__name__)
+        check_files(folder, self.train_files + self.test_files, self.dataset_name)
         return read_batches(folder, self.train_files if train else self.test_files, self.label_key)
 
 
@@ -61,7 +63,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
     Split as :class:`CIFAR10DataModule`.
     """
 
-    dataset_class = datasets.CIFAR100
+    dataset_name = "CIFAR100"
     folder = "cifar-100-python"
     train_files = ["train"]
     test_files = ["test"]

@@ -1,9 +1,12 @@
-"""Checks of IDX files (the MNIST format) before torchvision reads them: magic, size, counts."""
+"""IDX files (the MNIST format): checks (magic, size, counts) and reading."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # unsigned bytes, 3 and 1 dimensions
 
@@ -47,3 +50,15 @@ def check_idx_pair(images: Path, labels: Path) -> None:
     count, labels_count = idx_count(images, IMAGES_MAGIC), idx_count(labels, LABELS_MAGIC)
     if count != labels_count:
         raise ValueError(f"{images} holds {count} images but {labels} holds {labels_count} labels: they must match")
+
+
+def read_idx(path: Path) -> Tensor:
+    """The unsigned bytes of the IDX file ``path`` as a ``uint8`` tensor of the shape its header gives.
+
+    The values and shape torchvision's ``read_image_file`` / ``read_label_file`` give (labels stay
+    ``uint8``); check the file with :func:`check_idx_pair` first.
+    """
+    data = path.read_bytes()
+    dims = data[3]
+    sizes = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=4 + 4 * dims).view(*sizes)

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision import datasets
 
-from gmnn.data.idx import check_idx_pair
+from gmnn.data.idx import check_idx_pair, read_idx
 from gmnn.data.vision import ImageDataModule, check_files
 from gmnn.validation import check_choice
 
@@ -17,21 +16,26 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 
 class _IDXDataModule(ImageDataModule):
-    """An MNIST-format dataset read with torchvision from ``root/<name>/raw``."""
+    """An MNIST-format dataset in ``root/<name>/raw``, laid out and downloaded by torchvision's dataset ``<name>``.
 
-    dataset_class: type[datasets.MNIST] = datasets.MNIST
+    The IDX files are read here (:func:`~gmnn.data.idx.read_idx`); torchvision is imported only to download.
+    """
+
+    #: The torchvision dataset (``torchvision.datasets.<name>``) and the folder its files are in.
+    dataset_name = "MNIST"
 
     def download_files(self) -> None:
+        from torchvision import datasets
+
         for train in (True, False):
-            self.dataset_class(str(self.root), train=train, download=True)
+            getattr(datasets, self.dataset_name)(str(self.root), train=train, download=True)
 
     def read(self, train: bool) -> tuple[Tensor, Tensor]:
-        raw = self.root / self.dataset_class.__name__ / "raw"
-        check_files(raw, IDX_FILES, self.dataset_class.__name__)
+        raw = self.root / self.dataset_name / "raw"
+        check_files(raw, IDX_FILES, self.dataset_name)
         images, labels = IDX_FILES[:2] if train else IDX_FILES[2:]
         check_idx_pair(raw / images, raw / labels)
-        dataset = self.dataset_class(str(self.root), train=train, download=False)
-        return dataset.data.unsqueeze(1), dataset.targets.long()
+        return read_idx(raw / images).unsqueeze(1), read_idx(raw / labels).long()
 
 
 class MNISTDataModule(_IDXDataModule):
@@ -44,7 +48,7 @@ class MNISTDataModule(_IDXDataModule):
     All arguments are those of :class:`~gmnn.data.vision.ImageDataModule`.
     """
 
-    dataset_class = datasets.MNIST
+    dataset_name = "MNIST"
     mean = (0.1307,)
     std = (0.3081,)
 
@@ -56,7 +60,7 @@ class FashionMNISTDataModule(_IDXDataModule):
     set's mean 0.2860 and std 0.3530. Split as :class:`MNISTDataModule`.
     """
 
-    dataset_class = datasets.FashionMNIST
+    dataset_name = "FashionMNIST"
     mean = (0.2860,)
     std = (0.3530,)
 

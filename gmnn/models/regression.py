@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanSquaredError
+from torchmetrics.regression import MeanSquaredError
 
 from gmnn.metrics import ExpertUsage, SampleEntropy
 from gmnn.models.base import EVAL_STAGES, STAGES, MoEModule

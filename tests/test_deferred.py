@@ -1,0 +1,102 @@
+"""gmnn._deferred: torchmetrics imported in two steps, every name still there; other layouts imported as usual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(code: str, env: dict[str, str] | None = None) -> str:
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+HEAVY = "('torchvision', 'transformers', 'scipy.signal', 'torchmetrics.functional.image', 'torchmetrics.functional.text')"
+
+
+def test_the_command_imports_no_metric_domain_it_does_not_use() -> None:
+    out = run(
+        f"""
+        import sys
+        import gmnn.cli.app, gmnn.models, gmnn.data
+        from gmnn.models.regression import RegressionMoE
+        print(sorted(m for m in {HEAVY} if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_every_name_of_torchmetrics_is_there_when_asked_for() -> None:
+    out = run(
+        """
+        import sys
+        import gmnn.models
+        import torchmetrics
+        from torchmetrics import Metric, MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy
+        assert torchmetrics.__version__
+        missing = [name for name in torchmetrics.__all__ if not hasattr(torchmetrics, name)]
+        assert not missing, missing
+        assert torchmetrics.Metric is Metric and torchmetrics.MetricCollection is MetricCollection
+        assert torchmetrics.Accuracy.__module__ == "torchmetrics.classification.accuracy"
+        from torchmetrics.functional import accuracy
+        assert "accuracy" in dir(torchmetrics.functional) and "Accuracy" in dir(torchmetrics)
+        import scipy.signal
+        assert hasattr(scipy.signal, "hamming")  # torchmetrics' own patch, run with the rest of its __init__
+        assert "__getattr__" not in vars(torchmetrics) and "__getattr__" not in vars(torchmetrics.functional)
+        assert torchmetrics.__spec__.loader.__class__.__name__ == "SourceFileLoader"
+        print(len(torchmetrics.__all__))
+        """
+    )
+    assert int(out) > 50
+
+
+def test_turned_off_it_imports_as_usual() -> None:
+    out = run(
+        """
+        import sys
+        import gmnn.models
+        print('torchmetrics.functional.image' in sys.modules)
+        """,
+        env={"GMNN_DEFER_IMPORTS": "0"},
+    )
+    assert out.strip() == "True"
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_package_without_its_marker_imports_as_usual(tmp_path: Path, marked: bool) -> None:
+    package = tmp_path / "deferred_demo"
+    package.mkdir()
+    (package / "light.py").write_text("VALUE = 1\n")
+    (package / "heavy.py").write_text("import builtins\nbuiltins.HEAVY_RAN = True\nVALUE = 2\n")
+    marker = "from deferred_demo.heavy import VALUE as HEAVY" if marked else "from deferred_demo.heavy import VALUE as OTHER"
+    (package / "__init__.py").write_text(f"START = 0\n{marker}\nAFTER = 3\n")
+    out = run(
+        f"""
+        import builtins, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from gmnn import _deferred
+        _deferred.DEFERRED["deferred_demo"] = (("from deferred_demo.heavy import VALUE as HEAVY",), (("deferred_demo.light", "VALUE"),))
+        import deferred_demo
+        ran = getattr(builtins, "HEAVY_RAN", False)
+        print(ran, deferred_demo.START, getattr(deferred_demo, "VALUE", None), getattr(builtins, "HEAVY_RAN", False), deferred_demo.AFTER)
+        """
+    )
+    # deferred: the heavy part runs on the first name the head did not define (AFTER)
+    assert out.split() == (["False", "0", "1", "False", "3"] if marked else ["True", "0", "None", "True", "3"])
