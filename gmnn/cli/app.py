@@ -152,7 +152,7 @@ class GMNNCLI(LightningCLI):
 
 EPILOG = (
     "other commands: gmnn report RUN_DIRS... (results table of finished runs), "
-    "gmnn analyze --ckpt_path CKPT (routing report), gmnn configs (folder of the shipped configs), gmnn --version"
+    "gmnn analyze --ckpt_path CKPT | --hf_model DIR (routing report), gmnn configs (folder of the shipped configs), gmnn --version"
 )
 
 
