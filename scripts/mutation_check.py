@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIPPED = {".git", "runs", "lightning_logs", "__pycache__", ".pytest_cache", "build", "dist"}
+SKIPPED = {".git", "runs", "lightning_logs", "__pycache__", ".pytest_cache", "build", "dist", "mutants", "site"}
 
 
 def _ignored(folder: str, names: list[str]) -> set[str]:
@@ -215,7 +215,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the mutual-information counts are not summed over DDP processes",
     ),
     Mutation(
-        "ddp_loss_sync_dropped", "gmnn/models/base.py",
+        "ddp_loss_sync_dropped", "gmnn/models/step_log.py",
         "batch_size=batch_size if training else float(batch_size), sync_dist=not training)",
         "batch_size=batch_size if training else float(batch_size), sync_dist=False)",
         ("tests/test_distributed.py",),

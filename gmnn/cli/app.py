@@ -15,37 +15,39 @@ from typing import Any
 
 import yaml
 
-from gmnn import pl
-from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
-from gmnn.callbacks.figures import DecompositionFigures
-from gmnn.callbacks.predictions import PredictionWriter
-from gmnn.callbacks.progress import default_progress_bar, needs_default_progress_bar
-from gmnn.callbacks.run_config import RunConfig
-from gmnn.callbacks.run_folder import run_folder
-from gmnn.cli.fragments import check_config_order, check_not_fragments_alone
-from gmnn.cli.process import freeze_garbage_collector, tune_malloc
-from gmnn.cli.quiet import silence_known_warnings
-from gmnn.cli.resume import (
-    check_ckpt_path,
-    check_config_fits_checkpoint,
-    check_readable,
-    experiment_of,
-    keep_csv_metrics,
-    log_into_checkpoint_run,
-    read_tensors_only,
-    resolve_last,
-    warn_ignored_model_options,
-)
-from gmnn.pl import (
-    Callback,
-    LearningRateMonitor,
-    LightningArgumentParser,
-    LightningCLI,
-    LightningDataModule,
-    LightningModule,
-    TensorBoardLogger,
-    Trainer,
-)
+from gmnn.cli.process import freeze_garbage_collector, imports_without_collection, tune_malloc
+
+with imports_without_collection():  # Lightning, torchmetrics, torch: about half a million objects (gmnn.cli.process)
+    from gmnn import pl
+    from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
+    from gmnn.callbacks.figures import DecompositionFigures
+    from gmnn.callbacks.predictions import PredictionWriter
+    from gmnn.callbacks.progress import default_progress_bar, needs_default_progress_bar
+    from gmnn.callbacks.run_config import RunConfig
+    from gmnn.callbacks.run_folder import run_folder
+    from gmnn.cli.fragments import check_config_order, check_not_fragments_alone
+    from gmnn.cli.quiet import silence_known_warnings
+    from gmnn.cli.resume import (
+        check_ckpt_path,
+        check_config_fits_checkpoint,
+        check_readable,
+        experiment_of,
+        keep_csv_metrics,
+        log_into_checkpoint_run,
+        read_tensors_only,
+        resolve_last,
+        warn_ignored_model_options,
+    )
+    from gmnn.pl import (
+        Callback,
+        LearningRateMonitor,
+        LightningArgumentParser,
+        LightningCLI,
+        LightningDataModule,
+        LightningModule,
+        TensorBoardLogger,
+        Trainer,
+    )
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -232,7 +234,7 @@ def configs_dir() -> Path:
     Raises:
         FileNotFoundError: neither exists (an install without its data files).
     """
-    source = Path(__file__).resolve().parents[1] / "configs"
+    source = Path(__file__).resolve().parents[2] / "configs"
     installed = Path(sysconfig.get_paths()["data"]) / "share" / "gmnn" / "configs"
     for folder in (source, installed):
         if (folder / "toy" / "dense.yaml").is_file():
