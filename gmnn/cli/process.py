@@ -17,9 +17,8 @@ glibc (macOS, Windows, musl).
 **Garbage collector.** Importing Lightning, torchmetrics and torchvision creates about half a
 million objects that live until the process ends. While they load, the collector would walk them
 again and again (several full collections, a sizeable share of the import time):
-``import gmnn`` (which every ``gmnn.*`` import runs first) loads them in
-:func:`imports_without_collection`, which pauses it and then hands the new objects to its oldest
-generation without a walk. Every full collection walks them again, and so does the interpreter's
+the ``gmnn`` command and :mod:`gmnn.cli.app` load them in :func:`imports_without_collection`, which
+pauses it and then hands the new objects to its oldest generation without a walk. Every full collection walks them again, and so does the interpreter's
 exit (a noticeable part of a short ``gmnn fit`` process).
 :func:`freeze_garbage_collector` (``gc.freeze``) moves the objects that exist when it is called
 out of the collector's sight; the ``gmnn`` command calls it after its imports and again when the
