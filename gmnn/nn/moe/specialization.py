@@ -19,6 +19,7 @@ The other two methods are options of the layer (the pair-sampled sample-similari
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +70,7 @@ class TemperatureSoftmaxRouter(SoftmaxTopKRouter):
     """
 
     def __init__(self, d_model: int, num_experts: int, k: int = 2, noise_std: float = 0.0, temperature: float = 1.0,
-                 expert_temperature: float | None = None, **kwargs) -> None:
+                 expert_temperature: float | None = None, **kwargs: Any) -> None:
         super().__init__(d_model, num_experts, k, noise_std=noise_std, **kwargs)
         _check_temperature("temperature", temperature)
         if expert_temperature is not None:
@@ -144,7 +145,7 @@ class AttentionRouter(TemperatureSoftmaxRouter):
     """
 
     def __init__(self, d_model: int, num_experts: int, k: int = 2, attention_dim: int = 32, keys: str = "learned",
-                 expert_hidden: int | None = None, **kwargs) -> None:
+                 expert_hidden: int | None = None, **kwargs: Any) -> None:
         if kwargs.pop("bias", False):
             raise ValueError("AttentionRouter has no bias")
         super().__init__(d_model, num_experts, k, **kwargs)
