@@ -93,7 +93,7 @@ def table(records: list[dict], ceilings: dict[str, tuple[float, float]]) -> str:
     """Markdown: per config, mean ± sample std over seeds; MI per layer beside its ceiling min(log2 E, H(source))."""
     configs = sorted({r["config"] for r in records}, key=lambda c: [r["config"] for r in records].index(c))
     layers = sorted({layer for r in records for layer in r["layers"]})
-    head = ["setting", "seeds", "val loss (nats/byte)"]
+    head = ["setting", "seeds", "val loss (nats/byte)", "val bits/byte"]
     head += [f"MI {layer} (bits)" for layer in layers]
     head += ["ceiling", "usage (bits, max 2)", "imbalance (max/mean)", "dead", "stability (last epoch)", "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -104,7 +104,7 @@ def table(records: list[dict], ceilings: dict[str, tuple[float, float]]) -> str:
         def per_layer(name: str) -> str:
             return " / ".join(_fmt([r["layers"][layer][name] for r in runs if layer in r["layers"]], 2) for layer in layers)
 
-        row = [config, str(len(runs)), _fmt([r["val_loss"] for r in runs])]
+        row = [config, str(len(runs)), _fmt([r["val_loss"] for r in runs]), _fmt([r["bits_per_byte"] for r in runs])]
         row += [_fmt([r["layers"][layer]["mutual_information"] for r in runs if layer in r["layers"]]) for layer in layers]
         row += [f"{min(entropy, log2e):.3f}", per_layer("usage"), per_layer("imbalance"), per_layer("dead_experts"),
                 per_layer("stability"), f"{statistics.mean(r['wall_s'] for r in runs):.0f}"]
