@@ -1,10 +1,38 @@
-"""Evaluation samplers for several processes: every sample exactly once, no padding."""
+"""Samplers of whole batches: shuffled or in order on one process, unpadded evaluation shards on several."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
 from gmnn.pl import UnrepeatedDistributedSampler
+
+
+class TensorBatchSampler(Sampler):
+    """Batches of ``batch_size`` of the indices ``0 .. size - 1``, as one object each, for a dataset that
+    reads a whole batch at once (:class:`~gmnn.data.vision.BatchIndexedDataset`).
+
+    Shuffled: the batches of ``BatchSampler(RandomSampler(dataset), batch_size, drop_last=False)`` (the
+    same permutation, drawn from the same global random state), as ``int64`` tensors instead of lists
+    of Python ints; in order: ``slice`` objects, so a batch is a view of the rows, not a copy.
+    """
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool) -> None:
+        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+
+    def __iter__(self) -> Iterator[Tensor | slice]:  # a generator: the seed is drawn at the first batch, as RandomSampler's
+        if not self.shuffle:
+            for start in range(0, self.size, self.batch_size):
+                yield slice(start, min(start + self.batch_size, self.size))
+            return
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())  # as RandomSampler without a generator
+        yield from torch.randperm(self.size, generator=torch.Generator().manual_seed(seed)).split(self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
 
 
 class EvalShardSampler(UnrepeatedDistributedSampler):

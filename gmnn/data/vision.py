@@ -9,14 +9,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
-)
+from torch.utils.data import DataLoader, TensorDataset
 
+from gmnn.data.samplers import TensorBatchSampler
 from gmnn.data.splits import SplitDataModule
 from gmnn.validation import check_non_negative, check_positive_int
 
@@ -29,16 +24,16 @@ def default_root() -> str:
 
 
 class BatchIndexedDataset(TensorDataset):
-    """A ``TensorDataset`` that a whole batch of indices (the list a ``BatchSampler`` yields) reads at once.
-
-    Converting the list of indices to a tensor once and gathering rows with ``index_select`` is
-    several times faster than indexing the tensors with the Python list.
+    """A ``TensorDataset`` that reads a whole batch at once: an index tensor or a list of indices (gathered
+    with one ``index_select``, several times faster than indexing with the Python list) or a ``slice``
+    (a view), as :class:`~gmnn.data.samplers.TensorBatchSampler` and the evaluation shards yield them.
     """
 
     def __getitem__(self, index: Any) -> tuple[Tensor, ...]:
         if isinstance(index, list):
-            rows = torch.tensor(index, dtype=torch.long)
-            return tuple(tensor.index_select(0, rows) for tensor in self.tensors)
+            index = torch.tensor(index, dtype=torch.long)
+        if isinstance(index, Tensor):
+            return tuple(tensor.index_select(0, index) for tensor in self.tensors)
         return super().__getitem__(index)
 
 
@@ -210,9 +205,8 @@ class ImageDataModule(SplitDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         # Whole batches are indexed at once (BatchIndexedDataset): no per-sample collate.
         sampler = None if shuffle else self.eval_sampler(dataset, self.hparams.batch_size)
-        sampler = sampler or BatchSampler(order, batch_size=self.hparams.batch_size, drop_last=False)
+        sampler = sampler or TensorBatchSampler(len(dataset), self.hparams.batch_size, shuffle)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0)

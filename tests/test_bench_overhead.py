@@ -1,0 +1,54 @@
+"""scripts/bench_overhead.py: its floor computes gmnn's model, its table, and a --fake-data run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from gmnn.models import DenseMoE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "scripts" / "bench_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_floor_is_the_config_model() -> None:
+    bench = load_script()
+    model = DenseMoE(input_shape=[1, 28, 28], num_classes=10, num_experts=5, expert="conv", expert_hidden=[5, 32],
+                     gate="conv", gate_hidden=[128, 32], objective="softmax_of_mixture")
+    floor = bench.FloorMoE()
+    floor.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "gate."))})
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(floor(x), model(x).log_probs)
+
+
+def test_the_table_gives_medians_and_each_pair() -> None:
+    bench = load_script()
+    run = lambda *epochs: {"epochs": [{"epoch": e, "train": e - 0.2, "val": 0.1} for e in epochs]}  # noqa: E731
+    text = bench.summary({"floor": [run(9.0, 1.0), run(9.0, 1.2)], "gmnn": [run(9.0, 1.5), run(9.0, 1.2)]}, (98, 20))
+    assert "| floor | 1.100 |" in text and "| gmnn | 1.350 |" in text  # first epochs left out, medians of runs
+    assert "gmnn / floor epoch time: 1.227 (medians; each interleaved pair: 1.500, 1.000)" in text
+
+
+def test_a_fake_data_run_reports_both_sides(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--fake-data", "--repeat", "1", "--epochs", "2",
+         "--json", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| floor |" in result.stdout and "| gmnn |" in result.stdout and "gmnn / floor epoch time" in result.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [len(r["epochs"]) for r in runs["floor"] + runs["gmnn"]] == [2, 2]
+    assert all(e["epoch"] > 0 and e["train"] > 0 for r in runs["gmnn"] for e in r["epochs"])
