@@ -65,3 +65,36 @@ def test_compiled_float32_layer_matches_eager() -> None:
     torch.testing.assert_close(compiled_out, out, atol=1e-5, rtol=1e-5)
     for a, b in zip(compiled_grads, grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_a_first_probe_without_gradients_gives_the_same_answer(mode: str) -> None:
+    """Asked first under no_grad (a validation pass, ``from_hf``'s check), the probe still runs its backward:
+    a cached ``False`` would send every later call down the loop over experts."""
+    from gmnn.nn.functional import grouped
+
+    expected = grouped._probe_once("cpu", torch.float32)
+    grouped._probe.cache_clear()
+    try:
+        with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+            assert grouped_mm_works("cpu", torch.float32) is expected
+    finally:
+        grouped._probe.cache_clear()
+
+
+def test_the_loop_over_experts_matches_the_grouped_path_with_one_gradient_node_per_parameter() -> None:
+    torch.manual_seed(0)
+    experts = MLPExperts(16, 32, 4)
+    rows = torch.randn(10, 16)
+    counts = [3, 0, 5, 2]
+    ids = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    offsets = torch.tensor(counts).cumsum(0).to(torch.int32)
+    looped = experts.looped(rows, counts)
+    reference = torch.cat([experts.expert(e, part) for e, part in enumerate(rows.split(counts)) if counts[e]])
+    torch.testing.assert_close(looped, reference, rtol=0, atol=0)
+    if grouped_mm_works("cpu", torch.float32):
+        torch.testing.assert_close(looped, experts.grouped(rows, offsets, ids), rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(looped.sum(), list(experts.parameters()))
+    ref_grads = torch.autograd.grad(reference.sum(), list(experts.parameters()))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

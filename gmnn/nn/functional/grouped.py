@@ -58,16 +58,21 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
 def _probe(device_type: str, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
-    try:
-        x = torch.randn(6, 8, device=device_type, dtype=dtype, requires_grad=True)
-        w = torch.randn(2, 4, 8, device=device_type, dtype=dtype, requires_grad=True)
-        offsets = torch.tensor([2, 6], device=device_type, dtype=torch.int32)
-        y = _GroupedLinear.apply(x, w, offsets)
-        y.backward(torch.ones_like(y))
-        reference = torch.cat([x[:2] @ w[0].t(), x[2:] @ w[1].t()])
-        return bool(torch.allclose(y, reference, atol=1e-3, rtol=1e-3))
+    try:  # with gradients on, whatever the caller's mode (a first call under no_grad must not cache False)
+        with torch.inference_mode(False), torch.enable_grad():
+            return _probe_once(device_type, dtype)
     except (RuntimeError, NotImplementedError):
         return False
+
+
+def _probe_once(device_type: str, dtype: torch.dtype) -> bool:
+    x = torch.randn(6, 8, device=device_type, dtype=dtype, requires_grad=True)
+    w = torch.randn(2, 4, 8, device=device_type, dtype=dtype, requires_grad=True)
+    offsets = torch.tensor([2, 6], device=device_type, dtype=torch.int32)
+    y = _GroupedLinear.apply(x, w, offsets)
+    y.backward(torch.ones_like(y))
+    reference = torch.cat([x[:2] @ w[0].t(), x[2:] @ w[1].t()])
+    return bool(torch.allclose(y, reference, atol=1e-3, rtol=1e-3))
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

@@ -82,6 +82,16 @@ class MLPExperts(nn.Module):
         h = self._act(F.linear(x, self.w1[index], self._bias(self.b1, index)))
         return F.linear(h, self.w2[index], self._bias(self.b2, index))
 
+    def looped(self, x: Tensor, counts: list[int]) -> Tensor:
+        """Rows sorted by expert ``[N, d_model]``, ``counts[e]`` rows for expert e: a loop over the non-empty
+        groups. Each stacked parameter is split once (one backward node stacking E gradients), not indexed per
+        expert (whose backward writes a full-size zero gradient per expert: E times the parameter's size)."""
+        w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
+        b1 = [None] * self.num_experts if self.b1 is None else self.b1.unbind(0)
+        b2 = [None] * self.num_experts if self.b2 is None else self.b2.unbind(0)
+        return torch.cat([F.linear(self._act(F.linear(part, w1[e], b1[e])), w2[e], b2[e])
+                          for e, part in enumerate(x.split(counts)) if counts[e] > 0])
+
     def can_group(self, x: Tensor) -> bool:
         """Whether :meth:`grouped` runs on rows like ``x`` (``torch._grouped_mm`` and its stride rule)."""
         return can_group(x, self.d_model, self.w1.shape[1], self.hidden)

@@ -135,8 +135,7 @@ class LocalExperts(ExpertCompute):
             offsets = counts.scatter_add_(0, expert_ids, ones).cumsum(0, dtype=torch.int32)
             return experts.grouped(rows, offsets, expert_ids)
         counts = torch.bincount(expert_ids, minlength=experts.num_experts).tolist()  # one host sync
-        groups = rows.split(counts)
-        return torch.cat([experts.expert(e, part) for e, part in enumerate(groups) if counts[e] > 0])
+        return experts.looped(rows, counts)
 
     def slots(self, experts: MLPExperts, rows: Tensor, num_experts: int, capacity: int) -> Tensor:
         return experts.batched(rows.view(num_experts, capacity, -1)).reshape(num_experts * capacity, -1)
@@ -300,12 +299,11 @@ class MoELayer(nn.Module):
 
     def _grouped(self, x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
         """Dropless token choice: the (token, expert) pairs sorted by expert through ``compute.pairs``."""
-        flat = indices.reshape(-1)
-        order = flat.argsort(stable=True)
+        expert_ids, order = indices.reshape(-1).sort(stable=True)  # sorted ids and their order in one pass
         token = order // indices.shape[-1]
-        outputs = self.compute.pairs(self.experts, x.index_select(0, token), flat.index_select(0, order))
+        outputs = self.compute.pairs(self.experts, x.index_select(0, token), expert_ids)
         outputs = outputs * weights.reshape(-1, 1).index_select(0, order).to(outputs.dtype)
-        return outputs.new_zeros(x.shape).index_add(0, token, outputs)
+        return outputs.new_zeros(x.shape).index_add_(0, token, outputs)  # in place into a fresh buffer: no copy
 
     def _with_capacity(self, x: Tensor, routing: Routing) -> Tensor:
         """Token choice with a capacity: fixed buffers per expert through ``compute.slots``; pairs beyond it drop."""
