@@ -1,9 +1,7 @@
 """gmnn: gated modular neural networks, mixtures of experts in PyTorch Lightning.
 
 ``import gmnn`` is light: the models below are imported when first used, and nothing global
-changes except that module names gmnn has moved keep importing (:mod:`gmnn._moved`) and that
-torchmetrics, when imported later, loads its metric domains (image, text, audio) only when one is
-asked for (:mod:`gmnn._deferred`; ``GMNN_DEFER_IMPORTS=0`` turns that off).
+changes except that module names gmnn has moved keep importing (:mod:`gmnn._moved`).
 """
 
 from __future__ import annotations
@@ -11,11 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from gmnn._deferred import install as _install_deferred
 from gmnn._moved import install as _install_moved
 
 _install_moved()
-_install_deferred()
 
 __version__ = "0.1.0"
 

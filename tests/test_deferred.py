@@ -46,7 +46,7 @@ def test_every_name_of_torchmetrics_is_there_when_asked_for() -> None:
     out = run(
         """
         import sys
-        import gmnn.models
+        import gmnn.cli.app
         import torchmetrics
         from torchmetrics import Metric, MetricCollection
         from torchmetrics.classification import MulticlassAccuracy
@@ -71,12 +71,25 @@ def test_turned_off_it_imports_as_usual() -> None:
     out = run(
         """
         import sys
-        import gmnn.models
+        import gmnn.cli.app
         print('torchmetrics.functional.image' in sys.modules)
         """,
         env={"GMNN_DEFER_IMPORTS": "0"},
     )
     assert out.strip() == "True"
+
+
+def test_a_library_import_leaves_torchmetrics_alone() -> None:
+    """Only the command defers: ``import gmnn.models`` from a user's code imports torchmetrics as usual."""
+    out = run(
+        """
+        import sys
+        import gmnn.models
+        from gmnn._deferred import DeferredInitFinder
+        print('torchmetrics.functional.image' in sys.modules, any(isinstance(f, DeferredInitFinder) for f in sys.meta_path))
+        """
+    )
+    assert out.strip() == "True False"
 
 
 @pytest.mark.parametrize("marked", [True, False])
@@ -93,6 +106,7 @@ def test_a_package_without_its_marker_imports_as_usual(tmp_path: Path, marked: b
         sys.path.insert(0, {str(tmp_path)!r})
         from gmnn import _deferred
         _deferred.DEFERRED["deferred_demo"] = (("from deferred_demo.heavy import VALUE as HEAVY",), (("deferred_demo.light", "VALUE"),))
+        _deferred.install()
         import deferred_demo
         ran = getattr(builtins, "HEAVY_RAN", False)
         print(ran, deferred_demo.START, getattr(deferred_demo, "VALUE", None), getattr(builtins, "HEAVY_RAN", False), deferred_demo.AFTER)

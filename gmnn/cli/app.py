@@ -15,8 +15,11 @@ from typing import Any
 
 import yaml
 
+from gmnn._deferred import install as defer_unused_imports
 from gmnn.cli.process import freeze_garbage_collector, imports_without_collection, tune_malloc
 
+# the command (not ``import gmnn``) loads torchmetrics' unused metric domains only when asked (gmnn._deferred)
+defer_unused_imports()
 with imports_without_collection():  # Lightning, torchmetrics, torch: about half a million objects (gmnn.cli.process)
     from gmnn import pl
     from gmnn.callbacks.checkpoint import AtomicModelCheckpoint, LastCheckpoint
