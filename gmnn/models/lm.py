@@ -26,12 +26,18 @@ ROUTERS: tuple[str, ...] = get_args(Router)
 AttentionKeys = Literal["learned", "expert_hidden"]
 ATTENTION_KEYS: tuple[str, ...] = get_args(AttentionKeys)
 Distance = Literal["euclidean", "cosine"]
+ExpertType = Literal["gelu", "swiglu"]
+EXPERT_TYPES: tuple[str, ...] = get_args(ExpertType)
+Norm = Literal["layernorm", "rmsnorm"]
+NORMS: tuple[str, ...] = get_args(Norm)
+Position = Literal["learned", "rope"]
+POSITIONS: tuple[str, ...] = get_args(Position)
 
 
 def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: str, normalize: bool | None,
                   balance_weight: float, balance_rate: float, z_weight: float, shared_experts: int,
                   capacity_factor: float, *, router_options: dict[str, Any] | None = None,
-                  layer_options: dict[str, Any] | None = None) -> MoELayer:
+                  layer_options: dict[str, Any] | None = None, expert_type: str = "gelu") -> MoELayer:
     """One :class:`~gmnn.nn.MoELayer` FFN from primitive settings (the routers of :mod:`gmnn.nn.moe.routers`
     and :mod:`gmnn.nn.moe.specialization`).
 
@@ -41,14 +47,19 @@ def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: s
     ``router_options``: temperatures (``temperature``, ``expert_temperature``: a
     :class:`~gmnn.nn.moe.specialization.TemperatureSoftmaxRouter`) and, for ``router="attention"``,
     ``attention_dim`` and ``keys``; ``layer_options``: further :class:`~gmnn.nn.MoELayer` arguments
-    (the sample-similarity weights).
+    (the sample-similarity weights). ``expert_type``: ``"gelu"`` MLP experts (2 matrices, biases) or
+    ``"swiglu"`` (Mixtral's gated SiLU experts, 3 matrices, no biases; shared experts alike).
     """
     router_options, layer_options = dict(router_options or {}), dict(layer_options or {})
+    from gmnn.nn.moe.experts import MLPExperts, SharedExperts, SwiGLUExperts
+
+    check_choice("expert_type", expert_type, EXPERT_TYPES)
+    swiglu = expert_type == "swiglu"
+    experts = SwiGLUExperts(d_model, hidden, num_experts) if swiglu else None
     plain = router == "softmax" and normalize is None and balance_rate == 0 and shared_experts == 0 and not router_options
     if plain:
-        return MoELayer(d_model, hidden, num_experts, k, capacity_factor=capacity_factor,
+        return MoELayer(d_model, hidden, num_experts, k, capacity_factor=capacity_factor, experts=experts,
                         balance_weight=balance_weight, z_weight=z_weight, **layer_options)
-    from gmnn.nn.moe.experts import MLPExperts, SharedExperts
     from gmnn.nn.moe.routers import ExpertChoiceRouter, SigmoidRouter, SoftmaxTopKRouter
     from gmnn.nn.moe.specialization import AttentionRouter, TemperatureSoftmaxRouter
 
@@ -66,25 +77,56 @@ def build_moe_ffn(d_model: int, hidden: int, num_experts: int, k: int, router: s
     else:
         kind = SoftmaxTopKRouter if router == "softmax" else SigmoidRouter
         module = kind(d_model, num_experts, k, normalize=normalize, bias=True, balance_rate=balance_rate)
-    shared = SharedExperts(d_model, hidden, shared_experts, activation="gelu", gated=False) if shared_experts else None
-    return MoELayer(router=module, experts=MLPExperts(d_model, hidden, num_experts), shared=shared,
+    shared = None
+    if shared_experts:
+        shared = SharedExperts(d_model, hidden, shared_experts, activation="silu" if swiglu else "gelu", gated=swiglu)
+    experts = MLPExperts(d_model, hidden, num_experts) if experts is None else experts
+    return MoELayer(router=module, experts=experts, shared=shared,
                     capacity_factor=capacity_factor, balance_weight=balance_weight, z_weight=z_weight, **layer_options)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with :func:`torch.nn.functional.scaled_dot_product_attention`."""
+def rotary_tables(length: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(cos, sin) [length, head_dim]`` of rotary position embeddings (Su et al., 2021) in the half-split
+    layout of Llama / Mixtral: frequency ``base ** (-2i / head_dim)`` on dimensions i and i + head_dim / 2."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def __init__(self, d_model: int, num_heads: int) -> None:
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [..., L, head_dim]`` by the tables of :func:`rotary_tables`."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    ``rope_base``: rotary position embeddings on the queries and keys with this base (``None``: none).
+    ``bias``: biases on the projections.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, rope_base: float | None = None, bias: bool = True) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
+        self.num_heads, self.rope_base = num_heads, rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.rope_base is not None:
+            cos, sin = rotary_tables(length, width // self.num_heads, self.rope_base, x.device, q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+def make_norm(norm: str, d_model: int) -> nn.Module:
+    """``"layernorm"`` (with bias) or ``"rmsnorm"`` (Zhang & Sennrich, 2019; eps 1e-5 as Mixtral)."""
+    check_choice("norm", norm, NORMS)
+    return nn.LayerNorm(d_model) if norm == "layernorm" else nn.RMSNorm(d_model, eps=1e-5)
 
 
 class MoEBlock(nn.Module):
@@ -94,10 +136,11 @@ class MoEBlock(nn.Module):
     the router's probabilities, e.g. the hard-EM allocation fit), until the next call.
     """
 
-    def __init__(self, d_model: int, num_heads: int, ffn: nn.Module) -> None:
+    def __init__(self, d_model: int, num_heads: int, ffn: nn.Module, norm: str = "layernorm",
+                 rope_base: float | None = None, attention_bias: bool = True) -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attention = CausalSelfAttention(d_model, num_heads)
+        self.norm1, self.norm2 = make_norm(norm, d_model), make_norm(norm, d_model)
+        self.attention = CausalSelfAttention(d_model, num_heads, rope_base, attention_bias)
         self.ffn = ffn
         self.routing = None
 
@@ -178,6 +221,17 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         weight_decay: Adam weight decay.
         decoupled_weight_decay: Decoupled weight decay (AdamW).
         scheduler: ``"none"``, ``"cosine"`` or ``"onecycle"`` (stepped every batch).
+        expert_type: ``"gelu"`` MLP experts (2 matrices with biases) or ``"swiglu"`` (Mixtral's gated SiLU
+            experts: 3 matrices, no biases).
+        norm: ``"layernorm"`` or ``"rmsnorm"`` (Mixtral) for the blocks' and the final norm.
+        position: ``"learned"`` position embeddings added to the input, or ``"rope"``: rotary embeddings
+            on every attention's queries and keys (Mixtral; no position parameters).
+        rope_base: Base of the rotary frequencies (Mixtral's ``rope_theta``).
+        attention_bias: Biases on the attention projections (Mixtral has none).
+
+    With ``expert_type="swiglu"``, ``norm="rmsnorm"``, ``position="rope"`` and ``attention_bias=False`` a
+    block is Mixtral's decoder layer (full multi-head attention, embedding tied to the output), save the
+    router's bias.
     """
 
     def __init__(
@@ -215,6 +269,11 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         allocation_steps: int = 0,
         allocation_weight: float = 1.0,
         allocation_temperature: float = 0.05,
+        expert_type: ExpertType = "gelu",
+        norm: Norm = "layernorm",
+        position: Position = "learned",
+        rope_base: float = 1e6,
+        attention_bias: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -229,6 +288,10 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
             raise ValueError(f"k must be an integer in [1, num_experts={num_experts}], got {k!r}")
         check_choice("router", router, ROUTERS)
+        check_choice("expert_type", expert_type, EXPERT_TYPES)
+        check_choice("norm", norm, NORMS)
+        check_choice("position", position, POSITIONS)
+        check_positive("rope_base", rope_base)
         for name, value in [("balance_weight", balance_weight), ("balance_rate", balance_rate),
                             ("z_weight", z_weight), ("capacity_factor", capacity_factor),
                             ("shared_experts", shared_experts)]:
@@ -251,17 +314,20 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         self.input_shape = (int(input_shape[0]),)
         self.num_classes, self.num_experts = num_classes, num_experts
         self.embedding = nn.Embedding(num_classes, d_model)
-        self.position = nn.Embedding(self.input_shape[0], d_model)
+        self.position = nn.Embedding(self.input_shape[0], d_model) if position == "learned" else None
         self.blocks = nn.ModuleList(
             MoEBlock(d_model, num_heads, build_moe_ffn(d_model, expert_hidden, num_experts, k, router, normalize,
                                                        balance_weight, balance_rate, z_weight, int(shared_experts),
                                                        capacity_factor, router_options=router_options,
-                                                       layer_options=layer_options))
+                                                       layer_options=layer_options, expert_type=expert_type),
+                     norm=norm, rope_base=float(rope_base) if position == "rope" else None,
+                     attention_bias=bool(attention_bias))
             for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = make_norm(norm, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
-        nn.init.normal_(self.position.weight, std=0.02)
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=0.02)
 
     def _router_options(self) -> dict[str, Any]:
         """The router temperatures and attention settings of the hyperparameters (checked); ``{}``: none."""
@@ -298,6 +364,8 @@ class MoETransformerLM(CheckpointHooks, StepGuards, AdamOptimizer, StageSteps, L
         self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=1)
 
     def _embed(self, tokens: Tensor) -> Tensor:
+        if self.position is None:  # rotary positions, inside the attention
+            return self.embedding(tokens)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         return self.embedding(tokens) + self.position(positions)
 
