@@ -104,31 +104,45 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def memory(which: str, size_name: str, steps: int, threads: int) -> None:
-    """One model alone in this process: print JSON of the resident set after building and one warm-up step,
-    and its peak during the training steps (sampled every 0.5 ms by a thread; torch's kernels release the GIL)."""
+def peak_rss_during(run, interval: float = 2e-4) -> float:
+    """The peak resident set (MiB) while ``run()`` runs, sampled every ``interval`` seconds by a thread (torch's
+    kernels release the GIL)."""
     import threading
 
+    peak, done = [rss_mib()], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0]
+
+
+def memory(which: str, size_name: str, steps: int, threads: int) -> None:
+    """One model alone in this process: print JSON of the resident set after building and one warm-up step,
+    and its peak during the training steps."""
     torch.set_num_threads(threads)
     size = SIZES[size_name]
     model = build(which, size)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     train_step(which, model, optimizer, *batch(size, 0))  # Adam's state exists from here on
     built = rss_mib()
-    peak, done = [built], threading.Event()
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(5e-4)
+    def train() -> None:
+        for step in range(steps):
+            train_step(which, model, optimizer, *batch(size, step))
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for step in range(steps):
-        train_step(which, model, optimizer, *batch(size, step))
-    done.set()
-    sampler.join()
-    print(json.dumps({"built_mib": built, "peak_mib": peak[0], "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    peak = peak_rss_during(train, 5e-4)
+    print(json.dumps({"built_mib": built, "peak_mib": peak,
+                      "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:

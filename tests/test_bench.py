@@ -60,3 +60,14 @@ def test_the_end_to_end_summary_reports_medians_and_each_interleaved_pair() -> N
     assert "speed: 5.50x (medians; each interleaved pair: 5.00x, 7.00x, 4.40x)" in text
     alone = module.summary({"gmnn": [16.0]}, epochs=1)
     assert "3125 samples/s" in alone and "speed" not in alone
+
+
+def test_the_quick_cost_table_covers_every_axis_and_both_mixture_paths(tmp_path: Path) -> None:
+    path = tmp_path / "cost.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/bench_moe_cost.py"), "--quick", "--json", str(path)],
+                            capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "| gmnn / floor |" in result.stdout and "| batched / looped |" in result.stdout
+    data = json.loads(path.read_text())
+    assert {row["axis"] for row in data["token"]} == {"base", "E", "k", "tokens", "d"}
+    assert all(row["ms"]["gmnn"] > 0 and row["ms"]["floor"] > 0 for row in data["token"])
+    assert data["token"][0]["peak_mib"]["gmnn"] >= 0 and [row["E"] for row in data["mixture"]] == [2, 4]
