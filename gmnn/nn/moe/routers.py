@@ -199,6 +199,9 @@ class TokenChoiceRouter(Router):
             weights = weights / weights.sum(-1, keepdim=True).clamp_min(self.norm_min)
         elif self.normalize:
             weights = self._renormalize(weights, logits.float(), selected)
+            if not biased:  # where the scores underflowed, top-k broke ties the log-space ratio does not follow
+                weights, order = weights.sort(dim=-1, descending=True, stable=True)  # elsewhere: the identity
+                selected = selected.gather(-1, order)
         if self.scale != 1.0:
             weights = weights * self.scale
         if biased:  # the bias may change the order: keep it by decreasing weight

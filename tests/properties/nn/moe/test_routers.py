@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from gmnn.nn.moe.routers import ExpertChoiceRouter, NoisyTopKRouter, SigmoidRouter, SoftmaxTopKRouter, SoftMoERouter
 from tests.properties.strategies import logits
@@ -46,8 +46,16 @@ def token_choice(draw: st.DrawFn) -> dict:
 
 
 # Logits reach -1e30, where float32's sigmoid and softmax are exactly 0. More examples: group-limited cases (E with a divisor > 1, topk_groups < num_groups) are a minority.
+UNDERFLOWED_SIGMOID = {  # every sigmoid score 0 in float32: top-k breaks ties the log-space weights do not follow
+    "kind": "sigmoid", "experts": 4, "k": 3, "tokens": 1, "normalize": None, "scale": 1.0, "num_groups": 1,
+    "topk_groups": 1, "balance_rate": 0.0, "training": False,
+    "logits": torch.tensor([[-1.0e6, -1.0e30, -1.0e30, -1.0e30]]), "mask": None, "bias": torch.zeros(4),
+}
+
+
 @settings(max_examples=200, deadline=None)
 @given(token_choice())
+@example(UNDERFLOWED_SIGMOID)
 def test_token_choice_picks_k_experts_and_weights_them_as_documented(case: dict) -> None:
     """Every token gets k distinct experts, sorted by decreasing weight, within its ``topk_groups`` best groups.
     The weights are the picked scores (softmax, or sigmoid for :class:`SigmoidRouter`) times ``scale``; renormalised
