@@ -11,9 +11,19 @@ accuracy``, ``dir(torchmetrics)``). Submodules import as always (``torchmetrics.
 every name of the package is there when asked for, so code that uses the package sees no difference
 except when the heavy part is imported.
 
-Where a package's ``__init__`` has none of its markers (another version), or ``GMNN_DEFER_IMPORTS=0``,
-it is imported as usual. :func:`install` adds the finder (``import gmnn`` calls it); a package imported
-before it is left as it is.
+Lightning imports ``torch._dynamo`` (with sympy, ``torch.fx``'s symbolic shapes, inductor's and
+FSDP's modules) while it loads, for one class to test instances against and two decorators: about a
+third of what ``gmnn fit --help`` imports. A run imports it anyway on the optimizer's first
+``zero_grad`` (PyTorch decorates it with ``torch._disable_dynamo``), ``--help`` never. The modules of
+:data:`EDITS` run with some lines of their source replaced: ``from torch._dynamo import
+OptimizedModule`` binds :class:`OptimizedModule`, which stands for that class in ``isinstance`` checks
+(an instance of it exists only once ``torch._dynamo`` is imported), and ``@torch.compiler.disable``
+becomes ``@torch._disable_dynamo``, PyTorch's own form of it that imports ``torch._dynamo`` on the
+first call.
+
+Where a package's ``__init__`` has none of its markers or a module's source lacks one of its lines
+(another version), or ``GMNN_DEFER_IMPORTS=0``, it is imported as usual. :func:`install` adds the finder
+(the ``gmnn`` command calls it); a module imported before it is left as it is.
 """
 
 from __future__ import annotations
@@ -43,6 +53,50 @@ DEFERRED: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
 
 #: Submodules to import before the names of ``DEFERRED`` (a package's own import order avoids a cycle).
 FIRST = {"torchmetrics": ("torchmetrics.utilities",)}
+
+_OPTIMIZED_MODULE = ("from torch._dynamo import OptimizedModule\n", "from gmnn._deferred import OptimizedModule\n")
+_COMPILER_DISABLE = ("    @torch.compiler.disable\n", "    @torch._disable_dynamo\n")
+
+#: Module -> the (line of its source, line run instead) pairs; every line must be there, else nothing changes.
+EDITS: dict[str, tuple[tuple[str, str], ...]] = {
+    f"{prefix}.{module}": edits
+    for prefixes, module, edits in (
+        (("lightning_fabric", "lightning.fabric"), "wrappers", (_OPTIMIZED_MODULE,)),
+        (("pytorch_lightning", "lightning.pytorch"), "utilities.compile", (_OPTIMIZED_MODULE,)),
+        (("pytorch_lightning", "lightning.pytorch"), "trainer.connectors.logger_connector.result", (_COMPILER_DISABLE,)),
+    )
+    for prefix in prefixes
+}
+
+
+class _StandIn(type):
+    """Metaclass of :class:`OptimizedModule`: ``isinstance`` and ``issubclass`` ask the real class once it exists."""
+
+    @staticmethod
+    def real() -> type | None:
+        """``torch._dynamo``'s ``OptimizedModule`` if that module has been imported, else ``None``."""
+        return getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        real = cls.real()
+        return real is not None and isinstance(instance, real)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        real = cls.real()
+        return real is not None and issubclass(subclass, real)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        from torch._dynamo import OptimizedModule as real
+
+        return real(*args, **kwargs)
+
+
+class OptimizedModule(metaclass=_StandIn):
+    """Stands for ``torch._dynamo.OptimizedModule`` (what ``torch.compile`` returns for a module) without importing it.
+
+    ``isinstance(x, OptimizedModule)`` is ``isinstance(x, torch._dynamo.OptimizedModule)``: ``False`` while
+    ``torch._dynamo`` is not imported, since no instance can exist before; calling it builds the real class's.
+    """
 
 
 class _Rest:
@@ -109,11 +163,40 @@ class _DeferredInitLoader(importlib.abc.Loader):
             setattr(module, name, getattr(importlib.import_module(submodule), name))
 
 
+def _has_disable_dynamo() -> bool:
+    import torch
+
+    return callable(getattr(torch, "_disable_dynamo", None))
+
+
+class _EditedSourceLoader(importlib.abc.Loader):
+    """Runs the module's source with the lines of :data:`EDITS` replaced (as usual when one is missing)."""
+
+    def __init__(self, loader: Any, edits: tuple[tuple[str, str], ...]) -> None:
+        self.loader, self.edits = loader, edits
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader
+        source = self.loader.get_source(module.__name__) or ""
+        lines = source.splitlines(keepends=True)
+        found = [[i for i, line in enumerate(lines) if line == old] for old, _ in self.edits]
+        if not all(found) or any("torch._disable_dynamo" in new for _, new in self.edits) and not _has_disable_dynamo():
+            self.loader.exec_module(module)
+            return
+        for where, (_, new) in zip(found, self.edits):
+            for i in where:
+                lines[i] = new
+        exec(compile("".join(lines), module.__spec__.origin or module.__name__, "exec"), module.__dict__)
+
+
 class DeferredInitFinder(importlib.abc.MetaPathFinder):
-    """Finds the packages of :data:`DEFERRED` as the other finders do, with :class:`_DeferredInitLoader`."""
+    """Finds the modules of :data:`DEFERRED` and :data:`EDITS` as the other finders do, with this module's loaders."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in DEFERRED or os.environ.get(ENV, "1") == "0":
+        if (fullname not in DEFERRED and fullname not in EDITS) or os.environ.get(ENV, "1") == "0":
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -124,6 +207,9 @@ class DeferredInitFinder(importlib.abc.MetaPathFinder):
         else:
             return None
         if not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return spec
+        if fullname in EDITS:
+            spec.loader = _EditedSourceLoader(spec.loader, EDITS[fullname])
             return spec
         markers, names = DEFERRED[fullname]
         spec.loader = _DeferredInitLoader(spec.loader, markers, names)

@@ -114,3 +114,80 @@ def test_a_package_without_its_marker_imports_as_usual(tmp_path: Path, marked: b
     )
     # deferred: the heavy part runs on the first name the head did not define (AFTER)
     assert out.split() == (["False", "0", "1", "False", "3"] if marked else ["True", "0", "None", "True", "3"])
+
+
+def test_the_command_imports_no_compiler() -> None:
+    """Lightning's ``torch._dynamo`` imports are deferred: nothing of the compiler loads before a run needs it."""
+    out = run(
+        """
+        import sys
+        import gmnn.cli.app, gmnn.models, gmnn.data, gmnn.callbacks
+        from gmnn import pl
+        pl.Trainer  # the Lightning namespace itself
+        print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning"])
+def test_a_compiled_module_is_still_recognised(namespace: str) -> None:
+    fabric = "lightning_fabric" if namespace == "pytorch_lightning" else "lightning.fabric"
+    pytorch = "pytorch_lightning" if namespace == "pytorch_lightning" else "lightning.pytorch"
+    out = run(
+        f"""
+        import sys
+        import gmnn.cli.app
+        import torch
+        from {fabric} import wrappers
+        from {pytorch}.utilities import compile as compile_
+        from {pytorch}.trainer.connectors.logger_connector import result
+        from gmnn._deferred import OptimizedModule
+        module = torch.nn.Linear(2, 2)
+        assert wrappers.OptimizedModule is OptimizedModule and compile_.OptimizedModule is OptimizedModule
+        assert not isinstance(module, OptimizedModule) and 'torch._dynamo' not in sys.modules
+        assert wrappers._unwrap_compiled(module) == (module, None)
+        compiled = torch.compile(module, backend="eager")
+        import torch._dynamo
+        assert isinstance(compiled, OptimizedModule) and isinstance(compiled, torch._dynamo.OptimizedModule)
+        assert issubclass(type(compiled), OptimizedModule) and not issubclass(torch.nn.Linear, OptimizedModule)
+        assert not isinstance(module, OptimizedModule)
+        assert wrappers._unwrap_compiled(compiled)[0] is module
+        assert isinstance(compiled, (int, OptimizedModule)) and not isinstance(module, (int, OptimizedModule))  # as in _unwrap_objects
+        # the two methods Lightning keeps out of the compiler: compiled code calls them without tracing them
+        assert result._ResultCollection.log.__wrapped__.__name__ == "log"
+        assert result._ResultCollection.log.__code__ is torch._disable_dynamo(lambda: 0).__code__
+        print("ok")
+        """,
+        env={"GMNN_LIGHTNING": namespace},
+    )
+    assert out.strip() == "ok"
+
+
+def test_turned_off_lightning_imports_the_compiler_as_usual() -> None:
+    out = run(
+        """
+        import sys
+        import gmnn.cli.app
+        print('torch._dynamo' in sys.modules)
+        """,
+        env={"GMNN_DEFER_IMPORTS": "0"},
+    )
+    assert out.strip() == "True"
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_a_module_without_its_line_imports_as_usual(tmp_path: Path, present: bool) -> None:
+    (tmp_path / "edited_demo.py").write_text(("WHERE = 'old'\n" if present else "WHERE = 'other'\n") + "AFTER = 1\n")
+    out = run(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from gmnn import _deferred
+        _deferred.EDITS["edited_demo"] = (("WHERE = 'old'\\n", "WHERE = 'new'\\n"),)
+        _deferred.install()
+        import edited_demo
+        print(edited_demo.WHERE, edited_demo.AFTER, type(edited_demo.__loader__).__name__)
+        """
+    )
+    assert out.split() == ["new" if present else "other", "1", "SourceFileLoader"]

@@ -98,3 +98,14 @@ def test_the_loop_over_experts_matches_the_grouped_path_with_one_gradient_node_p
     ref_grads = torch.autograd.grad(reference.sum(), list(experts.parameters()))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_the_probe_is_marked_constant_as_torch_compiler_would_mark_it() -> None:
+    """grouped.py sets the attribute itself (``torch.compiler.assume_constant_result`` imports ``torch._dynamo``)."""
+
+    def probe() -> bool:
+        return True
+
+    assert torch.compiler.assume_constant_result(probe) is probe
+    added = vars(probe)
+    assert added and all(getattr(grouped_mm_works, name, None) == value for name, value in added.items())

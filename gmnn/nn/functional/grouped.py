@@ -44,7 +44,6 @@ class _GroupedLinear(torch.autograd.Function):
 COMPILABLE_DTYPES = (torch.bfloat16, torch.float16)
 
 
-@torch.compiler.assume_constant_result
 def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``torch._grouped_mm`` runs forward and backward on this device type and dtype.
 
@@ -52,6 +51,11 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     of the graph (the probe is neither traced nor a graph break).
     """
     return _probe(device_type, dtype)
+
+
+# what ``@torch.compiler.assume_constant_result`` does, without the import of ``torch._dynamo`` it makes
+# (the ``gmnn`` command's start-up need not load the compiler); tests/nn/test_grouped.py checks they agree
+grouped_mm_works._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.cache
