@@ -69,6 +69,66 @@ def write_record(folder: Path, config: str, seed: int, wall_s: float) -> dict:
     return record
 
 
+LABELLINGS = {"source": 3, "byte_class": 5}  # the per-token labels the probes measure, and their number of values
+
+
+def analyze_run(folder: Path, probe_batches: int = 16) -> dict:
+    """The probes of a finished run (``analysis.json``): per MoE layer and labelling (source, byte class) of the
+    validation tokens, I(router's top-1 expert; label) beside I(linear probe of the router input; label)
+    (:mod:`gmnn.analysis.probe`, fitted on ``probe_batches`` training batches of the run's own data)."""
+    import torch
+    import yaml
+
+    from gmnn.analysis.probe import probe_report
+    from gmnn.data import MixedSourceTextDataModule
+    from gmnn.data.text import byte_classes
+    from gmnn.models import MoETransformerLM
+
+    torch.set_num_threads(1)
+    settings = yaml.safe_load((folder / "config.yaml").read_text())
+    data = MixedSourceTextDataModule(**settings["data"]["init_args"])
+    data.setup()
+    model = MoETransformerLM.load_from_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    labels = {"source": lambda batch: batch[2], "byte_class": lambda batch: byte_classes(batch[0])}
+    result: dict[str, dict] = {}
+    for labelling, count in LABELLINGS.items():
+        for row in probe_report(model, data.train_dataloader(), data.val_dataloader(), count,
+                                label_fn=labels[labelling], max_batches=probe_batches):
+            result.setdefault(row.layer, {})[labelling] = {
+                "router": row.router_information, "probe": row.probe_information,
+                "probe_accuracy": row.accuracy, "label_entropy": row.label_entropy}
+    tmp = folder / "analysis.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(folder / "analysis.json")
+    return result
+
+
+def probe_table(out: Path, configs: list[str]) -> str:
+    """Markdown: per config, mean ± std over the analysed seeds of each layer's router and probe information,
+    for the source and the byte class (see :func:`analyze_run`)."""
+    rows = {config: [json.loads(p.read_text()) for p in sorted((out / config).glob("seed*/analysis.json"))]
+            for config in configs}
+    layers = sorted({layer for runs in rows.values() for run in runs for layer in run})
+    head = ["setting", "seeds"]
+    for labelling in LABELLINGS:
+        head += [f"{labelling}: router / probe, {layer}" for layer in layers]
+    entropies = {labelling: next((run[layer][labelling]["label_entropy"] for runs in rows.values() for run in runs
+                                  for layer in run), math.nan) for labelling in LABELLINGS}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config, runs in rows.items():
+        if not runs:
+            continue
+        row = [config, str(len(runs))]
+        for labelling in LABELLINGS:
+            for layer in layers:
+                values = [run[layer][labelling] for run in runs if layer in run]
+                row.append(f"{_fmt([v['router'] for v in values], 2)} / {_fmt([v['probe'] for v in values], 2)}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append("H(label) of the validation tokens: " + ", ".join(f"{k} {v:.3f} bits" for k, v in entropies.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def ceiling(config: Path) -> tuple[float, float]:
     """``(H(source) of the validation tokens, log2 E)`` of a config."""
     import yaml
@@ -273,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "RESULTS_LM.png")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table and plot from finished runs")
     parser.add_argument("--overhead", action="store_true", help="measure the RoutingMonitor's cost per training step")
+    parser.add_argument("--analyze", action="store_true",
+                        help="probe every finished run without an analysis.json (router vs linear probe, source and "
+                             "byte class) and add the probe table")
     args = parser.parse_args(argv)
     if args.overhead:
         print(json.dumps(measure_overhead(args.configs[0] if len(args.configs) == 1 else ROOT / "configs/lm/top2_switch.yaml"), indent=1))
@@ -295,8 +358,15 @@ def main(argv: list[str] | None = None) -> None:
     records = [json.loads(p.read_text()) for config in args.configs for p in sorted((out / config.stem).glob("seed*/result.json"))]
     if not records:
         return
+    if args.analyze:
+        for record in records:
+            folder = out / record["config"] / f"seed{record['seed']}"
+            if not (folder / "analysis.json").exists():
+                analyze_run(folder)
     markdown = table(records, {c.stem: ceiling(c) for c in args.configs if any(r["config"] == c.stem for r in records)})
     markdown += "\n" + trajectories(out, list(dict.fromkeys(r["config"] for r in records)))
+    if args.analyze:
+        markdown += "\n" + probe_table(out, list(dict.fromkeys(r["config"] for r in records)))
     print(markdown)
     plot(records, args.plot)
     if args.results_md:

@@ -4,6 +4,7 @@
 - :mod:`gmnn.analysis.report`: :func:`routing_report` over a dataloader, :func:`write_report` as CSV + PNG;
 - :mod:`gmnn.analysis.hf`: a Hugging Face model folder (``save_pretrained``) loaded for the report;
 - :mod:`gmnn.analysis.plots`: the per-layer figure;
+- :mod:`gmnn.analysis.probe`: a linear probe of the router inputs beside the router's top-1 (:func:`probe_report`);
 - :mod:`gmnn.cli.analyze`: ``gmnn analyze``.
 
 The statistics themselves are :class:`gmnn.metrics.RoutingStats`.
@@ -12,6 +13,7 @@ The statistics themselves are :class:`gmnn.metrics.RoutingStats`.
 from gmnn.analysis.capture import MODEL_LAYER, SIGMOID_BLOCKS, RoutingCapture, find_moe_layers, routing_from_output
 from gmnn.analysis.hf import load_model_folder
 from gmnn.analysis.plots import routing_figure
+from gmnn.analysis.probe import ProbeResult, fit_linear_probe, probe_report, router_inputs
 from gmnn.analysis.report import (
     LayerReport,
     default_input,
@@ -27,6 +29,7 @@ from gmnn.metrics.routing import RoutingStats, assignment, top1_changed
 __all__ = [
     "MODEL_LAYER",
     "LayerReport",
+    "ProbeResult",
     "RoutingCapture",
     "RoutingStats",
     "SIGMOID_BLOCKS",
@@ -35,11 +38,14 @@ __all__ = [
     "default_label",
     "default_tokens",
     "find_moe_layers",
+    "fit_linear_probe",
     "format_table",
     "label_entropies",
     "load_model_folder",
+    "probe_report",
     "routing_figure",
     "routing_from_output",
+    "router_inputs",
     "routing_report",
     "top1_changed",
     "write_report",

@@ -7,11 +7,12 @@ from gmnn.data.mnist import (
     MNISTDataModule,
 )
 from gmnn.data.regression import REGRESSION_PROBLEMS, ToyRegressionDataModule
-from gmnn.data.text import MixedSourceTextDataModule
+from gmnn.data.text import BYTE_CLASSES, MixedSourceTextDataModule, byte_classes
 from gmnn.data.toy import PROBLEMS, ToyDataModule
 from gmnn.data.vision import ImageDataModule
 
 __all__ = [
+    "BYTE_CLASSES",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "FashionMNISTDataModule",
@@ -23,4 +24,5 @@ __all__ = [
     "REGRESSION_PROBLEMS",
     "ToyDataModule",
     "ToyRegressionDataModule",
+    "byte_classes",
 ]

@@ -16,6 +16,7 @@ import ast
 import json
 import math
 import random
+import string
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,33 @@ SOURCES = ("code", "prose", "data")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # each source's text is cut into disjoint train / val / test regions
 VOCAB_SIZE = 256  # bytes
+LABELS = ("source", "byte_class")
+BYTE_CLASSES = ("letter", "digit", "punctuation", "whitespace", "other")
+
+
+def _byte_class_table() -> Tensor:
+    table = torch.full((VOCAB_SIZE,), BYTE_CLASSES.index("other"), dtype=torch.long)
+    for name, characters in [("letter", string.ascii_letters), ("digit", string.digits),
+                             ("punctuation", string.punctuation), ("whitespace", string.whitespace)]:
+        table[list(characters.encode("ascii"))] = BYTE_CLASSES.index(name)
+    return table
+
+
+BYTE_CLASS_OF = _byte_class_table()
+
+
+def byte_classes(tokens: Tensor) -> Tensor:
+    """The class of every byte of ``tokens`` (any shape, values in [0, 256)), as indices into :data:`BYTE_CLASSES`.
+
+    ASCII letters, digits, punctuation (``string.punctuation``) and whitespace
+    (``string.whitespace``); every other byte (control and non-ASCII) is ``other``.
+    """
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must be an integer tensor of bytes, got dtype {tokens.dtype}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= VOCAB_SIZE):
+        raise ValueError(f"tokens must be bytes in [0, {VOCAB_SIZE}), got values in "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+    return BYTE_CLASS_OF.to(tokens.device)[tokens.long()]
 
 
 def stdlib_files(seed: int) -> list[Path]:
@@ -141,14 +169,17 @@ def splice(regions: Sequence[Tensor], count: int, length: int, min_segment: int,
 class MixedSourceTextDataModule(SplitDataModule):
     """Byte sequences spliced from Python code, English prose and structured data, each byte labelled by source.
 
-    Batches are ``(tokens [B, L], targets [B, L], source [B, L])``: ``targets``
-    are the next bytes (language modelling), ``source`` is the index into
-    ``sources`` of the text each input byte came from (the per-token label of
-    :class:`gmnn.callbacks.RoutingMonitor`). Train, validation and test
+    Batches are ``(tokens [B, L], targets [B, L], labels [B, L])``: ``targets``
+    are the next bytes (language modelling); ``labels`` (the per-token label of
+    :class:`gmnn.callbacks.RoutingMonitor`) are, with ``label="source"``, the index
+    into ``sources`` of the text each input byte came from, or with
+    ``label="byte_class"`` the input byte's class (:data:`BYTE_CLASSES`: letter,
+    digit, punctuation, whitespace, other): a decomposition by token syntax
+    rather than by domain, on the same bytes. Train, validation and test
     sequences are cut from disjoint regions (80/10/10%) of every source's text.
     Everything is deterministic from ``seed``; nothing is downloaded. Linked
     into the model: ``input_shape = [seq_len]`` and ``num_classes = 256``
-    (bytes); ``num_labels`` and ``label_names`` describe the sources.
+    (bytes); ``num_labels`` and ``label_names`` describe the labels.
 
     Args:
         sources: Which sources to mix, from ``code`` (standard-library ``.py`` files
@@ -163,6 +194,7 @@ class MixedSourceTextDataModule(SplitDataModule):
         batch_size: Sequences per batch.
         seed: Seed of the text selection and of the splicing.
         num_workers: DataLoader worker processes.
+        label: The per-token label of the batches: ``source`` or ``byte_class``.
     """
 
     def __init__(
@@ -177,8 +209,10 @@ class MixedSourceTextDataModule(SplitDataModule):
         batch_size: int = 32,
         seed: int = 0,
         num_workers: int = 0,
+        label: str = "source",
     ) -> None:
         super().__init__()
+        check_choice("label", label, LABELS)
         sources = tuple(sources)
         if not sources or len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct names from {SOURCES}, got {list(sources)}")
@@ -199,8 +233,8 @@ class MixedSourceTextDataModule(SplitDataModule):
         self.save_hyperparameters()
         self.input_shape = [seq_len]
         self.num_classes = VOCAB_SIZE
-        self.label_names = list(sources)
-        self.num_labels = len(sources)
+        self.label_names = list(sources) if label == "source" else list(BYTE_CLASSES)
+        self.num_labels = len(self.label_names)
         self.corpora: dict[str, bytes] = {}
         self.splits: dict[str, TensorDataset] = {}
 
@@ -226,11 +260,12 @@ class MixedSourceTextDataModule(SplitDataModule):
             count = hp.num_train if split == "train" else hp.num_val
             generator = torch.Generator().manual_seed(hp.seed * len(SPLITS) + i)
             data, source = splice(regions, count, hp.seq_len + 1, hp.min_segment, hp.max_segment, generator)
-            self.splits[split] = TensorDataset(data[:, :-1].contiguous(), data[:, 1:].contiguous(),
-                                               source[:, :-1].contiguous())
+            tokens = data[:, :-1].contiguous()
+            labels = source[:, :-1].contiguous() if hp.label == "source" else byte_classes(tokens)
+            self.splits[split] = TensorDataset(tokens, data[:, 1:].contiguous(), labels)
 
     def label_entropy(self, split: str = "val") -> float:
-        """Entropy in bits of the source labels of ``split``'s tokens: with log2(E), the ceiling of I(expert; source)."""
+        """Entropy in bits of the labels of ``split``'s tokens: with log2(E), the ceiling of I(expert; label)."""
         self.setup()
         counts = torch.bincount(self.splits[split].tensors[2].flatten(), minlength=self.num_labels).double()
         p = counts / counts.sum()

@@ -101,3 +101,39 @@ def test_docstrings_split_from_code() -> None:
 def test_invalid_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MixedSourceTextDataModule(**kwargs)
+
+
+def test_byte_classes_by_hand() -> None:
+    from gmnn.data.text import BYTE_CLASSES, byte_classes
+
+    tokens = torch.tensor(list(b"aZ09 \t\n.,_#") + [0, 127, 200, 255])
+    expected = ["letter", "letter", "digit", "digit", "whitespace", "whitespace", "whitespace",
+                "punctuation", "punctuation", "punctuation", "punctuation", "other", "other", "other", "other"]
+    assert [BYTE_CLASSES[i] for i in byte_classes(tokens).tolist()] == expected
+    assert byte_classes(tokens.reshape(3, 5)).shape == (3, 5)
+    with pytest.raises(ValueError, match=r"tokens must be bytes in \[0, 256\)"):
+        byte_classes(torch.tensor([256]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        byte_classes(torch.tensor([1.0]))
+
+
+def test_byte_class_labelling_labels_the_same_bytes(data: MixedSourceTextDataModule) -> None:
+    """``label="byte_class"`` keeps the tokens and targets and labels each input byte by its class."""
+    from gmnn.data.text import BYTE_CLASSES
+
+    classes = MixedSourceTextDataModule(**SMALL, label="byte_class")
+    classes.setup("fit")
+    assert classes.label_names == list(BYTE_CLASSES) and classes.num_labels == 5
+    tokens, targets, labels = classes.splits["train"].tensors
+    assert torch.equal(tokens, data.splits["train"].tensors[0]) and torch.equal(targets, data.splits["train"].tensors[1])
+    for token, label in zip(tokens.flatten().tolist()[:300], labels.flatten().tolist()[:300]):
+        character = chr(token)
+        name = ("letter" if character.isascii() and character.isalpha() else "digit" if character.isdigit() and character.isascii()
+                else "whitespace" if character in " \t\n\r\x0b\x0c" else "punctuation" if character.isascii()
+                and character.isprintable() else "other")
+        assert BYTE_CLASSES[label] == name, (token, BYTE_CLASSES[label])
+    counts = torch.bincount(labels.flatten(), minlength=5).double()
+    p = counts / counts.sum()
+    assert classes.label_entropy("train") == pytest.approx(float(-(p[p > 0] * p[p > 0].log2()).sum()))
+    with pytest.raises(ValueError, match="label"):
+        MixedSourceTextDataModule(**SMALL, label="words")

@@ -16,7 +16,7 @@ from gmnn.models import MoEModule, MoETransformerLM
 from tests.conftest import tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-LM_CONFIGS = sorted((ROOT / "configs" / "lm").glob("*.yaml"))
+LM_CONFIGS = sorted((ROOT / "configs" / "lm").rglob("*.yaml"))  # configs/lm/scaled/ too
 SMALL_DATA = dict(seq_len=32, num_train=512, num_val=32, source_bytes=6000, min_segment=8, max_segment=24, batch_size=16)
 # the routers of issue 14 (sigmoid, expert choice, shared experts, a top-1 router that learns from the task loss)
 NEEDS_ROUTERS = pytest.mark.skipif(importlib.util.find_spec("gmnn.nn.moe.routers") is None, reason="needs gmnn.nn.moe.routers")
@@ -110,7 +110,7 @@ def test_rejects_bad_batches() -> None:
     "config", [c if c.stem == "top2_switch" else pytest.param(c, marks=NEEDS_ROUTERS) for c in LM_CONFIGS
                # a 2-process config would relaunch pytest itself; tests/test_expert_parallel_cli.py runs it as a command
                if yaml.safe_load(c.read_text()).get("trainer", {}).get("devices", 1) == 1],
-    ids=lambda p: p.stem)
+    ids=lambda p: str(p.relative_to(ROOT / "configs" / "lm").with_suffix("")))
 def test_lm_config_runs_fast_dev_run(config: Path, tmp_path: Path) -> None:
     small = [f"--data.init_args.{key}={value}" for key, value in SMALL_DATA.items() if key != "num_train"]
     cli = make_cli(["fit", "--config", str(config), "--trainer.fast_dev_run=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
