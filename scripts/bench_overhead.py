@@ -13,7 +13,9 @@ with every default (progress bar, decomposition figures, best and last checkpoin
 :class:`EpochClock`, a callback that records when each epoch starts and ends and how long its training
 steps and its validation take. The sides alternate run by run (fresh processes); an epoch's time is
 from the start of its training to the end of its validation (gmnn: to the next epoch's start, so
-its checkpoints, figures and logging count), the first epoch of each run left out. ``--profile`` adds
+its checkpoints, figures and logging count), the first epoch of each run left out; beside it, the
+process's CPU time over the same span (``time.process_time``: every thread, the progress bar's and
+TensorBoard's writer included), which other jobs on the cores disturb less. ``--profile`` adds
 one run under Lightning's ``SimpleProfiler`` and prints where an epoch's time goes::
 
     python scripts/bench_overhead.py --data ../shared/data --repeat 5 --epochs 5 --profile   # --threads 2: both cores
@@ -38,6 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from gmnn.pl import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: gitref, also when this file is loaded by path
+from gitref import export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "paper" / "mnist" / "dense.yaml"
@@ -87,7 +92,7 @@ def floor_run(data: str, epochs: int, val_size: int) -> dict[str, Any]:
     batch, n = 512, len(x_train)
     rows = []
     for _ in range(epochs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.train()
         for rows_ in torch.randperm(n).split(batch):
             x, y = x_train.index_select(0, rows_), y_train.index_select(0, rows_)
@@ -105,7 +110,7 @@ def floor_run(data: str, epochs: int, val_size: int) -> dict[str, Any]:
                 total += nn.functional.nll_loss(log_probs, y, reduction="sum")
                 correct += (log_probs.argmax(-1) == y).sum()
         end = time.perf_counter()
-        rows.append({"train": trained - start, "val": end - trained, "epoch": end - start,
+        rows.append({"train": trained - start, "val": end - trained, "epoch": end - start, "cpu": time.process_time() - cpu_start,
                      "val_loss": float(total) / len(x_val), "val_acc": float(correct) / len(x_val)})
     return {"epochs": rows, "threads": torch.get_num_threads()}
 
@@ -123,10 +128,10 @@ class EpochClock(Callback):
         self.mark = 0.0
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.rows:
-            self.rows[-1]["end"] = now
-        self.rows.append({"start": now, "steps": 0.0, "val": 0.0})
+            self.rows[-1].update(end=now, cpu_end=cpu)
+        self.rows.append({"start": now, "cpu_start": cpu, "steps": 0.0, "val": 0.0})
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.mark = time.perf_counter()
@@ -143,11 +148,12 @@ class EpochClock(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.rows:
-            self.rows[-1]["end"] = time.perf_counter()
+            self.rows[-1].update(end=time.perf_counter(), cpu_end=time.process_time())
         path = os.environ.get(CLOCK_ENV)
         if path:
-            Path(path).write_text(json.dumps({"epochs": [{"epoch": r["end"] - r["start"], "train": r["steps"], "val": r["val"]}
-                                                        for r in self.rows], "threads": torch.get_num_threads()}))
+            Path(path).write_text(json.dumps({"epochs": [{"epoch": r["end"] - r["start"], "train": r["steps"], "val": r["val"],
+                                                         "cpu": r["cpu_end"] - r["cpu_start"]} for r in self.rows],
+                                              "threads": torch.get_num_threads()}))
 
 
 def gmnn_command(data: str, epochs: int, val_size: int, work: Path, profile: bool) -> list[str]:
@@ -186,20 +192,6 @@ def floor_process(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- data, report
-def export(ref: str, into: Path) -> Path:
-    """The files of ``ref`` (``git archive``) unpacked in ``into``; the repository is not touched."""
-    import tarfile
-
-    into.mkdir(parents=True)
-    archive = into.with_suffix(".tar")
-    with open(archive, "wb") as out:
-        subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=out, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    archive.unlink()
-    return into
-
-
 def write_fake_mnist(root: Path) -> None:
     """Random MNIST-format IDX files (``root/MNIST/raw``) of :data:`FAKE_SIZES` images."""
     raw = root / "MNIST" / "raw"
@@ -213,30 +205,38 @@ def write_fake_mnist(root: Path) -> None:
 
 
 def epoch_medians(run_: dict[str, Any]) -> dict[str, float]:
-    """Median seconds of each part over the run's epochs, the first left out when there are others."""
+    """Median seconds of each part over the run's epochs, the first left out when there are others
+    (``cpu``, the process's CPU time an epoch, where the run recorded it)."""
     epochs = run_["epochs"][1:] or run_["epochs"]
-    return {key: statistics.median(e[key] for e in epochs) for key in ("epoch", "train", "val")}
+    return {key: statistics.median(e[key] for e in epochs) for key in PARTS if all(key in e for e in epochs)}
+
+
+PARTS = ("epoch", "train", "val", "cpu")
 
 
 def summary(runs: dict[str, list[dict[str, Any]]], batches: tuple[int, int]) -> str:
     """The table of the medians over runs of each run's median epoch, and gmnn's time over the floor's."""
     per_run = {side: [epoch_medians(r) for r in rows] for side, rows in runs.items()}
-    medians = {side: {key: statistics.median(r[key] for r in rows) for key in ("epoch", "train", "val")}
+    medians = {side: {key: statistics.median(r[key] for r in rows) for key in PARTS if all(key in r for r in rows)}
                for side, rows in per_run.items()}
     train_batches, val_batches = batches
-    lines = ["| side | epoch s | training steps s | validation s | rest s | ms a training step | runs (epoch s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| side | epoch s | training steps s | validation s | rest s | ms a training step | epoch CPU s | runs (epoch s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for side, m in medians.items():
         each = ", ".join(f"{r['epoch']:.3f}" for r in per_run[side])
         rest = m["epoch"] - m["train"] - m["val"]
+        cpu = f"{m['cpu']:.3f}" if "cpu" in m else "-"
         lines.append(f"| {side} | {m['epoch']:.3f} | {m['train']:.3f} | {m['val']:.3f} | {rest:.3f} | "
-                     f"{1000 * m['train'] / train_batches:.2f} | {each} |")
+                     f"{1000 * m['train'] / train_batches:.2f} | {cpu} | {each} |")
     lines.append("")
     for side in [s for s in medians if s.startswith("gmnn")] if "floor" in medians else []:
         floor, gmnn = medians["floor"], medians[side]
         pairs = ", ".join(f"{g['epoch'] / f['epoch']:.3f}" for f, g in zip(per_run["floor"], per_run[side]))
         lines.append(f"{side} / floor epoch time: {gmnn['epoch'] / floor['epoch']:.3f} (medians; each interleaved pair: {pairs}); "
                      f"training steps {gmnn['train'] / floor['train']:.3f}, validation {gmnn['val'] / floor['val']:.3f}")
+        if "cpu" in floor and "cpu" in gmnn:
+            pairs = ", ".join(f"{g['cpu'] / f['cpu']:.3f}" for f, g in zip(per_run["floor"], per_run[side]))
+            lines.append(f"{side} / floor epoch CPU time: {gmnn['cpu'] / floor['cpu']:.3f} (medians; each interleaved pair: {pairs})")
     lines.append(f"{train_batches} training and {val_batches} validation batches an epoch")
     return "\n".join(lines)
 

@@ -21,24 +21,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: gitref, also when this file is loaded by path
+from gitref import export  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def export(ref: str, into: Path) -> Path:
-    """The files of ``ref`` (``git archive``) unpacked in ``into``; the repository is not touched."""
-    into.mkdir(parents=True)
-    archive = into.with_suffix(".tar")
-    with open(archive, "wb") as out:
-        subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=out, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    archive.unlink()
-    return into
 
 
 def command_module(tree: Path) -> str:

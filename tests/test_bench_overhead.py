@@ -37,6 +37,7 @@ def test_the_table_gives_medians_and_each_pair() -> None:
     run = lambda *epochs: {"epochs": [{"epoch": e, "train": e - 0.2, "val": 0.1} for e in epochs]}  # noqa: E731
     text = bench.summary({"floor": [run(9.0, 1.0), run(9.0, 1.2)], "gmnn": [run(9.0, 1.5), run(9.0, 1.2)]}, (98, 20))
     assert "| floor | 1.100 |" in text and "| gmnn | 1.350 |" in text  # first epochs left out, medians of runs
+    assert "CPU time" not in text  # runs without it
     assert "gmnn / floor epoch time: 1.227 (medians; each interleaved pair: 1.500, 1.000)" in text
 
 
@@ -49,6 +50,25 @@ def test_a_fake_data_run_reports_both_sides(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| floor |" in result.stdout and "| gmnn |" in result.stdout and "gmnn / floor epoch time" in result.stdout
+    assert "gmnn / floor epoch CPU time" in result.stdout
     runs = json.loads(out.read_text())["runs"]
     assert [len(r["epochs"]) for r in runs["floor"] + runs["gmnn"]] == [2, 2]
-    assert all(e["epoch"] > 0 and e["train"] > 0 for r in runs["gmnn"] for e in r["epochs"])
+    assert all(e["epoch"] > 0 and e["train"] > 0 and e["cpu"] > 0 for r in runs["floor"] + runs["gmnn"] for e in r["epochs"])
+
+
+def test_cpu_times_get_their_own_ratio() -> None:
+    bench = load_script()
+    run = lambda *cpu: {"epochs": [{"epoch": 2.0, "train": 1.5, "val": 0.1, "cpu": c} for c in cpu]}  # noqa: E731
+    text = bench.summary({"floor": [run(9.0, 1.0), run(9.0, 1.0)], "gmnn": [run(9.0, 1.2), run(9.0, 1.1)]}, (98, 20))
+    assert "| 1.000 |" in text and "| 1.150 |" in text
+    assert "gmnn / floor epoch CPU time: 1.150 (medians; each interleaved pair: 1.200, 1.100)" in text
+
+
+def test_both_benchmarks_export_refs_with_one_function(tmp_path: Path) -> None:
+    bench = load_script()
+    spec = importlib.util.spec_from_file_location("bench_startup", ROOT / "scripts" / "bench_startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)
+    assert bench.export is startup.export and bench.export.__module__ == "gitref"
+    tree = bench.export("HEAD", tmp_path / "head")
+    assert (tree / "pyproject.toml").is_file() and not (tmp_path / "head.tar").exists()
