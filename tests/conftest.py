@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as L
+import os
+
+# The processes the tests start (the GPU check's dry run, scripts/bench*.py, fresh interpreters) run on one
+# intra-op thread too, as this one does (below): with two OpenMP threads each on a loaded 2-core machine, the
+# waiting thread spins at every parallel region (the dry run: 43 s of CPU with torch's default threads, 18 s with
+# one). An OMP_NUM_THREADS set outside is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytorch_lightning as L  # noqa: E402
 import pytest
 import torch
 
