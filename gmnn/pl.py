@@ -50,7 +50,7 @@ SUBPACKAGES = {
     "TQDMProgressBar": "callbacks",
     "LightningArgumentParser": "cli", "LightningCLI": "cli", "SaveConfigCallback": "cli",
     "CSVLogger": "loggers", "Logger": "loggers", "TensorBoardLogger": "loggers",
-    "DDPStrategy": "strategies",
+    "DDPStrategy": "strategies", "Strategy": "strategies",
     "UnrepeatedDistributedSampler": "overrides.distributed",
     "rank_zero_only": "utilities", "rank_zero_warn": "utilities", "_RICH_AVAILABLE": "utilities.imports",
 }

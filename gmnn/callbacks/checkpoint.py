@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 from gmnn import pl
-from gmnn.pl import ModelCheckpoint
+from gmnn.pl import ModelCheckpoint, Strategy
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -20,6 +22,18 @@ def _fsync(path: str | Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def make_durable(partial: str, filepath: str) -> None:
+    """Flush ``partial`` to disk, rename it over ``filepath``, flush the folder (the partial file is removed on failure)."""
+    try:
+        _fsync(partial)
+        os.replace(partial, filepath)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+    _fsync(os.path.dirname(filepath) or ".", directory=True)
+
+
 class AtomicModelCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` whose files appear whole or not at all.
 
@@ -30,6 +44,13 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     flushed to disk (``fsync``), then renamed over ``<name>`` (atomic on POSIX);
     on failure the partial file is removed and the previous checkpoint stays
     intact. All arguments are ``ModelCheckpoint``'s.
+
+    The flush and the rename (:func:`make_durable`) run on a thread of their own while training goes
+    on: waiting for the disk is most of a small model's checkpoint. The callback's file operations
+    keep their order (a checkpoint it replaces is removed after the new one is in place), and it
+    waits for them before it writes or looks for a file, when training ends (or fails) and in
+    ``teardown``, so a finished ``fit`` has every checkpoint on disk under its name; an error of the
+    thread (a full disk) is raised there.
     """
 
     def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: str | Path) -> None:
@@ -47,8 +68,56 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             self._trainer_for_warning = None
 
     _trainer_for_warning: pl.Trainer | None = None
+    _writer: ThreadPoolExecutor | None = None
+    _pending: tuple[Future, ...] = ()
+
+    def _in_background(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run ``work(*args)`` on this callback's file thread, after what was queued before."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmnn-checkpoint")
+        self._pending = (*self._pending, self._writer.submit(work, *args))
+
+    def wait_for_files(self) -> None:
+        """Wait until every queued checkpoint is on disk under its name; raises the first error of them."""
+        pending, self._pending = self._pending, ()
+        for future in pending:
+            future.result()
+
+    def file_exists(self, filepath: str | Path, trainer: pl.Trainer) -> bool:
+        self.wait_for_files()
+        return super().file_exists(filepath, trainer)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Removed after the queued files are in place (queued itself where the strategy only deletes a file)."""
+        if self._pending and type(trainer.strategy).remove_checkpoint is Strategy.remove_checkpoint:
+            if trainer.is_global_zero:
+                self._in_background(trainer.strategy.checkpoint_io.remove_checkpoint, filepath)
+            return
+        self.wait_for_files()
+        super()._remove_checkpoint(trainer, filepath)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.wait_for_files()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        with contextlib.suppress(Exception):  # the run's own error is the one to report
+            self.wait_for_files()
+        super().on_exception(trainer, pl_module, exception)
+        with contextlib.suppress(Exception):
+            self.wait_for_files()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        try:
+            self.wait_for_files()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self.wait_for_files()  # the last file of this name is in place before its next version is written
         partial = filepath + PARTIAL_SUFFIX
         try:
             super()._save_checkpoint(trainer, partial)  # every rank takes part; rank zero writes
@@ -59,9 +128,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             raise
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero and os.path.isfile(partial):
-            _fsync(partial)
-            os.replace(partial, filepath)
-            _fsync(os.path.dirname(filepath) or ".", directory=True)
+            self._in_background(make_durable, partial, filepath)
 
 
 class LastCheckpoint(AtomicModelCheckpoint):
