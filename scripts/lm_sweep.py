@@ -129,6 +129,33 @@ def probe_table(out: Path, configs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def probe_plot(out: Path, configs: list[str], path: Path) -> None:
+    """Per labelling (source, byte class) one panel: I(router's top-1; label) (y) against I(linear probe; label) (x),
+    one point per analysed run and layer, a marker per config; the diagonal is a router as good as the probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LABELLINGS), figsize=(11, 4.4), dpi=100)
+    markers = "osD^v<>p"
+    for ax, labelling in zip(axes, LABELLINGS):
+        top = 0.0
+        for i, config in enumerate(configs):
+            runs = [json.loads(p.read_text()) for p in sorted((out / config).glob("seed*/analysis.json"))]
+            points = [(layer[labelling]["probe"], layer[labelling]["router"]) for run in runs for layer in run.values()]
+            if points:
+                ax.scatter(*zip(*points), marker=markers[i % len(markers)], s=45, edgecolors="black", label=config)
+                top = max(top, *(max(point) for point in points))
+        ax.plot([0, top * 1.05], [0, top * 1.05], color="grey", linewidth=1, linestyle="--")
+        ax.set(xlabel=f"I(linear probe of the router input; {labelling}), bits",
+               ylabel=f"I(top-1 expert; {labelling}), bits", title=f"label: {labelling}")
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def ceiling(config: Path) -> tuple[float, float]:
     """``(H(source) of the validation tokens, log2 E)`` of a config."""
     import yaml
@@ -336,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--analyze", action="store_true",
                         help="probe every finished run without an analysis.json (router vs linear probe, source and "
                              "byte class) and add the probe table")
+    parser.add_argument("--probe-plot", type=Path, default=None,
+                        help="with --analyze: write the router-vs-probe figure here (PNG)")
     args = parser.parse_args(argv)
     if args.overhead:
         print(json.dumps(measure_overhead(args.configs[0] if len(args.configs) == 1 else ROOT / "configs/lm/top2_switch.yaml"), indent=1))
@@ -367,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     markdown += "\n" + trajectories(out, list(dict.fromkeys(r["config"] for r in records)))
     if args.analyze:
         markdown += "\n" + probe_table(out, list(dict.fromkeys(r["config"] for r in records)))
+        if args.probe_plot:
+            probe_plot(out, list(dict.fromkeys(r["config"] for r in records)), args.probe_plot)
     print(markdown)
     plot(records, args.plot)
     if args.results_md:

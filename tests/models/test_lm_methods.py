@@ -135,3 +135,46 @@ def test_sweep_runs_the_method_configs(tmp_path, monkeypatch) -> None:
     sweep.main(["--methods", "--seeds", "0", "--out", str(tmp_path), "--set", "trainer.max_epochs=1"])
     assert [c[0] for c in calls] == [*sweep.METHOD_BASELINES, *sweep.METHODS]
     assert calls[0][2] == ["--trainer.max_epochs=1"]
+
+
+def test_sweep_analysis_measures_the_router_as_the_routing_report_does(tmp_path) -> None:
+    """``lm_sweep.py --analyze`` on a saved run: per layer and labelling the router's information equals
+    ``routing_report``'s I(top-1 expert; label) on the same validation tokens (an independent path: RoutingStats),
+    and the table and the figure are written."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from gmnn.analysis import routing_report
+    from gmnn.data import MixedSourceTextDataModule, byte_classes
+    from gmnn.models import MoETransformerLM
+    from gmnn.pl import Trainer
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("lm_sweep", root / "scripts" / "lm_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    settings = dict(seq_len=32, num_train=64, num_val=16, source_bytes=6000, min_segment=8, max_segment=24, batch_size=16)
+    folder = tmp_path / "top2_switch" / "seed0"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"class_path": "gmnn.data.MixedSourceTextDataModule",
+                                                                  "init_args": settings}}))
+    torch.manual_seed(0)
+    data = MixedSourceTextDataModule(**settings)
+    model = MoETransformerLM(input_shape=[32], d_model=16, num_layers=2, num_heads=2, expert_hidden=16, num_experts=4)
+    trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, data)
+    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
+    result = sweep.analyze_run(folder, probe_batches=2)
+    assert set(result) == {"blocks.0.ffn", "blocks.1.ffn"}
+    for labelling, label_fn in [("source", lambda batch: batch[2]), ("byte_class", lambda batch: byte_classes(batch[0]))]:
+        rows, _ = routing_report(model, data.val_dataloader(), label_fn=label_fn, num_labels=sweep.LABELLINGS[labelling])
+        for row in rows:
+            assert result[row.layer][labelling]["router"] == pytest.approx(row.mutual_information, abs=1e-5)
+            assert 0.0 <= result[row.layer][labelling]["probe"] <= result[row.layer][labelling]["label_entropy"] + 1e-6
+    table = sweep.probe_table(tmp_path, ["top2_switch"])
+    assert "| top2_switch | 1 |" in table and "source: router / probe, blocks.0.ffn" in table
+    sweep.probe_plot(tmp_path, ["top2_switch"], tmp_path / "probe.png")
+    assert (tmp_path / "probe.png").stat().st_size > 10_000
