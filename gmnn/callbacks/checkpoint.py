@@ -71,17 +71,33 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     _writer: ThreadPoolExecutor | None = None
     _pending: tuple[Future, ...] = ()
 
+    _failed = False  # a queued file operation failed: the ones queued after it are skipped
+
     def _in_background(self, work: Callable[..., Any], *args: Any) -> None:
-        """Run ``work(*args)`` on this callback's file thread, after what was queued before."""
+        """Run ``work(*args)`` on this callback's file thread, after what was queued before (skipped after a failure:
+        a checkpoint that a failed one was to replace stays)."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmnn-checkpoint")
-        self._pending = (*self._pending, self._writer.submit(work, *args))
+
+        def in_order() -> None:
+            if self._failed:
+                return
+            try:
+                work(*args)
+            except BaseException:
+                self._failed = True
+                raise
+
+        self._pending = (*self._pending, self._writer.submit(in_order))
 
     def wait_for_files(self) -> None:
         """Wait until every queued checkpoint is on disk under its name; raises the first error of them."""
         pending, self._pending = self._pending, ()
-        for future in pending:
-            future.result()
+        try:
+            for future in pending:
+                future.result()
+        finally:
+            self._failed = False
 
     def file_exists(self, filepath: str | Path, trainer: pl.Trainer) -> bool:
         self.wait_for_files()

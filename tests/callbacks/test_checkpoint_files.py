@@ -74,3 +74,22 @@ def test_a_failed_flush_is_reported_and_leaves_no_partial_file(
     assert exit_.value.code == 1 and "the disk is full" in capsys.readouterr().err
     folder = tmp_path / "gmnn" / "version_0" / "checkpoints"
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".partial") or p.name == "last.ckpt"]
+
+
+def test_after_a_failed_flush_the_best_it_was_to_replace_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    durable = checkpoint.make_durable
+
+    def failing(partial: str, filepath: str) -> None:
+        if Path(filepath).name == "best-epoch=1.ckpt":
+            time.sleep(0.05)  # the removal of best-epoch=0 is queued behind it
+            raise OSError(errno.ENOSPC, "No space left on device", partial)
+        durable(partial, filepath)
+
+    monkeypatch.setattr(checkpoint, "make_durable", failing)
+    with pytest.raises(SystemExit):
+        main(_args(tmp_path, 3))
+    assert "the disk is full" in capsys.readouterr().err
+    names = {p.name for p in (tmp_path / "gmnn" / "version_0" / "checkpoints").iterdir()}
+    assert "best-epoch=0.ckpt" in names and "best-epoch=1.ckpt" not in names
