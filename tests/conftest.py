@@ -56,6 +56,10 @@ SHARED_MODULE_FIXTURE = (
 )
 
 
+# tryfirst: pytest-xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems (the group
+# becomes the test id's @suffix that --dist loadgroup schedules by); run after it, these marks came too late and
+# every group was split over the workers (the GPU check's dry run ran once per worker, multi-process tests side by side)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid.startswith(MULTI_PROCESS):

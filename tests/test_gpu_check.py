@@ -28,6 +28,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return data
 
 
+def test_this_module_is_one_xdist_group(request: pytest.FixtureRequest) -> None:
+    """Under pytest-xdist's --dist loadgroup every test here runs on one worker (tests/conftest.py), so the dry run
+    above runs once per suite, not once per worker that gets one of these tests."""
+    if not hasattr(request.config, "workerinput") or not request.config.getvalue("loadgroup"):
+        pytest.skip("not an xdist worker under --dist loadgroup")
+    assert request.node.nodeid.endswith("@tests/test_gpu_check.py"), request.node.nodeid
+
+
 def test_environment(report: dict) -> None:
     assert report["mode"] == "dry-run" and report["device"] == "cpu"
     for key in ("device_name", "torch", "pytorch_lightning", "python", "compile_backend"):
