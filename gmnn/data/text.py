@@ -34,6 +34,7 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # each source's text is cut into disjoint tra
 VOCAB_SIZE = 256  # bytes
 LABELS = ("source", "byte_class")
 BYTE_CLASSES = ("letter", "digit", "punctuation", "whitespace", "other")
+"""The classes of :func:`byte_classes`, in the order of their indices (the ``byte_class`` labels' names)."""
 
 
 def _byte_class_table() -> Tensor:
