@@ -182,7 +182,7 @@ def table(records: list[dict], ceilings: dict[str, tuple[float, float]]) -> str:
     layers = sorted({layer for r in records for layer in r["layers"]})
     head = ["setting", "seeds", "val loss (nats/byte)", "val bits/byte"]
     head += [f"MI {layer} (bits)" for layer in layers]
-    head += ["ceiling", "usage (bits, max 2)", "imbalance (max/mean)", "dead", "stability (last epoch)", "s / run"]
+    head += ["ceiling", "usage (bits, max log2 E)", "imbalance (max/mean)", "dead", "stability (last epoch)", "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for config in configs:
         runs = [r for r in records if r["config"] == config]
