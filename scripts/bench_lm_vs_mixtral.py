@@ -34,6 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gmnn.models import MoETransformerLM  # noqa: E402
+from peak_memory import peak_rss_during, rss_mib  # noqa: E402
 
 SIZES = {"quick": dict(d_model=32, layers=1, heads=2, experts=4, hidden=64, batch=4, seq=32),
          "small": dict(d_model=64, layers=2, heads=4, experts=4, hidden=128, batch=32, seq=128),
@@ -96,34 +97,6 @@ def speed(size: dict, steps: int) -> dict:
                 times[name].append(time.perf_counter() - start)
     return {"params": {n: parameters(m) for n, m in models.items()},
             "step_s": {n: statistics.median(t) for n, t in times.items()}}
-
-
-def rss_mib() -> float:
-    """This process's resident set now, from ``/proc/self/statm``."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_during(run, interval: float = 2e-4) -> float:
-    """The peak resident set (MiB) while ``run()`` runs, sampled every ``interval`` seconds by a thread (torch's
-    kernels release the GIL)."""
-    import threading
-
-    peak, done = [rss_mib()], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(interval)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        run()
-    finally:
-        done.set()
-        sampler.join()
-    return peak[0]
 
 
 def memory(which: str, size_name: str, steps: int, threads: int) -> None:

@@ -67,7 +67,7 @@ def timed(pairs: dict, rounds: int) -> dict:
 def peak_child(spec: str) -> None:
     """In a fresh process: print the peak growth (MiB) of the resident set over one forward + backward of one
     callable, sampled from ``/proc/self/statm`` every 0.2 ms."""
-    from bench_lm_vs_mixtral import peak_rss_during, rss_mib
+    from peak_memory import peak_rss_during, rss_mib
 
     what = json.loads(spec)
     torch.set_num_threads(1)

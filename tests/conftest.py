@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 
 # The processes the tests start (the GPU check's dry run, scripts/bench*.py, fresh interpreters) run on one
 # intra-op thread too, as this one does (below): with two OpenMP threads each on a loaded 2-core machine, the
@@ -68,3 +70,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.timeout(MULTI_PROCESS_TIMEOUT_S))
         elif item.nodeid.startswith(SHARED_MODULE_FIXTURE):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def free_rendezvous_port() -> int:
+    """A free TCP port below the kernel's ephemeral range, for a multi-process test's rendezvous.
+
+    Lightning (and ``socket.bind(("", 0))``) take a port from the ephemeral range, as every other process
+    that binds one does (Jupyter's kernels in the docs build, anything the OS hands a port to): between the
+    moment a port is found free and the moment rank zero binds it, another process may take it. Ports
+    below that range are never handed out by the kernel, so only another test asking here could take it.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except OSError:
+        ephemeral_low = 32768
+    low, high = max(1024, ephemeral_low - 12000), ephemeral_low - 1
+    for port in random.Random().sample(range(low, high), 200):  # an unseeded generator: tests reseed the global one
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high} for a multi-process test's rendezvous")
+
+
+@pytest.fixture(autouse=True)
+def _rendezvous_port(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each multi-process test's processes meet on a port of their own (:func:`free_rendezvous_port`),
+    through ``MASTER_PORT``, which Lightning's DDP and the processes the test starts inherit."""
+    if request.node.nodeid.startswith(MULTI_PROCESS) and "MASTER_PORT" not in os.environ:
+        monkeypatch.setenv("MASTER_PORT", str(free_rendezvous_port()))

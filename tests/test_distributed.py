@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gmnn.data import ToyDataModule
 from gmnn.models import MoEModule
-from tests.conftest import tiny_trainer
+from tests.conftest import free_rendezvous_port, tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4007 samples: 601 validation and 601 test samples, an odd number, so a padding sampler would repeat one
@@ -68,6 +68,15 @@ def _check_matches_one_process(logged: dict[str, float], single: dict[str, float
     assert set(logged) <= set(single), "every metric logged under DDP must exist in one process"
     for name, value in logged.items():  # summed metric states over unpadded shards = the whole set's value
         torch.testing.assert_close(value, single[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_each_multi_process_test_meets_on_a_port_below_the_ephemeral_range() -> None:
+    """Jupyter's kernels (the docs build, beside these tests) and Lightning's own choice take ephemeral ports."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    port = int(os.environ["MASTER_PORT"])  # set for this test by tests/conftest.py
+    assert 1024 <= port < low
+    again = {free_rendezvous_port() for _ in range(5)}
+    assert all(1024 <= p < low for p in again) and len(again) > 1, "a fixed port would collide between runs"
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ API_PACKAGES = ["gmnn.nn.functional", "gmnn.nn.mixture", "gmnn.nn.moe", "gmnn.me
                 "gmnn.models", "gmnn.callbacks", "gmnn.data", "gmnn.checkpoints"]
 RERUNNABLE = ["RESULTS.md", "RESULTS_LM.md", "benchmarks/README.md"]
 
-# one worker builds the site once (pytest-xdist --dist loadgroup): the build writes docs/examples/. The build
-# starts Jupyter kernels, which bind local ports as the multi-process tests' rendezvous do: in one group with
-# them (tests/conftest.py) they run one after another, never racing for a port
-pytestmark = pytest.mark.xdist_group("multiprocess")
+# one worker builds the site once (pytest-xdist --dist loadgroup): the build writes docs/examples/. Its Jupyter
+# kernels bind ports of the kernel's ephemeral range; the multi-process tests meet on ports below it
+# (tests/conftest.py), so the two run side by side without racing for a port
+pytestmark = pytest.mark.xdist_group("docs")
 
 
 @pytest.fixture(scope="module")

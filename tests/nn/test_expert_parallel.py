@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
-import socket
 import traceback
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from gmnn.nn import MLPExperts, MoELayer, SharedExperts, SigmoidRouter, SoftmaxTopKRouter, SwiGLUExperts
 from gmnn.nn.moe.parallel import (ExpertParallelMoELayer, check_shardable, clip_grad_norm_, gather_expert_state,
                                      shard_expert_state)
+from tests.conftest import free_rendezvous_port
 
 WORLD = 2
 HANG_LIMIT_S = 120
@@ -158,17 +158,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("expert_parallel")
     context = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_rendezvous_port()
     processes = [context.Process(target=_worker, args=(rank, port, str(out_dir))) for rank in range(WORLD)]
     for process in processes:
         process.start()
