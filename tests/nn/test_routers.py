@@ -203,3 +203,18 @@ def test_aux_free_bias_stays_identical_on_two_real_processes(tmp_path) -> None:
                                           start_method="fork")  # fork: no re-import of torch in the children
     bias0, bias1 = torch.load(tmp_path / "bias0.pt"), torch.load(tmp_path / "bias1.pt")
     assert torch.equal(bias0, bias1) and bias0.abs().sum() > 0
+
+
+@pytest.mark.parametrize("experts", [17, 64])
+def test_renormalising_keeps_the_top_k_order_of_experts_with_equal_weights(experts: int) -> None:
+    """The sort after the renormalisation is stable: experts of exactly equal weight keep top-k's order, so the
+    top-1 expert (what the decomposition metrics count) does not depend on the sort's algorithm. Torch's CPU sort
+    permutes more than 16 equal values when it is not asked to be stable."""
+    router = SoftmaxTopKRouter(4, experts, k=experts, normalize=True)
+    with torch.no_grad():
+        router.weight.zero_()  # no bias by default: every logit is 0
+    x = torch.randn(3, 4)
+    route = router(x).routing
+    expected = torch.full((3, experts), 0.0).topk(experts, dim=-1).indices  # what top-k picks among equal scores
+    assert torch.equal(route.selected, expected)
+    assert torch.allclose(route.weights, torch.full((3, experts), 1 / experts))
