@@ -27,19 +27,40 @@ def run(code: str, env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-HEAVY = "('torchvision', 'transformers', 'scipy.signal', 'torchmetrics.functional.image', 'torchmetrics.functional.text')"
+HEAVY = ("torchvision", "transformers", "scipy.signal", "torchmetrics.functional.image", "torchmetrics.functional.text")
 
 
-def test_the_command_imports_no_metric_domain_it_does_not_use() -> None:
+COMPILER = ("torch._dynamo", "torch._inductor", "sympy")
+
+
+def imported_by_the_command(env: dict[str, str] | None = None) -> set[str]:
+    """Which of HEAVY and COMPILER a fresh interpreter has imported after what the command and a model's module import."""
     out = run(
         f"""
         import sys
-        import gmnn.cli.app, gmnn.models, gmnn.data
+        import gmnn.cli.app, gmnn.models, gmnn.data, gmnn.callbacks
         from gmnn.models.regression import RegressionMoE
-        print(sorted(m for m in {HEAVY} if m in sys.modules))
-        """
+        from gmnn import pl
+        pl.Trainer  # the Lightning namespace itself
+        print(" ".join(m for m in {HEAVY + COMPILER!r} if m in sys.modules))
+        """,
+        env=env,
     )
-    assert out.strip() == "[]"
+    return set(out.split())
+
+
+@pytest.fixture(scope="module")
+def deferred() -> set[str]:
+    return imported_by_the_command()
+
+
+@pytest.fixture(scope="module")
+def not_deferred() -> set[str]:
+    return imported_by_the_command({"GMNN_DEFER_IMPORTS": "0"})
+
+
+def test_the_command_imports_no_metric_domain_it_does_not_use(deferred: set[str]) -> None:
+    assert not deferred & set(HEAVY)
 
 
 def test_every_name_of_torchmetrics_is_there_when_asked_for() -> None:
@@ -67,16 +88,8 @@ def test_every_name_of_torchmetrics_is_there_when_asked_for() -> None:
     assert int(out) > 50
 
 
-def test_turned_off_it_imports_as_usual() -> None:
-    out = run(
-        """
-        import sys
-        import gmnn.cli.app
-        print('torchmetrics.functional.image' in sys.modules)
-        """,
-        env={"GMNN_DEFER_IMPORTS": "0"},
-    )
-    assert out.strip() == "True"
+def test_turned_off_it_imports_as_usual(not_deferred: set[str]) -> None:
+    assert "torchmetrics.functional.image" in not_deferred
 
 
 def test_a_library_import_leaves_torchmetrics_alone() -> None:
@@ -116,18 +129,9 @@ def test_a_package_without_its_marker_imports_as_usual(tmp_path: Path, marked: b
     assert out.split() == (["False", "0", "1", "False", "3"] if marked else ["True", "0", "None", "True", "3"])
 
 
-def test_the_command_imports_no_compiler() -> None:
+def test_the_command_imports_no_compiler(deferred: set[str]) -> None:
     """Lightning's ``torch._dynamo`` imports are deferred: nothing of the compiler loads before a run needs it."""
-    out = run(
-        """
-        import sys
-        import gmnn.cli.app, gmnn.models, gmnn.data, gmnn.callbacks
-        from gmnn import pl
-        pl.Trainer  # the Lightning namespace itself
-        print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))
-        """
-    )
-    assert out.strip() == "[]"
+    assert not deferred & set(COMPILER)
 
 
 @pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning"])
@@ -164,16 +168,8 @@ def test_a_compiled_module_is_still_recognised(namespace: str) -> None:
     assert out.strip() == "ok"
 
 
-def test_turned_off_lightning_imports_the_compiler_as_usual() -> None:
-    out = run(
-        """
-        import sys
-        import gmnn.cli.app
-        print('torch._dynamo' in sys.modules)
-        """,
-        env={"GMNN_DEFER_IMPORTS": "0"},
-    )
-    assert out.strip() == "True"
+def test_turned_off_lightning_imports_the_compiler_as_usual(not_deferred: set[str]) -> None:
+    assert "torch._dynamo" in not_deferred
 
 
 @pytest.mark.parametrize("present", [True, False])
