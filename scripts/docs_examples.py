@@ -2,7 +2,8 @@
 
 Each example is converted to a notebook, executed in its own Jupyter kernel with the repository root as its
 working folder, and written to ``docs/examples/<name>.ipynb`` and, with its outputs (figures, tables, text),
-to ``docs/examples/<name>.md`` for MkDocs. The examples run in parallel, one process each.
+to ``docs/examples/<name>.md`` for MkDocs. The examples run in parallel, one process each, as many at once as
+there are cores.
 
 MkDocs runs this file as a hook (``hooks:`` in mkdocs.yml) before every build: an example is executed again
 when its rendered page is missing or older than its source, or always with ``GMNN_DOCS_EXECUTE=always``
@@ -76,7 +77,9 @@ def run_all(sources: list[Path]) -> dict[str, float]:
                                       capture_output=True, text=True, timeout=TIMEOUT_S + 60)
 
     timings, failures = {}, []
-    with ThreadPoolExecutor(max_workers=len(sources) or 1) as pool:
+    # one example a core: each starts a kernel and some start gmnn runs of their own, and the test suite runs the
+    # build beside multi-process tests whose hang limits an oversubscribed machine would approach
+    with ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 1))) as pool:
         for source, done in pool.map(one, sources):
             if done.returncode != 0:
                 failures.append(f"examples/{source.name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
