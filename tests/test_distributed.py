@@ -29,7 +29,8 @@ def run_gmnn(args: list[str], cwd: Path, timeout: float = HANG_LIMIT_S, succeed:
 
     ``succeed=False``: the run must fail (exit code != 0), in time.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # each command its own rendezvous port (tests/conftest.py), none left in TIME_WAIT by the command before
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(free_rendezvous_port())}
     process = subprocess.Popen(
         [sys.executable, "-m", "gmnn.cli", *args], cwd=cwd, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
