@@ -257,3 +257,33 @@ def test_a_namespace_of_the_command_line_is_compared_as_the_plain_dict_a_checkpo
     value = Namespace(hidden=(8, 4), gate=Namespace(kind="mlp", sizes=(2,)))
     assert resume._plain_value(value) == {"hidden": [8, 4], "gate": {"kind": "mlp", "sizes": [2]}}
     assert resume._shown(value) == "{'hidden': [8, 4], 'gate': {'kind': 'mlp', 'sizes': [2]}}"
+
+
+def _csv_run(root: Path, name: str, rows: str | None) -> Any:
+    """A CSV logger of ``root/name/version_0``, its ``metrics.csv`` holding ``rows`` (none: no file)."""
+    from gmnn.pl import CSVLogger
+
+    logger = CSVLogger(str(root), name=name, version=0)
+    if rows is not None:
+        Path(logger.log_dir).mkdir(parents=True)
+        (Path(logger.log_dir) / "metrics.csv").write_text(rows)
+    return logger
+
+
+def test_resuming_keeps_the_rows_of_every_csv_run_after_other_loggers(tmp_path: Path) -> None:
+    """Killed: ``keep_csv_metrics`` 5 and 12 (``continue`` -> ``break``: a CSV logger after another logger, or after a
+    CSV logger without a ``metrics.csv``, lost the rows of its earlier epochs)."""
+    import types
+    import warnings
+
+    other = types.SimpleNamespace()  # any logger that is not a CSVLogger
+    empty = _csv_run(tmp_path, "empty", None)
+    kept = _csv_run(tmp_path, "kept", "epoch,step,val/loss\n0,9,0.5\n1,19,\n")
+    trainer = types.SimpleNamespace(is_global_zero=True, loggers=[other, empty, kept])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resume.keep_csv_metrics(trainer)
+    assert kept.experiment.metrics_keys == ["epoch", "step", "val/loss"]
+    assert kept.experiment.metrics == [{"epoch": "0", "step": "9", "val/loss": "0.5"}, {"epoch": "1", "step": "19"}]
+    # killed too: 27 (the filter never matching): the warning that earlier files will be deleted is false here
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
