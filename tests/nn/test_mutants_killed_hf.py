@@ -122,3 +122,148 @@ def test_to_hf_names_the_setting_that_differs() -> None:
         "Refused: MixtralSparseMoeBlock: cannot write this layer back: capacity_factor > 0 (the Hugging Face block is "
         "dropless)")
     assert refused(nn.Linear(2, 2), make("Mixtral")) == "TypeError: layer must be a gmnn MoELayer, got Linear"
+
+
+# --- links.py ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["Mixtral", "Qwen2-MoE", "ERNIE-4.5-MoE", "DeepSeek-V3"])
+def test_every_link_reads_the_layer_tensor_in_its_shape(family: str) -> None:
+    """Killed: ``shared_mlp`` 82 and 105 (``shape`` dropped from the ``same`` links of the shared ``w2`` / ``b2``:
+    ``read`` gives ``[D, I]`` / ``[D]`` for the layer's ``[1, D, I]`` / ``[1, D]``, which ``copy_`` broadcasts but
+    the gradient map of the parity tests compares by broadcasting too)."""
+    block = make(family)
+    layer = from_hf(block)
+    state = layer.state_dict()
+    for link in spec_of(block).links:
+        read = link.read(lambda t: t)
+        assert read.shape == state[link.name].shape, link.name
+        assert torch.equal(read, state[link.name]), link.name
+
+
+def test_activations_are_read_by_name_and_approximation() -> None:
+    """Killed: ``activation`` mutants of the ``approximate`` check (``and`` for ``or``, the attribute re-spelt,
+    ``"none"`` compared as ``"XXnoneXX"``), the refusal message (``None``, ``sorted(None)``) and the owner it names."""
+    from gmnn.nn.moe.hf.links import activation
+
+    known = "['GELU', 'GELUActivation', 'GELUTanh', 'ReLU', 'SiLU', 'SiLUActivation']"
+    assert (activation("B", nn.GELU()), activation("B", nn.SiLU()), activation("B", nn.ReLU())) == ("gelu", "silu", "relu")
+    assert _refusal(lambda: activation("B", nn.GELU(approximate="tanh"))) == (
+        f"Refused: B: expert activation GELU has no exact gmnn equivalent (gmnn has {known})")
+    assert _refusal(lambda: activation("B", nn.Tanh())) == (
+        f"Refused: B: expert activation Tanh has no exact gmnn equivalent (gmnn has {known})")
+    block = make("Mixtral")
+    block.experts.act_fn = nn.GELU(approximate="tanh")
+    assert _refusal(lambda: spec_of(block)) == (
+        f"Refused: MixtralSparseMoeBlock: expert activation GELU has no exact gmnn equivalent (gmnn has {known})")
+    block.experts.act_fn = nn.GELU()
+    assert from_hf(block).experts.activation == "gelu"  # and the random-token check passes
+
+
+def test_fused_experts_transposed_biased_or_of_another_shape_are_refused_by_name() -> None:
+    """Killed: ``routed_experts`` 7, 14, 15, 23, 24 (``is_transposed`` or ``has_bias`` not read: such experts taken
+    as ``[E, 2I, D]``), 26 (the message ``None``), 29 (``two_hidden / 2``: a float width), 32-34 (the ``down_proj``
+    shape check inverted, its message ``None`` / the shape of ``None``)."""
+    for flag in ("is_transposed", "has_bias"):
+        block = make("Mixtral")
+        setattr(block.experts, flag, True)
+        assert _refusal(lambda block=block: spec_of(block)) == (
+            "Refused: MixtralSparseMoeBlock: transposed or biased fused experts are not read by gmnn")
+    block = make("Mixtral")
+    block.experts.down_proj = nn.Parameter(torch.zeros(6, 16, 25))
+    assert _refusal(lambda: spec_of(block)) == (
+        "Refused: MixtralSparseMoeBlock: down_proj of shape (6, 16, 25) is not [E, D, I]")
+    layer = from_hf(make("Mixtral"))
+    assert (layer.experts.d_model, layer.experts.hidden, layer.experts.num_experts) == (16, 24, 6)
+    assert type(layer.experts.hidden) is int
+
+
+class _FusedExperts(nn.Module):
+    """Fused experts of a transformers 5 release without ``is_transposed`` / ``has_bias`` (gate_up ``[E, 2I, D]``)."""
+
+    def __init__(self, experts: nn.Module) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(experts.gate_up_proj.detach().clone())
+        self.down_proj = nn.Parameter(experts.down_proj.detach().clone())
+        self.act_fn = experts.act_fn
+
+
+class _Expert(nn.Module):
+    """One expert of transformers 4's per-expert list: Mixtral's ``w1`` / ``w3`` / ``w2`` or ``gate/up/down_proj``."""
+
+    def __init__(self, experts: nn.Module, e: int, names: tuple[str, str, str]) -> None:
+        super().__init__()
+        hidden = experts.down_proj.shape[-1]
+        weights = (experts.gate_up_proj[e, :hidden], experts.gate_up_proj[e, hidden:], experts.down_proj[e])
+        for name, weight in zip(names, weights):
+            linear = nn.Linear(1, 1, bias=False)
+            linear.weight = nn.Parameter(weight.detach().clone())
+            setattr(self, name, linear)
+        self.act_fn = experts.act_fn
+
+
+def _old_block(fused: nn.Module, experts: nn.Module) -> nn.Module:
+    """transformers 4's MixtralSparseMoeBlock (a ``Linear`` gate, ``top_k`` on the block) around ``experts``."""
+    old = type("MixtralSparseMoeBlock", (nn.Module,), {})()
+    old.gate = nn.Linear(16, fused.gate.weight.shape[0], bias=False)
+    old.gate.weight = nn.Parameter(fused.gate.weight.detach().clone())
+    old.experts = experts
+    old.top_k = 2
+    return old
+
+
+@pytest.mark.parametrize("names", [("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"), "fused"])
+def test_older_expert_layouts_convert_and_write_back_exactly(names) -> None:
+    """Killed: ``routed_experts`` 13, 22 (``is_transposed`` / ``has_bias`` read without a default: fused experts
+    without them refused), 73 (``experts[1]``: one expert), 69 (a list of one expert refused), 75-94 (the names of
+    either per-expert layout re-spelt: ``gate_proj`` / ``up_proj`` / ``down_proj`` experts were not tested),
+    108/134/139/145-163 as far as they change the weights; ``stacked`` ``write`` mutants (to_hf into the per-expert
+    list); the weights are compared exactly with the conversion of the fused block they were cut from."""
+    for num_experts in (6, 1):
+        fused = make("Mixtral", num_local_experts=num_experts, num_experts_per_tok=min(2, num_experts))
+        if names == "fused":
+            experts = _FusedExperts(fused.experts)
+        else:
+            experts = nn.ModuleList(_Expert(fused.experts, e, names) for e in range(num_experts))
+        old = _old_block(fused, experts)
+        old.top_k = min(2, num_experts)
+        layer, reference = from_hf(old, verify=False), from_hf(fused)  # the stand-in has no forward
+        assert layer.state_dict().keys() == reference.state_dict().keys()
+        for name, value in reference.state_dict().items():
+            assert torch.equal(layer.state_dict()[name], value), name
+        with torch.no_grad():  # write changed weights back into the older layout
+            for tensor in reference.parameters():
+                tensor.add_(1.0)
+        to_hf(reference, old)
+        back = from_hf(old, verify=False)
+        for name, value in reference.state_dict().items():
+            assert torch.equal(back.state_dict()[name], value), name
+
+
+def test_per_expert_lists_that_are_not_gated_mlps_are_refused_by_name() -> None:
+    """Killed: ``routed_experts`` 66-68, 70, 71 (the list check and its message), 95-102 (the gated-MLP check and its
+    message)."""
+    fused = make("Mixtral")
+    assert _refusal(lambda: spec_of(_old_block(fused, nn.Linear(2, 2)))) == (
+        "Refused: MixtralSparseMoeBlock: experts of type Linear are neither fused nor a per-expert list")
+    assert _refusal(lambda: spec_of(_old_block(fused, nn.ModuleList()))) == (
+        "Refused: MixtralSparseMoeBlock: experts of type ModuleList are neither fused nor a per-expert list")
+    experts = nn.ModuleList(_Expert(fused.experts, e, ("w1", "w3", "w2")) for e in range(6))
+    for expert in experts:
+        del expert.w3
+    assert _refusal(lambda: spec_of(_old_block(fused, experts))) == (
+        "Refused: MixtralSparseMoeBlock: per-expert modules of type _Expert are not gated MLPs")
+
+
+def test_shared_experts_and_gates_gmnn_cannot_read_are_refused_by_name() -> None:
+    """Killed: ``shared_mlp`` 15, 16 (the not-a-gated-MLP message), 37, 38, 41 (a biased shared-expert gate accepted,
+    a bias-free one refused, the message ``None``) and 39 (the gate shape check inverted)."""
+    block = make("Qwen2-MoE")
+    block.shared_expert = nn.Linear(16, 16)
+    assert _refusal(lambda: spec_of(block)) == (
+        "Refused: Qwen2MoeSparseMoeBlock: shared expert of type Linear is not a gated MLP")
+    for gate in (nn.Linear(16, 1, bias=True), nn.Linear(16, 2, bias=False)):
+        block = make("Qwen2-MoE")
+        block.shared_expert_gate = gate
+        assert _refusal(lambda block=block: spec_of(block)) == (
+            "Refused: Qwen2MoeSparseMoeBlock: shared expert gate must be a bias-free Linear(d_model, 1)")
