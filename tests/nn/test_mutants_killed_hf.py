@@ -267,3 +267,31 @@ def test_shared_experts_and_gates_gmnn_cannot_read_are_refused_by_name() -> None
         block.shared_expert_gate = gate
         assert _refusal(lambda block=block: spec_of(block)) == (
             "Refused: Qwen2MoeSparseMoeBlock: shared expert gate must be a bias-free Linear(d_model, 1)")
+
+
+# --- families.py ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["Mixtral", "MiniMax", "GraniteMoE", "Qwen3-MoE-norm"])
+def test_renormalising_families_convert_exactly_with_one_expert_per_token(family: str) -> None:
+    """Killed: ``mixtral`` and ``granite`` mutants ``normalize=None`` / ``normalize`` dropped (gmnn's default
+    renormalises only for k > 1, while these blocks divide the one top weight by itself: weight 1); ``qwen``'s alike
+    where ``norm_topk_prob`` is set."""
+    from tests.nn.test_hf_families import parity
+
+    key = "num_experts_per_tok"
+    output_error, grad_error = parity(make(family, **{key: 1}))
+    assert output_error < 1e-5 and grad_error < 1e-5
+
+
+def test_jitter_and_missing_routing_settings_are_refused_by_name() -> None:
+    """Killed: ``_no_jitter`` (the message ``None``, its fixed text re-spelt, the owner or value of ``None``) and
+    ``_setting`` (the message ``None`` / naming ``NoneType``: a transformers 4 block without ``top_k``)."""
+    jittery = make("Mixtral", router_jitter_noise=0.1)
+    assert _refusal(lambda: spec_of(jittery)) == (
+        "Refused: MixtralSparseMoeBlock: jitter_noise=0.1 multiplies the input by random noise while training (gmnn "
+        "has no input jitter); set it to 0 to convert")
+    fused = make("Mixtral")
+    old = _old_block(fused, _FusedExperts(fused.experts))
+    del old.top_k
+    assert _refusal(lambda: spec_of(old)) == "Refused: MixtralSparseMoeBlock: no top_k on the block or its router"
