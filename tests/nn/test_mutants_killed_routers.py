@@ -7,10 +7,12 @@ Values are worked out by hand in the comments; the mutant names are those of ``m
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from gmnn.nn.moe.routers import SoftMoERouter
+from gmnn.nn.moe.routers import ExpertChoiceRouter, SoftMoERouter
 
 
 def _normalized_soft_router() -> SoftMoERouter:
@@ -66,7 +68,8 @@ def test_soft_moe_takes_all_tokens_as_one_sequence_and_names_a_seq_len_that_does
 
 
 def test_soft_moe_records_per_expert_log_sum_exp_logits_combine_mass_and_its_mask() -> None:
-    """Killed: ``SoftMoERouter.forward`` 70, 74 (the record's ``logits`` ``None`` or left out), 71, 75 (its
+    """Killed: ``SoftMoERouter.forward`` 70, 74 (the record's ``logits`` ``None`` or left out), 86, 87 (their
+    ``logsumexp`` over dim ``+1`` / ``-2``, the experts, not the slots: ``(ln 2, ln 5)`` for token 0), 71, 75 (its
     ``mask`` ``None`` or left out)."""
     router = SoftMoERouter(1, 2, slots=2)  # 2 experts of 2 slots: slot logits x * phi
     with torch.no_grad():
@@ -80,3 +83,54 @@ def test_soft_moe_records_per_expert_log_sum_exp_logits_combine_mass_and_its_mas
     # combine over the 4 slots of token 0: (1, 4, 1, 1) / 7, per expert (5 / 7, 2 / 7); token 1 is padding: 0
     torch.testing.assert_close(routing.probs, torch.tensor([[5 / 7, 2 / 7], [0.0, 0.0]]))
     assert routing.mask is mask and routing.selected is None
+
+
+def _expert_choice_with_bias() -> tuple[ExpertChoiceRouter, torch.Tensor]:
+    """3 tokens, 2 experts, ``c = ceil(1.0 * 3 / 2) = 2``, a bias ``(ln 3, 0)``; with ``x = I`` token t's logits are
+    column t of the weight plus the bias: (ln 3, ln 9), (ln 3, 0), (ln 2, 0), probabilities (1/4, 3/4), (3/4, 1/4),
+    (2/3, 1/3)."""
+    router = ExpertChoiceRouter(3, 2, capacity_factor=1.0, bias=True)
+    with torch.no_grad():
+        router.weight.copy_(torch.tensor([[1.0, 1.0, 2 / 3], [9.0, 1.0, 1.0]]).log())
+        router.bias.copy_(torch.tensor([3.0, 1.0]).log())
+    return router, torch.eye(3)
+
+
+def test_expert_choice_records_its_logits_with_the_bias_and_weights_hand_computed() -> None:
+    """Killed: ``ExpertChoiceRouter.__init__`` 12, 16 (``bias`` passed as ``None`` / left out: no bias, token 0's
+    probabilities would be (1/10, 9/10)), ``ExpertChoiceRouter.forward`` 95, 100 (the record's ``logits`` ``None`` /
+    left out)."""
+    router, x = _expert_choice_with_bias()
+    route = router(x)
+    torch.testing.assert_close(route.routing.logits, torch.tensor([[3.0, 9.0], [3.0, 1.0], [2.0, 1.0]]).log())
+    # expert 0 scores the tokens (1/4, 3/4, 2/3): takes 1 and 2; expert 1 (3/4, 1/4, 1/3): takes 0 and 2
+    assert route.expert_tokens.tolist() == [[1, 2], [0, 2]]
+    torch.testing.assert_close(route.expert_gates, torch.tensor([[3 / 4, 2 / 3], [3 / 4, 1 / 3]]))
+    # token 0 has expert 1 only, token 1 expert 0 only, token 2 both (2/3 for expert 0 first)
+    assert route.routing.selected.tolist() == [[1, -1], [0, -1], [0, 1]]
+    torch.testing.assert_close(route.routing.weights, torch.tensor([[3 / 4, 0.0], [3 / 4, 0.0], [2 / 3, 1 / 3]]))
+
+
+def test_expert_choice_records_the_padding_mask_it_was_given() -> None:
+    """Killed: ``ExpertChoiceRouter.forward`` 96, 101 (the record's ``mask`` ``None`` / left out: metrics would count
+    the padding token)."""
+    router, x = _expert_choice_with_bias()
+    mask = torch.tensor([True, False, True])
+    route = router(x, mask)
+    assert route.routing.mask is mask
+    # token 1 is padding: expert 0 scores (1/4, -1, 2/3), takes 2 then 0; expert 1 (3/4, -1, 1/3): 0 then 2
+    assert route.expert_tokens.tolist() == [[2, 0], [0, 2]]
+    assert route.routing.selected.tolist() == [[1, 0], [-1, -1], [0, 1]]
+    torch.testing.assert_close(route.routing.weights, torch.tensor([[3 / 4, 1 / 4], [0.0, 0.0], [2 / 3, 1 / 3]]))
+
+
+def test_expert_choice_defaults_to_a_capacity_factor_of_2_and_names_a_bad_one() -> None:
+    """Killed: ``ExpertChoiceRouter.__init__`` 1 (default capacity factor 3: ``c = ceil(3 * 4 / 4) = 3``, k = 3),
+    3, 7, 8 (the name in the error: ``None``, ``XXcapacity_factorXX``, ``CAPACITY_FACTOR``)."""
+    router = ExpertChoiceRouter(4, 4)
+    # c = ceil(2 * 4 tokens / 4 experts) = 2; k = round(2) = 2
+    assert router.capacity_factor == 2.0 and router.k == 2 and router.capacity(4) == 2
+    with pytest.raises(ValueError, match=r"^capacity_factor must be a finite number > 0, got 0$"):
+        ExpertChoiceRouter(4, 4, capacity_factor=0)
+    with pytest.raises(ValueError, match=r"^capacity_factor must be a finite number > 0, got inf$"):
+        ExpertChoiceRouter(4, 4, capacity_factor=math.inf)
