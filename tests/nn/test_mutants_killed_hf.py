@@ -295,3 +295,13 @@ def test_jitter_and_missing_routing_settings_are_refused_by_name() -> None:
     old = _old_block(fused, _FusedExperts(fused.experts))
     del old.top_k
     assert _refusal(lambda: spec_of(old)) == "Refused: MixtralSparseMoeBlock: no top_k on the block or its router"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_from_hf_puts_the_layer_on_the_device_of_a_cuda_block() -> None:
+    """Killed (on a CUDA machine only; skipped on the CPU-only test machine, not yet run on a GPU): ``from_hf`` 30, 32
+    (``device=None`` / no device: the layer stays on the CPU while the block's weights are on the GPU)."""
+    block = make("Mixtral").cuda()
+    layer = from_hf(block)
+    assert layer.experts.w1.device == layer.router.weight.device == block.gate.weight.device
+    assert torch.equal(layer.experts.w1, block.experts.gate_up_proj)
