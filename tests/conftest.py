@@ -96,9 +96,19 @@ def free_rendezvous_port() -> int:
     raise RuntimeError(f"no free port in {low}-{high} for a multi-process test's rendezvous")
 
 
+#: ``MASTER_PORT`` as set outside the tests (a port the user pins for every multi-process command), or ``None``
+PINNED_MASTER_PORT = os.environ.get("MASTER_PORT") or None
+
+
+def rendezvous_port() -> int:
+    """The port a multi-process command of the tests meets on: the one pinned outside the tests
+    (:data:`PINNED_MASTER_PORT`), else a fresh :func:`free_rendezvous_port`."""
+    return int(PINNED_MASTER_PORT) if PINNED_MASTER_PORT else free_rendezvous_port()
+
+
 @pytest.fixture(autouse=True)
 def _rendezvous_port(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each multi-process test's processes meet on a port of their own (:func:`free_rendezvous_port`),
+    """Each multi-process test's processes meet on a port of their own (:func:`rendezvous_port`),
     through ``MASTER_PORT``, which Lightning's DDP and the processes the test starts inherit."""
-    if request.node.nodeid.startswith(MULTI_PROCESS) and "MASTER_PORT" not in os.environ:
-        monkeypatch.setenv("MASTER_PORT", str(free_rendezvous_port()))
+    if request.node.nodeid.startswith(MULTI_PROCESS):
+        monkeypatch.setenv("MASTER_PORT", str(rendezvous_port()))

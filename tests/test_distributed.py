@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gmnn.data import ToyDataModule
 from gmnn.models import MoEModule
-from tests.conftest import free_rendezvous_port, tiny_trainer
+from tests import conftest
+from tests.conftest import free_rendezvous_port, rendezvous_port, tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4007 samples: 601 validation and 601 test samples, an odd number, so a padding sampler would repeat one
@@ -30,7 +31,7 @@ def run_gmnn(args: list[str], cwd: Path, timeout: float = HANG_LIMIT_S, succeed:
     ``succeed=False``: the run must fail (exit code != 0), in time.
     """
     # each command its own rendezvous port (tests/conftest.py), none left in TIME_WAIT by the command before
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(free_rendezvous_port())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(rendezvous_port())}
     process = subprocess.Popen(
         [sys.executable, "-m", "gmnn.cli", *args], cwd=cwd, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -75,9 +76,34 @@ def test_each_multi_process_test_meets_on_a_port_below_the_ephemeral_range() -> 
     """Jupyter's kernels (the docs build, beside these tests) and Lightning's own choice take ephemeral ports."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     port = int(os.environ["MASTER_PORT"])  # set for this test by tests/conftest.py
-    assert 1024 <= port < low
+    assert port == int(conftest.PINNED_MASTER_PORT) if conftest.PINNED_MASTER_PORT else 1024 <= port < low
     again = {free_rendezvous_port() for _ in range(5)}
     assert all(1024 <= p < low for p in again) and len(again) > 1, "a fixed port would collide between runs"
+
+
+def test_a_port_pinned_outside_the_tests_is_kept_by_every_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MASTER_PORT`` set before the tests start is the port of every command :func:`run_gmnn` starts; unset,
+    each command gets a fresh one below the ephemeral range."""
+    ports = []
+
+    class Recorded:
+        def __init__(self, args: list[str], env: dict[str, str], **kwargs: object) -> None:
+            ports.append(env["MASTER_PORT"])
+            self.args, self.returncode, self.pid = args, 0, 0
+
+        def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+            return "", ""
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    monkeypatch.setattr(conftest, "PINNED_MASTER_PORT", "29517")
+    run_gmnn(["fit"], cwd=tmp_path)
+    run_gmnn(["fit"], cwd=tmp_path)
+    monkeypatch.setattr(conftest, "PINNED_MASTER_PORT", None)
+    run_gmnn(["fit"], cwd=tmp_path)
+    run_gmnn(["fit"], cwd=tmp_path)
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert ports[:2] == ["29517", "29517"]
+    assert all(1024 <= int(p) < low for p in ports[2:]) and ports[2] != ports[3]
 
 
 @pytest.mark.slow
