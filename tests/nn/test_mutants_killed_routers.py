@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from gmnn.nn.moe.routers import ExpertChoiceRouter, SoftMoERouter
+from gmnn.nn.moe.routers import ExpertChoiceRouter, SoftmaxTopKRouter, SoftMoERouter
 
 
 def _normalized_soft_router() -> SoftMoERouter:
@@ -134,3 +134,18 @@ def test_expert_choice_defaults_to_a_capacity_factor_of_2_and_names_a_bad_one() 
         ExpertChoiceRouter(4, 4, capacity_factor=0)
     with pytest.raises(ValueError, match=r"^capacity_factor must be a finite number > 0, got inf$"):
         ExpertChoiceRouter(4, 4, capacity_factor=math.inf)
+
+
+def test_aux_free_balancing_counts_no_load_for_padding_tokens() -> None:
+    """Killed: ``TokenChoiceRouter._count`` 8 (``ones / mask``: a padding token adds 1 / 0 = inf to its expert's
+    load). Run with ``@torch.no_grad()`` removed from ``_count`` in the mutated copy (mutmut skips decorated
+    functions)."""
+    router = SoftmaxTopKRouter(3, 3, k=1, balance_rate=0.1, balance_update="manual")
+    router.train()
+    with torch.no_grad():  # x = I: token t's logits are column t of the weight
+        router.weight.copy_(torch.tensor([[4.0, 0.0, 4.0], [0.0, 0.0, 0.0], [0.0, 4.0, 0.0]]))
+    # tokens 0 and 2 pick expert 0, token 1 (padding) expert 2
+    router(torch.eye(3), mask=torch.tensor([True, False, True]))
+    assert router.load.tolist() == [2.0, 0.0, 0.0]
+    router(torch.eye(3))  # without a mask every token counts: 2 + 2 for expert 0, 1 for expert 2
+    assert router.load.tolist() == [4.0, 0.0, 1.0]
