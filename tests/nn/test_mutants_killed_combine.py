@@ -13,6 +13,15 @@ import re
 import pytest
 import torch
 
+from gmnn.metrics import (
+    DecompositionMetrics,
+    ExpertAllocation,
+    ExpertUsage,
+    ImportanceCV,
+    MutualInformation,
+    PerTaskEntropy,
+    SampleEntropy,
+)
 from gmnn.nn.functional.combine import class_log_probs, dense_mixture, softmax_of_mixture, sparse_mixture
 
 
@@ -100,3 +109,133 @@ def test_class_log_probs_on_cuda_is_the_direct_log_softmax() -> None:
     out = class_log_probs(torch.zeros(2, 3, 4, dtype=torch.float64, device="cuda"))
     assert out.stride() == (12, 4, 1)  # contiguous: torch.log_softmax(dim=-1) itself
     torch.testing.assert_close(out.cpu(), torch.full((2, 3, 4), -math.log(4), dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: MutualInformation(0, 2), "num_experts must be an integer >= 1, got 0"),
+        (lambda: MutualInformation(2, 0), "num_classes must be an integer >= 1, got 0"),
+        (lambda: ExpertUsage(0), "num_experts must be an integer >= 1, got 0"),
+        (lambda: ImportanceCV(-1), "num_experts must be an integer >= 1, got -1"),
+        (lambda: SampleEntropy(0), "num_experts must be an integer >= 1, got 0"),
+        (lambda: PerTaskEntropy(0, 2), "num_experts must be an integer >= 1, got 0"),
+        (lambda: PerTaskEntropy(2, 0), "num_classes must be an integer >= 1, got 0"),
+        (lambda: ExpertAllocation(0, 2), "num_experts must be an integer >= 1, got 0"),
+        (lambda: ExpertAllocation(2, 0), "num_classes must be an integer >= 1, got 0"),
+        (lambda: ExpertAllocation(2, 2, bins=0), "bins must be an integer >= 1, got 0"),
+    ],
+    ids=["mi-experts", "mi-classes", "usage", "cv", "sample-entropy", "per-task-experts", "per-task-classes",
+         "allocation-experts", "allocation-classes", "allocation-bins"],
+)
+def test_every_decomposition_metric_names_its_bad_argument_in_the_whole_message(make, message: str) -> None:
+    """Killed: the argument names of the ``check_positive_int`` calls in the ``__init__``s, which the existing
+    ``match="num_experts"`` (a search) also finds in ``"XXnum_expertsXX"`` or which no test gave a bad value:
+    ``MutualInformation.__init__`` 5, 7, 11, 12; ``_GateSums.__init__`` (``ExpertUsage``, ``ImportanceCV``) 1, 5, 6;
+    ``SampleEntropy.__init__`` 5; ``_ClassGateMass.__init__`` (``PerTaskEntropy``, ``ExpertAllocation``) 1, 5, 6,
+    11, 12; ``ExpertAllocation.__init__``'s ``"bins"`` (``XXbinsXX``, ``BINS``, ``None``)."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make()
+
+
+def test_importance_cv_keeps_float64_gate_sums() -> None:
+    """Killed: ``_GateSums.__init__`` mutants with the ``gate_sum`` state float32 (``dtype=None`` or left out).
+
+    A float64 gate (0.5 + 2**-30, 0.5 - 2**-30): importance (0.5 + 2**-30, 0.5 - 2**-30), mean 0.5, population
+    std 2**-30, so CV = 2**-29 (exact in float32). In a float32 state both sums round to 0.5 (float32's spacing at
+    0.5 is 2**-24) and the CV would be 0.
+    """
+    metric = ImportanceCV(2)
+    d = 2.0**-30
+    metric.update(torch.tensor([[0.5 + d, 0.5 - d]], dtype=torch.float64))
+    assert metric.gate_sum.dtype == torch.float64
+    assert metric.compute().item() == 2.0**-29
+
+
+def test_decomposition_states_are_float64_sums_and_integer_counts_merged_by_summing() -> None:
+    """Killed: the ``dtype`` mutants of every ``add_state`` in the ``__init__``s (``dtype=None`` or left out: float32
+    states, whose counts stop being exact past 2**24 samples and whose sums round; the ``_ExactStates`` docstring
+    keeps floating states float64) and the ``dist_reduce_fx`` ones (``None`` or left out: merged states stacked,
+    not summed): ``MutualInformation.__init__`` 16, 19, 24, 27; ``_GateSums.__init__`` 10, 13, 17, 19, 24, 27, 31,
+    33; ``SampleEntropy.__init__``, ``_ClassGateMass.__init__`` and ``ExpertAllocation.__init__`` likewise (their
+    numbers in the notes of this run).
+
+    Two halves of four samples, E = 2 experts, C = 2 classes, merged with ``merge_state`` (the reduction a DDP sync
+    applies): gates (1, 0), (0.75, 0.25) with labels 0, 1 and predictions 0, 0; then (0.5, 0.5), (0, 1) with labels
+    1, 1 and predictions 1, 1. The argmax expert of the four samples: 0, 0, 0 (the tie goes to the first), 1.
+    """
+    first_gate, first_labels, first_predictions = torch.tensor([[1.0, 0.0], [0.75, 0.25]]), torch.tensor([0, 1]), torch.tensor([0, 0])
+    second_gate, second_labels, second_predictions = torch.tensor([[0.5, 0.5], [0.0, 1.0]]), torch.tensor([1, 1]), torch.tensor([1, 1])
+    expected_dtypes = {
+        MutualInformation: {"counts": torch.long},
+        ExpertUsage: {"gate_sum": torch.float64, "total": torch.long},
+        ImportanceCV: {"gate_sum": torch.float64, "total": torch.long},
+        SampleEntropy: {"entropy_sum": torch.float64, "total": torch.long},
+        PerTaskEntropy: {"mass": torch.float64, "class_counts": torch.long},
+        ExpertAllocation: {"mass": torch.float64, "class_counts": torch.long, "routed": torch.long,
+                           "correct": torch.long, "histogram": torch.long},
+    }
+    merged = {}
+    for cls, dtypes in expected_dtypes.items():
+        args = (2,) if cls in (ExpertUsage, ImportanceCV, SampleEntropy) else (2, 2)
+        first, second = cls(*args), cls(*args)
+        for metric, (gate, labels, predictions) in ((first, (first_gate, first_labels, first_predictions)),
+                                                     (second, (second_gate, second_labels, second_predictions))):
+            if cls is MutualInformation:
+                metric.update(gate, predictions)
+            elif cls is ExpertAllocation:
+                metric.update(gate, labels, predictions)
+            elif cls is PerTaskEntropy:
+                metric.update(gate, labels)
+            else:
+                metric.update(gate)
+        first.merge_state(second)
+        assert set(first._defaults) == set(dtypes), cls.__name__
+        for name, dtype in dtypes.items():
+            assert getattr(first, name).dtype == dtype, f"{cls.__name__}.{name}"
+        merged[cls] = first
+    # (expert, prediction) counts: expert 0 predicted 0, 0, 1; expert 1 predicted 1
+    assert merged[MutualInformation].counts.tolist() == [[2, 1], [0, 1]]
+    for cls in (ExpertUsage, ImportanceCV):
+        assert merged[cls].gate_sum.tolist() == [2.25, 1.75] and merged[cls].total.tolist() == 4
+    # entropies (bits): 0, H(0.75, 0.25), 1, 0
+    h = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
+    assert merged[SampleEntropy].entropy_sum.item() == pytest.approx(h + 1.0, abs=1e-12)
+    assert merged[SampleEntropy].total.tolist() == 4
+    for cls in (PerTaskEntropy, ExpertAllocation):
+        # class 0: the gate (1, 0); class 1: (0.75, 0.25) + (0.5, 0.5) + (0, 1)
+        assert merged[cls].mass.tolist() == [[1.0, 1.25], [0.0, 1.75]]
+        assert merged[cls].class_counts.tolist() == [1, 3]
+    allocation = merged[ExpertAllocation]
+    assert allocation.routed.tolist() == [3, 1]
+    # right predictions: samples 1 (label 0, predicted 0) and 3 (1, 1) by expert 0, sample 4 (1, 1) by expert 1
+    assert allocation.correct.tolist() == [2, 1]
+    # default 20 bins of width 1/20; a probability of 1 goes in the last: expert 0 saw 1, 0.75, 0.5, 0 (bins 19,
+    # 15, 10, 0), expert 1 saw 0, 0.25, 0.5, 1 (bins 0, 5, 10, 19)
+    histogram = torch.zeros(2, 20, dtype=torch.long)
+    for expert, bins in ((0, (19, 15, 10, 0)), (1, (0, 5, 10, 19))):
+        for b in bins:
+            histogram[expert, b] += 1
+    assert allocation.histogram.tolist() == histogram.tolist()
+    out = allocation.compute()
+    for key in ("routed", "class_counts", "histogram"):
+        assert out[key].dtype == torch.long, key
+    for key in ("allocation", "expert_accuracy", "usage"):
+        assert out[key].dtype == torch.float32, key
+
+
+def test_allocation_has_20_histogram_bins_by_default() -> None:
+    """Killed: ``ExpertAllocation.__init__``'s default ``bins=20`` changed (``21``).
+
+    Bins of width 1/20: gate 0.5 falls in bin 10, 0.25 in bin 5, 0.75 in bin 15.
+    """
+    allocation = ExpertAllocation(2, 2)
+    allocation.update(torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    histogram = allocation.compute()["histogram"]
+    assert histogram.shape == (2, 20)
+    expected = torch.zeros(2, 20, dtype=torch.long)
+    expected[0, 10] += 1
+    expected[0, 5] += 1
+    expected[1, 10] += 1
+    expected[1, 15] += 1
+    assert histogram.tolist() == expected.tolist()
