@@ -138,7 +138,7 @@ def test_expert_choice_defaults_to_a_capacity_factor_of_2_and_names_a_bad_one() 
 
 def test_aux_free_balancing_counts_no_load_for_padding_tokens() -> None:
     """Killed: ``TokenChoiceRouter._count`` 8 (``ones / mask``: a padding token adds 1 / 0 = inf to its expert's
-    load). Run with ``@torch.no_grad()`` removed from ``_count`` in the mutated copy (mutmut skips decorated
+    load), ``TokenChoiceRouter.forward`` 84 (``_count(selected, None)``: the padding token counted). Run with ``@torch.no_grad()`` removed from ``_count`` in the mutated copy (mutmut skips decorated
     functions)."""
     router = SoftmaxTopKRouter(3, 3, k=1, balance_rate=0.1, balance_update="manual")
     router.train()
@@ -149,3 +149,16 @@ def test_aux_free_balancing_counts_no_load_for_padding_tokens() -> None:
     assert router.load.tolist() == [2.0, 0.0, 0.0]
     router(torch.eye(3))  # without a mask every token counts: 2 + 2 for expert 0, 1 for expert 2
     assert router.load.tolist() == [4.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_float32_router_casts_tokens_of_another_dtype_to_its_own(dtype: torch.dtype) -> None:
+    """Killed: ``Router.logits`` 7 (``x.to(None)``: bfloat16 or float64 tokens reach the float32 projection
+    uncast and ``F.linear`` raises on the mixed dtypes). Logits ``(1, 2) @ [[3, 0], [1, 1]]^T + (0.5, -0.5)``."""
+    router = SoftmaxTopKRouter(2, 2, k=1, bias=True)
+    with torch.no_grad():
+        router.weight.copy_(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))
+        router.bias.copy_(torch.tensor([0.5, -0.5]))
+    logits = router.logits(torch.tensor([[1.0, 2.0]], dtype=dtype))
+    assert logits.dtype == torch.float32
+    assert logits.tolist() == [[3.5, 2.5]]  # (1 * 3 + 2 * 0 + 0.5, 1 + 2 - 0.5)
