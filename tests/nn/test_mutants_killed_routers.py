@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from gmnn.nn.moe.routers import ExpertChoiceRouter, SoftmaxTopKRouter, SoftMoERouter
+from gmnn.nn.moe.routers import ExpertChoiceRouter, NoisyTopKRouter, SoftmaxTopKRouter, SoftMoERouter
 
 
 def _normalized_soft_router() -> SoftMoERouter:
@@ -26,8 +26,8 @@ def _normalized_soft_router() -> SoftMoERouter:
 
 
 def test_normalized_soft_moe_logits_are_scaled_cosines_of_tokens_and_slot_embeddings() -> None:
-    """Killed: ``SoftMoERouter.logits`` 3 (``normalize(x, dim=None)``: every token divided by the norm of all of
-    them), 7 (``dim=-2``: each feature divided by its norm over the tokens), 8 (``phi_scale / normalize(phi)``),
+    """Killed: ``SoftMoERouter.__init__`` 30, 31 (``phi_scale`` always ``None``: ``normalize=True`` ignored),
+    ``SoftMoERouter.logits`` 3 (``normalize(x, dim=None)``: every token divided by the norm of all of them), 7 (``dim=-2``: each feature divided by its norm over the tokens), 8 (``phi_scale / normalize(phi)``),
     10, 12, 13 (``phi`` normalised as a whole, ``dim=None``, or by rows, the default ``dim=1`` and ``dim=1``)."""
     router = _normalized_soft_router()
     # tokens (1, 0), (0, 2), (3, 4): unit vectors (1, 0), (0, 1), (0.6, 0.8)
@@ -162,3 +162,11 @@ def test_a_float32_router_casts_tokens_of_another_dtype_to_its_own(dtype: torch.
     logits = router.logits(torch.tensor([[1.0, 2.0]], dtype=dtype))
     assert logits.dtype == torch.float32
     assert logits.tolist() == [[3.5, 2.5]]  # (1 * 3 + 2 * 0 + 0.5, 1 + 2 - 0.5)
+
+
+def test_noisy_top_k_picks_two_experts_by_default() -> None:
+    """Killed: ``NoisyTopKRouter.__init__`` 1 (default ``k = 3``). With 4 experts and the default k = 2 every token
+    gets 2 experts."""
+    router = NoisyTopKRouter(4, 4)
+    assert router.k == 2
+    assert router(torch.eye(4)).routing.selected.shape == (4, 2)
