@@ -305,3 +305,19 @@ def test_from_hf_puts_the_layer_on_the_device_of_a_cuda_block() -> None:
     layer = from_hf(block)
     assert layer.experts.w1.device == layer.router.weight.device == block.gate.weight.device
     assert torch.equal(layer.experts.w1, block.experts.gate_up_proj)
+
+
+def test_the_shared_expert_keeps_its_own_activation() -> None:
+    """Killed: ``shared_mlp`` 53 (the activation not passed: ``SharedExperts``' default SiLU for a GELU shared expert,
+    refused by the random-token check) and 58 (the owner of the activation refusal ``None``)."""
+    from tests.nn.test_hf_families import parity
+
+    known = "['GELU', 'GELUActivation', 'GELUTanh', 'ReLU', 'SiLU', 'SiLUActivation']"
+    block = make("Qwen2-MoE")
+    block.shared_expert.act_fn = nn.GELU()
+    assert from_hf(block).shared.mlp.activation == "gelu"
+    output_error, grad_error = parity(block)
+    assert output_error < 1e-5 and grad_error < 1e-5
+    block.shared_expert.act_fn = nn.GELU(approximate="tanh")
+    assert _refusal(lambda: spec_of(block)) == (
+        f"Refused: Qwen2MoeSparseMoeBlock: expert activation GELU has no exact gmnn equivalent (gmnn has {known})")
