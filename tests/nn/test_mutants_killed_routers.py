@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from gmnn.nn.moe.routers import ExpertChoiceRouter, NoisyTopKRouter, SoftmaxTopKRouter, SoftMoERouter
+from gmnn.nn.moe.routers import ExpertChoiceRouter, NoisyTopKRouter, SigmoidRouter, SoftmaxTopKRouter, SoftMoERouter
 
 
 def _normalized_soft_router() -> SoftMoERouter:
@@ -164,9 +164,17 @@ def test_a_float32_router_casts_tokens_of_another_dtype_to_its_own(dtype: torch.
     assert logits.tolist() == [[3.5, 2.5]]  # (1 * 3 + 2 * 0 + 0.5, 1 + 2 - 0.5)
 
 
-def test_noisy_top_k_picks_two_experts_by_default() -> None:
-    """Killed: ``NoisyTopKRouter.__init__`` 1 (default ``k = 3``). With 4 experts and the default k = 2 every token
-    gets 2 experts."""
-    router = NoisyTopKRouter(4, 4)
+@pytest.mark.parametrize("router_class", [NoisyTopKRouter, SoftmaxTopKRouter, SigmoidRouter])
+def test_token_choice_routers_pick_two_experts_by_default(router_class: type) -> None:
+    """Killed: the default ``k = 3`` for ``k = 2`` of ``NoisyTopKRouter.__init__`` 1, ``SoftmaxTopKRouter.__init__`` 1
+    and ``TokenChoiceRouter.__init__`` 1 (``SigmoidRouter`` inherits it). With 4 experts every token gets 2."""
+    router = router_class(4, 4)
     assert router.k == 2
     assert router(torch.eye(4)).routing.selected.shape == (4, 2)
+
+
+def test_softmax_top_k_names_a_negative_noise_std() -> None:
+    """Killed: ``SoftmaxTopKRouter.__init__`` 10, 14, 15 (the name in the error: ``None``, ``XXnoise_stdXX``,
+    ``NOISE_STD``)."""
+    with pytest.raises(ValueError, match=r"^noise_std must be a finite number >= 0, got -0.5$"):
+        SoftmaxTopKRouter(2, 2, noise_std=-0.5)
