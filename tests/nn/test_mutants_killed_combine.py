@@ -239,3 +239,33 @@ def test_allocation_has_20_histogram_bins_by_default() -> None:
     expected[1, 10] += 1
     expected[1, 15] += 1
     assert histogram.tolist() == expected.tolist()
+
+
+def test_metrics_cast_to_bfloat16_keep_float64_sums_integer_counts_and_exact_values() -> None:
+    """Killed: ``_ExactStates._apply`` mutants 7, 8 (``and``/``or`` mixed up: the integer counts and every state
+    cast to float64), 9 (``== torch.float64``: the bfloat16 states left bfloat16), 10 (the default set to ``None``:
+    ``reset`` fails) and the ones that break the call (``fn``, the state name or the value replaced by ``None``),
+    none of which a test of the selection cast.
+
+    ``Module.to(torch.bfloat16)`` (what Lightning's ``bf16-true`` does to the whole module) casts torchmetrics'
+    states; the metric puts the floating ones back to float64, keeps the counts long, and keeps doing so after
+    ``reset``. Gate (0.75, 0.25) then (0.5, 0.5), labels 0 then 1: usage = H(0.625, 0.375) bits, sample entropy the
+    mean of H(0.75, 0.25) and 1 bit; H(0.75, 0.25) = 2 - 0.75 log2 3 needs more than bfloat16's 8 bits.
+    """
+    gate = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    labels = torch.tensor([0, 1])
+    h = 2 - 0.75 * math.log2(3)
+    usage = -(0.625 * math.log2(0.625) + 0.375 * math.log2(0.375))
+    for metric, update, value in (
+        (SampleEntropy(2), lambda m: m.update(gate), (h + 1) / 2),
+        (ExpertUsage(2), lambda m: m.update(gate), usage),
+        (PerTaskEntropy(2, 2), lambda m: m.update(gate, labels), (h + 1) / 2),
+    ):
+        metric = metric.to(torch.bfloat16)
+        for _ in range(2):  # before and after a reset
+            for name, default in metric._defaults.items():
+                expected = torch.float64 if name in ("entropy_sum", "gate_sum", "mass") else torch.long
+                assert getattr(metric, name).dtype == expected and default.dtype == expected, name
+            update(metric)
+            assert metric.compute().item() == pytest.approx(value, rel=1e-7), type(metric).__name__
+            metric.reset()
