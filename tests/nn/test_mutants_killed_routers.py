@@ -8,6 +8,7 @@ Values are worked out by hand in the comments; the mutant names are those of ``m
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -178,3 +179,40 @@ def test_softmax_top_k_names_a_negative_noise_std() -> None:
     ``NOISE_STD``)."""
     with pytest.raises(ValueError, match=r"^noise_std must be a finite number >= 0, got -0.5$"):
         SoftmaxTopKRouter(2, 2, noise_std=-0.5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(d_model=0), "d_model must be an integer >= 1, got 0"),
+    (dict(num_experts=0), "num_experts must be an integer >= 1, got 0"),
+    (dict(k=5), "k must be an integer in [1, num_experts=4], got 5"),
+    (dict(k=True), "k must be an integer in [1, num_experts=4], got True"),
+    (dict(scale=0.0), "scale must be a finite number > 0, got 0.0"),
+    (dict(num_groups=0), "num_groups must be an integer >= 1, got 0"),
+    (dict(topk_groups=0), "topk_groups must be an integer >= 1, got 0"),
+    (dict(balance_rate=-1.0), "balance_rate must be a finite number >= 0, got -1.0"),
+    (dict(balance_update="step"), "balance_update must be one of ('forward', 'manual'), got 'step'"),
+    (dict(group_score="mean"), "group_score must be one of ('top2', 'max'), got 'mean'"),
+    (dict(norm_min=-1.0), "norm_min must be a finite number >= 0, got -1.0"),
+    (dict(num_groups=3), "num_groups must divide num_experts=4, got 3"),
+    (dict(num_groups=2, topk_groups=3), "topk_groups must be in [1, num_groups=2] with k <= topk_groups * 2 experts "
+                                        "per group, got topk_groups=3, k=2"),
+    (dict(num_groups=2, topk_groups=1, k=3), "topk_groups must be in [1, num_groups=2] with k <= topk_groups * 2 "
+                                             "experts per group, got topk_groups=1, k=3"),
+])
+def test_token_choice_router_names_each_bad_argument(kwargs: dict, message: str) -> None:
+    """Killed: the argument names in the errors of ``TokenChoiceRouter.__init__`` (``None``, ``XX…XX``, upper
+    case: 21, 25-27, 31-33 and the like of the checks after them) and ``Router.__init__``, which ``SigmoidRouter``
+    (4 experts, d_model 2, k = 2 unless given) reaches without arguments of its own."""
+    arguments = dict(d_model=2, num_experts=4) | kwargs
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        SigmoidRouter(**arguments)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_groups=2, topk_groups=2), dict(num_groups=2, topk_groups=1, k=2),
+                                    dict(k=4), dict(k=1), dict(d_model=1, num_experts=1, k=1)])
+def test_token_choice_router_accepts_the_bounds_of_its_arguments(kwargs: dict) -> None:
+    """The limits themselves are valid: ``topk_groups = num_groups``, ``k = topk_groups * experts per group``,
+    ``k = E``, ``k = 1``, one expert of width 1. Fails on ``TokenChoiceRouter.__init__`` 79 (``k >= topk_groups *
+    …``) and ``Router.__init__`` 19, 20, 21 (``2 <= k``, ``1 < k``, ``k < num_experts``)."""
+    router = SigmoidRouter(**(dict(d_model=2, num_experts=4) | kwargs))
+    assert router.k == kwargs.get("k", 2)
