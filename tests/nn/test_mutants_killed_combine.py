@@ -269,3 +269,10 @@ def test_metrics_cast_to_bfloat16_keep_float64_sums_integer_counts_and_exact_val
             update(metric)
             assert metric.compute().item() == pytest.approx(value, rel=1e-7), type(metric).__name__
             metric.reset()
+
+
+def test_a_gate_of_the_wrong_width_is_named_in_the_whole_message() -> None:
+    """Killed: ``_check_gate`` mutant 7 (``"XXgate_probsXX"``, which ``match="gate_probs"``, a search, also finds)."""
+    message = "gate_probs must have shape ['*', 3], got [2, 4]"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        SampleEntropy(3).update(torch.full((2, 4), 0.25))
