@@ -201,8 +201,9 @@ def test_softmax_top_k_names_a_negative_noise_std() -> None:
 ])
 def test_token_choice_router_names_each_bad_argument(kwargs: dict, message: str) -> None:
     """Killed: the argument names in the errors of ``TokenChoiceRouter.__init__`` (``None``, ``XX…XX``, upper
-    case: 21, 25-27, 31-33 and the like of the checks after them) and ``Router.__init__``, which ``SigmoidRouter``
-    (4 experts, d_model 2, k = 2 unless given) reaches without arguments of its own."""
+    case: 21, 25-27, 31-33, 37-39, 43-45, 51, 52, 57, 63, 64, 69, 73, 74; 83: ``num_experts / num_groups`` in the
+    message, "2.0 experts per group"); the messages of ``Router.__init__`` too, which ``SigmoidRouter`` (4 experts,
+    d_model 2, k = 2 unless given) reaches without arguments of its own."""
     arguments = dict(d_model=2, num_experts=4) | kwargs
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         SigmoidRouter(**arguments)
