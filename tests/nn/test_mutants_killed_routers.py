@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from gmnn.nn.moe.routers import ExpertChoiceRouter, NoisyTopKRouter, SigmoidRouter, SoftmaxTopKRouter, SoftMoERouter
+from gmnn.nn.moe.routers import ExpertChoiceRouter, Router, NoisyTopKRouter, SigmoidRouter, SoftmaxTopKRouter, SoftMoERouter
 
 
 def _normalized_soft_router() -> SoftMoERouter:
@@ -202,7 +202,8 @@ def test_softmax_top_k_names_a_negative_noise_std() -> None:
 def test_token_choice_router_names_each_bad_argument(kwargs: dict, message: str) -> None:
     """Killed: the argument names in the errors of ``TokenChoiceRouter.__init__`` (``None``, ``XX…XX``, upper
     case: 21, 25-27, 31-33, 37-39, 43-45, 51, 52, 57, 63, 64, 69, 73, 74; 83: ``num_experts / num_groups`` in the
-    message, "2.0 experts per group"); the messages of ``Router.__init__`` too, which ``SigmoidRouter`` (4 experts,
+    message, "2.0 experts per group") and ``Router.__init__`` (7, 9, 13, 14: the names of ``d_model`` /
+``num_experts``; 16: ``isinstance(k, bool) and …`` accepts ``k = True``), which ``SigmoidRouter`` (4 experts,
     d_model 2, k = 2 unless given) reaches without arguments of its own."""
     arguments = dict(d_model=2, num_experts=4) | kwargs
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
@@ -217,3 +218,15 @@ def test_token_choice_router_accepts_the_bounds_of_its_arguments(kwargs: dict) -
     …``) and ``Router.__init__`` 19, 20, 21 (``2 <= k``, ``1 < k``, ``k < num_experts``)."""
     router = SigmoidRouter(**(dict(d_model=2, num_experts=4) | kwargs))
     assert router.k == kwargs.get("k", 2)
+
+
+def test_the_base_router_defaults_to_two_experts_per_token_and_no_bias() -> None:
+    """Killed: ``Router.__init__`` 1 (default ``k = 3``), 2 (default ``bias=True``): a router class of one's own
+    that calls ``Router.__init__(d_model, num_experts)`` gets k = 2 and a projection without bias."""
+    router = Router(3, 4)
+    assert router.k == 2 and router.bias is None
+    assert router.weight.shape == (4, 3)
+    with torch.no_grad():
+        router.weight.copy_(torch.arange(12.0).view(4, 3))
+    # logits of the token (1, 0, 2): rows (0, 1, 2), (3, 4, 5), ... dotted with it: 0 + 4, 3 + 10, 6 + 16, 9 + 22
+    assert router.logits(torch.tensor([[1.0, 0.0, 2.0]])).tolist() == [[4.0, 13.0, 22.0, 31.0]]
