@@ -276,3 +276,11 @@ def test_a_gate_of_the_wrong_width_is_named_in_the_whole_message() -> None:
     message = "gate_probs must have shape ['*', 3], got [2, 4]"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         SampleEntropy(3).update(torch.full((2, 4), 0.25))
+
+
+def test_labels_of_the_wrong_length_are_named_in_the_whole_message() -> None:
+    """Killed: ``_ClassGateMass._add_mass`` mutants 5, 11, 12 (the name ``"labels"`` in the shape error replaced by
+    ``None``, ``"XXlabelsXX"``, ``"LABELS"``; no test gave ``PerTaskEntropy`` or ``ExpertAllocation`` bad labels)."""
+    message = "labels must have shape [2], got [3]"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        PerTaskEntropy(2, 2).update(torch.full((2, 2), 0.5), torch.tensor([0, 1, 1]))
