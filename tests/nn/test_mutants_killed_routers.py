@@ -230,3 +230,16 @@ def test_the_base_router_defaults_to_two_experts_per_token_and_no_bias() -> None
         router.weight.copy_(torch.arange(12.0).view(4, 3))
     # logits of the token (1, 0, 2): rows (0, 1, 2), (3, 4, 5), ... dotted with it: 0 + 4, 3 + 10, 6 + 16, 9 + 22
     assert router.logits(torch.tensor([[1.0, 0.0, 2.0]])).tolist() == [[4.0, 13.0, 22.0, 31.0]]
+
+
+def test_router_projection_starts_uniform_within_one_over_root_d_model() -> None:
+    """Killed: ``Router.__init__`` 25, 26 (bound ``1 * sqrt(16) = 4`` / ``2 / sqrt(16) = 0.5``), 33, 46 (``uniform_``
+    without its upper bound: up to 1), 45 (``uniform_(0.25)``: [0.25, 1]), 48 (``uniform_(+0.25, 0.25)``: all 0.25).
+    The initialisation is random, so its bound ``1 / sqrt(16) = 0.25`` is what is checked: 64 * 16 weights and 64
+    biases, seeded, all within [-0.25, 0.25] and reaching below -0.2 and above 0.2 (the chance that 64 uniform
+    draws miss either end's tenth is 2 * 0.9 ** 64 = 0.2%; the seed fixes the draws)."""
+    torch.manual_seed(0)
+    router = Router(16, 64, bias=True)
+    for values in (router.weight, router.bias):
+        assert values.abs().max().item() <= 0.25
+        assert values.min().item() < -0.2 and values.max().item() > 0.2
