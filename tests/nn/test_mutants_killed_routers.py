@@ -13,7 +13,14 @@ import re
 import pytest
 import torch
 
-from gmnn.nn.moe.routers import ExpertChoiceRouter, Router, NoisyTopKRouter, SigmoidRouter, SoftmaxTopKRouter, SoftMoERouter
+from gmnn.nn.moe.routers import (
+    ExpertChoiceRouter,
+    NoisyTopKRouter,
+    Router,
+    SigmoidRouter,
+    SoftmaxTopKRouter,
+    SoftMoERouter,
+)
 
 
 def _normalized_soft_router() -> SoftMoERouter:
@@ -28,7 +35,8 @@ def _normalized_soft_router() -> SoftMoERouter:
 
 def test_normalized_soft_moe_logits_are_scaled_cosines_of_tokens_and_slot_embeddings() -> None:
     """Killed: ``SoftMoERouter.__init__`` 30, 31 (``phi_scale`` always ``None``: ``normalize=True`` ignored),
-    ``SoftMoERouter.logits`` 3 (``normalize(x, dim=None)``: every token divided by the norm of all of them), 7 (``dim=-2``: each feature divided by its norm over the tokens), 8 (``phi_scale / normalize(phi)``),
+    ``SoftMoERouter.logits`` 3 (``normalize(x, dim=None)``: every token divided by the norm of all of them), 7
+    (``dim=-2``: each feature divided by its norm over the tokens), 8 (``phi_scale / normalize(phi)``),
     10, 12, 13 (``phi`` normalised as a whole, ``dim=None``, or by rows, the default ``dim=1`` and ``dim=1``)."""
     router = _normalized_soft_router()
     # tokens (1, 0), (0, 2), (3, 4): unit vectors (1, 0), (0, 1), (0.6, 0.8)
@@ -139,7 +147,8 @@ def test_expert_choice_defaults_to_a_capacity_factor_of_2_and_names_a_bad_one() 
 
 def test_aux_free_balancing_counts_no_load_for_padding_tokens() -> None:
     """Killed: ``TokenChoiceRouter._count`` 8 (``ones / mask``: a padding token adds 1 / 0 = inf to its expert's
-    load), ``TokenChoiceRouter.forward`` 84 (``_count(selected, None)``: the padding token counted). Run with ``@torch.no_grad()`` removed from ``_count`` in the mutated copy (mutmut skips decorated
+    load), ``TokenChoiceRouter.forward`` 84 (``_count(selected, None)``: the padding token counted). Run with
+    ``@torch.no_grad()`` removed from ``_count`` in the mutated copy (mutmut skips decorated
     functions)."""
     router = SoftmaxTopKRouter(3, 3, k=1, balance_rate=0.1, balance_update="manual")
     router.train()
@@ -182,41 +191,41 @@ def test_softmax_top_k_names_a_negative_noise_std() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(d_model=0), "d_model must be an integer >= 1, got 0"),
-    (dict(num_experts=0), "num_experts must be an integer >= 1, got 0"),
-    (dict(k=5), "k must be an integer in [1, num_experts=4], got 5"),
-    (dict(k=True), "k must be an integer in [1, num_experts=4], got True"),
-    (dict(scale=0.0), "scale must be a finite number > 0, got 0.0"),
-    (dict(num_groups=0), "num_groups must be an integer >= 1, got 0"),
-    (dict(topk_groups=0), "topk_groups must be an integer >= 1, got 0"),
-    (dict(balance_rate=-1.0), "balance_rate must be a finite number >= 0, got -1.0"),
-    (dict(balance_update="step"), "balance_update must be one of ('forward', 'manual'), got 'step'"),
-    (dict(group_score="mean"), "group_score must be one of ('top2', 'max'), got 'mean'"),
-    (dict(norm_min=-1.0), "norm_min must be a finite number >= 0, got -1.0"),
-    (dict(num_groups=3), "num_groups must divide num_experts=4, got 3"),
-    (dict(num_groups=2, topk_groups=3), "topk_groups must be in [1, num_groups=2] with k <= topk_groups * 2 experts "
-                                        "per group, got topk_groups=3, k=2"),
-    (dict(num_groups=2, topk_groups=1, k=3), "topk_groups must be in [1, num_groups=2] with k <= topk_groups * 2 "
-                                             "experts per group, got topk_groups=1, k=3"),
+    ({"d_model": 0}, "d_model must be an integer >= 1, got 0"),
+    ({"num_experts": 0}, "num_experts must be an integer >= 1, got 0"),
+    ({"k": 5}, "k must be an integer in [1, num_experts=4], got 5"),
+    ({"k": True}, "k must be an integer in [1, num_experts=4], got True"),
+    ({"scale": 0.0}, "scale must be a finite number > 0, got 0.0"),
+    ({"num_groups": 0}, "num_groups must be an integer >= 1, got 0"),
+    ({"topk_groups": 0}, "topk_groups must be an integer >= 1, got 0"),
+    ({"balance_rate": -1.0}, "balance_rate must be a finite number >= 0, got -1.0"),
+    ({"balance_update": "step"}, "balance_update must be one of ('forward', 'manual'), got 'step'"),
+    ({"group_score": "mean"}, "group_score must be one of ('top2', 'max'), got 'mean'"),
+    ({"norm_min": -1.0}, "norm_min must be a finite number >= 0, got -1.0"),
+    ({"num_groups": 3}, "num_groups must divide num_experts=4, got 3"),
+    ({"num_groups": 2, "topk_groups": 3},
+     "topk_groups must be in [1, num_groups=2] with k <= topk_groups * 2 experts per group, got topk_groups=3, k=2"),
+    ({"num_groups": 2, "topk_groups": 1, "k": 3},
+     "topk_groups must be in [1, num_groups=2] with k <= topk_groups * 2 experts per group, got topk_groups=1, k=3"),
 ])
 def test_token_choice_router_names_each_bad_argument(kwargs: dict, message: str) -> None:
     """Killed: the argument names in the errors of ``TokenChoiceRouter.__init__`` (``None``, ``XX…XX``, upper
     case: 21, 25-27, 31-33, 37-39, 43-45, 51, 52, 57, 63, 64, 69, 73, 74; 83: ``num_experts / num_groups`` in the
     message, "2.0 experts per group") and ``Router.__init__`` (7, 9, 13, 14: the names of ``d_model`` /
-``num_experts``; 16: ``isinstance(k, bool) and …`` accepts ``k = True``), which ``SigmoidRouter`` (4 experts,
+    ``num_experts``; 16: ``isinstance(k, bool) and …`` accepts ``k = True``), which ``SigmoidRouter`` (4 experts,
     d_model 2, k = 2 unless given) reaches without arguments of its own."""
-    arguments = dict(d_model=2, num_experts=4) | kwargs
+    arguments = {"d_model": 2, "num_experts": 4} | kwargs
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         SigmoidRouter(**arguments)
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_groups=2, topk_groups=2), dict(num_groups=2, topk_groups=1, k=2),
-                                    dict(k=4), dict(k=1), dict(d_model=1, num_experts=1, k=1)])
+@pytest.mark.parametrize("kwargs", [{"num_groups": 2, "topk_groups": 2}, {"num_groups": 2, "topk_groups": 1, "k": 2},
+                                    {"k": 4}, {"k": 1}, {"d_model": 1, "num_experts": 1, "k": 1}])
 def test_token_choice_router_accepts_the_bounds_of_its_arguments(kwargs: dict) -> None:
     """The limits themselves are valid: ``topk_groups = num_groups``, ``k = topk_groups * experts per group``,
     ``k = E``, ``k = 1``, one expert of width 1. Fails on ``TokenChoiceRouter.__init__`` 79 (``k >= topk_groups *
     …``) and ``Router.__init__`` 19, 20, 21 (``2 <= k``, ``1 < k``, ``k < num_experts``)."""
-    router = SigmoidRouter(**(dict(d_model=2, num_experts=4) | kwargs))
+    router = SigmoidRouter(**({"d_model": 2, "num_experts": 4} | kwargs))
     assert router.k == kwargs.get("k", 2)
 
 
@@ -243,3 +252,4 @@ def test_router_projection_starts_uniform_within_one_over_root_d_model() -> None
     for values in (router.weight, router.bias):
         assert values.abs().max().item() <= 0.25
         assert values.min().item() < -0.2 and values.max().item() > 0.2
+
