@@ -252,4 +252,3 @@ def test_router_projection_starts_uniform_within_one_over_root_d_model() -> None
     for values in (router.weight, router.bias):
         assert values.abs().max().item() <= 0.25
         assert values.min().item() < -0.2 and values.max().item() > 0.2
-
