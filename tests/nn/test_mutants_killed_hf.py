@@ -322,3 +322,14 @@ def test_the_shared_expert_keeps_its_own_activation() -> None:
     block.shared_expert.act_fn = nn.GELU(approximate="tanh")
     assert _refusal(lambda: spec_of(block)) == (
         f"Refused: Qwen2MoeSparseMoeBlock: expert activation GELU has no exact gmnn equivalent (gmnn has {known})")
+
+
+def test_a_per_expert_list_with_an_activation_gmnn_lacks_is_refused_by_name() -> None:
+    """Killed: ``routed_experts`` 123 (the owner of the per-expert list's activation refusal ``None``)."""
+    fused = make("Mixtral")
+    experts = nn.ModuleList(_Expert(fused.experts, e, ("w1", "w3", "w2")) for e in range(6))
+    for expert in experts:
+        expert.act_fn = nn.GELU(approximate="tanh")
+    known = "['GELU', 'GELUActivation', 'GELUTanh', 'ReLU', 'SiLU', 'SiLUActivation']"
+    assert _refusal(lambda: spec_of(_old_block(fused, experts))) == (
+        f"Refused: MixtralSparseMoeBlock: expert activation GELU has no exact gmnn equivalent (gmnn has {known})")
