@@ -47,7 +47,8 @@ def test_spec_of_names_the_converted_classes_and_an_unexpected_layout() -> None:
 def test_from_hf_refuses_a_capacity_factor_by_name_and_passes_the_loss_weights_and_keywords() -> None:
     """Killed: ``from_hf`` 6, 8, 10, 11 (the ``capacity_factor`` keyword not read: 1.25 accepted), 13, 14 (its
     message ``None`` / naming ``NoneType``), 1, 2 (the default ``balance_weight`` / ``z_weight`` 1.0), 20, 21
-    (the weight not passed: MoELayer's defaults 1e-2 / 1e-3) and 22 (further layer keywords dropped)."""
+    (the weight not passed: MoELayer's defaults 1e-2 / 1e-3), 22 and ``_build`` 7 (further layer keywords
+    dropped)."""
     block = make("Mixtral")
     assert _refusal(lambda: from_hf(block, capacity_factor=1.25)) == (
         "Refused: MixtralSparseMoeBlock: capacity_factor > 0 drops tokens, the Hugging Face block does not")
@@ -277,9 +278,9 @@ def test_shared_experts_and_gates_gmnn_cannot_read_are_refused_by_name() -> None
 
 @pytest.mark.parametrize("family", ["Mixtral", "MiniMax", "GraniteMoE", "Qwen3-MoE-norm"])
 def test_renormalising_families_convert_exactly_with_one_expert_per_token(family: str) -> None:
-    """Killed: ``mixtral`` and ``granite`` mutants ``normalize=None`` / ``normalize`` dropped (gmnn's default
-    renormalises only for k > 1, while these blocks divide the one top weight by itself: weight 1); ``qwen``'s alike
-    where ``norm_topk_prob`` is set."""
+    """Killed: ``mixtral`` 15, 18 (``normalize=None`` / ``normalize`` dropped: gmnn's default renormalises only for
+    k > 1, while these blocks divide the one top weight by itself, weight 1); the same mutants of ``granite`` were not
+    reached by the run."""
     from tests.nn.test_hf_families import parity
 
     key = "num_experts_per_tok"
@@ -288,8 +289,8 @@ def test_renormalising_families_convert_exactly_with_one_expert_per_token(family
 
 
 def test_jitter_and_missing_routing_settings_are_refused_by_name() -> None:
-    """Killed: ``_no_jitter`` (the message ``None``, its fixed text re-spelt, the owner or value of ``None``) and
-    ``_setting`` (the message ``None`` / naming ``NoneType``: a transformers 4 block without ``top_k``)."""
+    """Killed: ``_no_jitter`` 14, 15 (the fixed text of the message re-spelt) and ``_setting`` 9, 10 (the message
+    ``None`` / naming ``NoneType``: a transformers 4 block without ``top_k``)."""
     jittery = make("Mixtral", router_jitter_noise=0.1)
     assert _refusal(lambda: spec_of(jittery)) == (
         "Refused: MixtralSparseMoeBlock: jitter_noise=0.1 multiplies the input by random noise while training (gmnn "
