@@ -4,7 +4,6 @@ Each test's docstring names the mutants it kills (mutmut 3 names, e.g. ``convert
 ``spec_of`` mutant 3); the equivalent survivors and the scores are in CONTRIBUTING.md, "Mutation testing".
 """
 
-import re
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from gmnn.nn.moe.hf import from_hf, spec_of, to_hf  # noqa: E402
-from tests.nn.hf_blocks import make  # noqa: E402
+from gmnn.nn.moe.hf import from_hf, spec_of, to_hf
+from tests.nn.hf_blocks import make
 
 
 def _refusal(call) -> str:
