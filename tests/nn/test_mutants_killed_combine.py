@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from gmnn.metrics import (
-    DecompositionMetrics,
     ExpertAllocation,
     ExpertUsage,
     ImportanceCV,
@@ -22,7 +21,12 @@ from gmnn.metrics import (
     PerTaskEntropy,
     SampleEntropy,
 )
-from gmnn.nn.functional.combine import class_log_probs, dense_mixture, softmax_of_mixture, sparse_mixture
+from gmnn.nn.functional.combine import (
+    class_log_probs,
+    dense_mixture,
+    softmax_of_mixture,
+    sparse_mixture,
+)
 
 
 def test_softmax_of_mixture_by_hand_over_the_last_dimension_of_any_rank() -> None:
