@@ -287,3 +287,25 @@ def test_resuming_keeps_the_rows_of_every_csv_run_after_other_loggers(tmp_path: 
     assert kept.experiment.metrics == [{"epoch": "0", "step": "9", "val/loss": "0.5"}, {"epoch": "1", "step": "19"}]
     # killed too: 27 (the filter never matching): the warning that earlier files will be deleted is false here
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+
+
+def test_another_variants_checkpoint_is_named_by_its_class_and_one_without_settings_by_its_parameters() -> None:
+    """Killed: ``check_checkpoint_matches`` 1, 2 (the default ``source`` is ``"checkpoint"``), 17, 18 (the short
+    class name is what follows the last dot: ``TopKMoE``, not ``models.topk.TopKMoE``) and 31, 33 (a checkpoint
+    without ``hyper_parameters``: its differing parameters are named, where reading the settings of ``None``
+    raised a ``TypeError``). Sixth run."""
+    model = _Tiny()  # width 2: layer.weight [1, 2]
+    saved = "gmnn.models.topk.TopKMoE"
+    with pytest.raises(ValueError) as error:
+        compatibility.check_checkpoint_matches(model, {compatibility.CLASS_KEY: saved})
+    assert str(error.value) == (
+        f"checkpoint holds a TopKMoE ({saved}), but the model is a _Tiny: "
+        f"use --model={saved} (or TopKMoE.load_from_checkpoint / MoEModule.load_from_checkpoint)"
+    )
+    wider = {"state_dict": {"layer.weight": torch.zeros(1, 3), "layer.bias": torch.zeros(1)}}  # no hyper_parameters
+    with pytest.raises(ValueError) as error:
+        compatibility.check_checkpoint_matches(model, wider)
+    assert str(error.value) == (
+        "checkpoint does not fit this _Tiny: parameters that differ: layer.weight. "
+        "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
+    )
