@@ -309,3 +309,25 @@ def test_another_variants_checkpoint_is_named_by_its_class_and_one_without_setti
         "checkpoint does not fit this _Tiny: parameters that differ: layer.weight. "
         "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
     )
+
+
+def test_parameters_that_differ_are_the_missing_the_extra_and_the_reshaped_ones_of_any_module() -> None:
+    """Killed: ``check_checkpoint_matches`` 56, 57 (``^`` and ``|`` mixed up: the list of differing parameters
+    lost the missing and extra ones, or named only the shared ones) and 39, 42 (a module without ``hparams``
+    read as ``None``: a ``TypeError`` instead of the message). Sixth run."""
+    # _Tiny (width 2): layer.weight [1, 2], layer.bias [1]; the checkpoint: layer.weight [1, 3] (reshaped),
+    # extra.weight (extra), no layer.bias (missing), and the same width, so only the parameters can be named
+    state = {"layer.weight": torch.zeros(1, 3), "extra.weight": torch.zeros(1)}
+    with pytest.raises(ValueError) as error:
+        compatibility.check_checkpoint_matches(_Tiny(), {"state_dict": state, "hyper_parameters": {"width": 2}}, "ck")
+    assert str(error.value) == (
+        "ck does not fit this _Tiny: parameters that differ: extra.weight, layer.bias, layer.weight. "
+        "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
+    )
+    with pytest.raises(ValueError) as error:  # a plain module: no hparams at all
+        compatibility.check_checkpoint_matches(nn.Linear(2, 1), {"state_dict": {"weight": torch.zeros(1, 3), "bias": torch.zeros(1)},
+                                                                 "hyper_parameters": {"width": 3}}, "ck")
+    assert str(error.value) == (
+        "ck does not fit this Linear: parameters that differ: weight. "
+        "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
+    )
