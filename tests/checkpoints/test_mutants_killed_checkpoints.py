@@ -331,3 +331,24 @@ def test_parameters_that_differ_are_the_missing_the_extra_and_the_reshaped_ones_
         "ck does not fit this Linear: parameters that differ: weight. "
         "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
     )
+
+
+def test_at_most_five_differing_parameters_and_every_differing_setting_are_named() -> None:
+    """Killed: ``check_checkpoint_matches`` 65 (six parameters named instead of five) and 69 (the ``"; "`` between
+    two differing settings). Sixth run."""
+    model = nn.Sequential(*[nn.Linear(1, 1, bias=False) for _ in range(6)])  # 0.weight .. 5.weight, [1, 1] each
+    state = {f"{i}.weight": torch.zeros(1, 2) for i in range(6)}  # all six reshaped
+    with pytest.raises(ValueError) as error:
+        compatibility.check_checkpoint_matches(model, {"state_dict": state}, "ck")
+    assert str(error.value) == (
+        "ck does not fit this Sequential: parameters that differ: 0.weight, 1.weight, 2.weight, 3.weight, 4.weight. "
+        "Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
+    )
+    checkpoint = {"state_dict": {"layer.weight": torch.zeros(1, 3), "layer.bias": torch.zeros(1)},
+                  "hyper_parameters": {"width": 3, "depth": 1}}
+    with pytest.raises(ValueError) as error:
+        compatibility.check_checkpoint_matches(_Tiny(depth=2), checkpoint, "ck")
+    assert str(error.value) == (
+        "ck does not fit this _Tiny: width=3 in the checkpoint but 2 in the model; depth=1 in the checkpoint but 2 in "
+        "the model. Build the model with the checkpoint's settings (e.g. its saved config.yaml)."
+    )
