@@ -97,3 +97,30 @@ def make(family: str, seed: int = 0, table: dict = BLOCKS, **overrides) -> nn.Mo
     """A block of ``family`` with random weights (selection biases and ERNIE's statics included)."""
     torch.manual_seed(seed)
     return _randomised(block_class(family, table)(config(family, table, **overrides)), seed)
+
+
+class PerExpertMLP(nn.Module):
+    """Expert ``e`` of fused experts (``gate_up_proj [E, 2I, D]``, ``down_proj [E, D, I]``) as one module of
+    transformers 4's per-expert list; ``names`` are its gate, up and down ``Linear`` s: Mixtral's
+    ``("w1", "w3", "w2")`` or ``("gate_proj", "up_proj", "down_proj")``."""
+
+    def __init__(self, experts: nn.Module, e: int, names: tuple[str, str, str] = ("w1", "w3", "w2")) -> None:
+        super().__init__()
+        hidden = experts.down_proj.shape[-1]
+        weights = (experts.gate_up_proj[e, :hidden], experts.gate_up_proj[e, hidden:], experts.down_proj[e])
+        for name, weight in zip(names, weights):
+            linear = nn.Linear(1, 1, bias=False)
+            linear.weight = nn.Parameter(weight.detach().clone())
+            setattr(self, name, linear)
+        self.act_fn = experts.act_fn
+
+
+def transformers4_block(fused: nn.Module, experts: nn.Module) -> nn.Module:
+    """transformers 4's ``MixtralSparseMoeBlock`` (a ``Linear`` gate with ``fused``'s weights, ``top_k = 2`` on the
+    block) around ``experts``; a stand-in without a forward (convert it with ``verify=False``)."""
+    old = type("MixtralSparseMoeBlock", (nn.Module,), {})()
+    old.gate = nn.Linear(D, fused.gate.weight.shape[0], bias=False)
+    old.gate.weight = nn.Parameter(fused.gate.weight.detach().clone())
+    old.experts = experts
+    old.top_k = 2
+    return old

@@ -9,6 +9,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock  
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock  # noqa: E402
 
 from gmnn.nn import SharedExperts, from_hf  # noqa: E402
+from tests.nn.hf_blocks import PerExpertMLP, transformers4_block  # noqa: E402
 
 
 def _randomised(block: nn.Module) -> nn.Module:
@@ -79,23 +80,8 @@ def test_qwen2_moe_block_with_shared_expert_and_its_gate_matches(norm_topk_prob:
 
 def test_per_expert_module_list_layout_of_transformers_4_converts_alike() -> None:
     fused = _mixtral()
-    experts = fused.experts
-    hidden = experts.down_proj.shape[-1]
-
-    class Expert(nn.Module):  # transformers 4's MixtralBlockSparseTop2MLP: w1 gate, w3 up, w2 down
-        def __init__(self, e: int) -> None:
-            super().__init__()
-            self.w1, self.w3, self.w2 = (nn.Linear(1, 1, bias=False) for _ in range(3))
-            self.w1.weight = nn.Parameter(experts.gate_up_proj[e, :hidden].detach().clone())
-            self.w3.weight = nn.Parameter(experts.gate_up_proj[e, hidden:].detach().clone())
-            self.w2.weight = nn.Parameter(experts.down_proj[e].detach().clone())
-            self.act_fn = experts.act_fn
-
-    old = type("MixtralSparseMoeBlock", (nn.Module,), {})()  # transformers 4's block: a Linear gate, top_k on the block
-    old.gate = nn.Linear(16, 6, bias=False)
-    old.gate.weight = nn.Parameter(fused.gate.weight.detach().clone())
-    old.experts = nn.ModuleList(Expert(e) for e in range(6))
-    old.top_k = 2
+    # transformers 4's block: a Linear gate, top_k on the block, MixtralBlockSparseTop2MLP experts (w1 gate, w3 up, w2 down)
+    old = transformers4_block(fused, nn.ModuleList(PerExpertMLP(fused.experts, e) for e in range(6)))
     x = torch.randn(7, 16)
     torch.testing.assert_close(from_hf(old, verify=False)(x)[0], from_hf(fused)(x)[0])  # the stand-in has no forward
 

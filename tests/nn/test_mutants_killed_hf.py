@@ -12,7 +12,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 from gmnn.nn.moe.hf import from_hf, spec_of, to_hf
-from tests.nn.hf_blocks import make
+from tests.nn.hf_blocks import PerExpertMLP, make, transformers4_block
 
 
 def _refusal(call) -> str:
@@ -189,30 +189,6 @@ class _FusedExperts(nn.Module):
         self.act_fn = experts.act_fn
 
 
-class _Expert(nn.Module):
-    """One expert of transformers 4's per-expert list: Mixtral's ``w1`` / ``w3`` / ``w2`` or ``gate/up/down_proj``."""
-
-    def __init__(self, experts: nn.Module, e: int, names: tuple[str, str, str]) -> None:
-        super().__init__()
-        hidden = experts.down_proj.shape[-1]
-        weights = (experts.gate_up_proj[e, :hidden], experts.gate_up_proj[e, hidden:], experts.down_proj[e])
-        for name, weight in zip(names, weights):
-            linear = nn.Linear(1, 1, bias=False)
-            linear.weight = nn.Parameter(weight.detach().clone())
-            setattr(self, name, linear)
-        self.act_fn = experts.act_fn
-
-
-def _old_block(fused: nn.Module, experts: nn.Module) -> nn.Module:
-    """transformers 4's MixtralSparseMoeBlock (a ``Linear`` gate, ``top_k`` on the block) around ``experts``."""
-    old = type("MixtralSparseMoeBlock", (nn.Module,), {})()
-    old.gate = nn.Linear(16, fused.gate.weight.shape[0], bias=False)
-    old.gate.weight = nn.Parameter(fused.gate.weight.detach().clone())
-    old.experts = experts
-    old.top_k = 2
-    return old
-
-
 @pytest.mark.parametrize("names", [("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"), "fused"])
 def test_older_expert_layouts_convert_and_write_back_exactly(names) -> None:
     """Killed: ``routed_experts`` 13, 16, 22, 25 (``is_transposed`` / ``has_bias`` read without a default or with
@@ -227,8 +203,8 @@ def test_older_expert_layouts_convert_and_write_back_exactly(names) -> None:
         if names == "fused":
             experts = _FusedExperts(fused.experts)
         else:
-            experts = nn.ModuleList(_Expert(fused.experts, e, names) for e in range(num_experts))
-        old = _old_block(fused, experts)
+            experts = nn.ModuleList(PerExpertMLP(fused.experts, e, names) for e in range(num_experts))
+        old = transformers4_block(fused, experts)
         old.top_k = min(2, num_experts)
         layer, reference = from_hf(old, verify=False), from_hf(fused)  # the stand-in has no forward
         assert layer.state_dict().keys() == reference.state_dict().keys()
@@ -247,15 +223,15 @@ def test_per_expert_lists_that_are_not_gated_mlps_are_refused_by_name() -> None:
     """Killed: ``routed_experts`` 66, 70, 71 (the list check and its message) and 101, 102 (the gated-MLP check's
     message ``None`` / naming ``NoneType``)."""
     fused = make("Mixtral")
-    assert _refusal(lambda: spec_of(_old_block(fused, nn.Linear(2, 2)))) == (
+    assert _refusal(lambda: spec_of(transformers4_block(fused, nn.Linear(2, 2)))) == (
         "Refused: MixtralSparseMoeBlock: experts of type Linear are neither fused nor a per-expert list")
-    assert _refusal(lambda: spec_of(_old_block(fused, nn.ModuleList()))) == (
+    assert _refusal(lambda: spec_of(transformers4_block(fused, nn.ModuleList()))) == (
         "Refused: MixtralSparseMoeBlock: experts of type ModuleList are neither fused nor a per-expert list")
-    experts = nn.ModuleList(_Expert(fused.experts, e, ("w1", "w3", "w2")) for e in range(6))
+    experts = nn.ModuleList(PerExpertMLP(fused.experts, e, ("w1", "w3", "w2")) for e in range(6))
     for expert in experts:
         del expert.w3
-    assert _refusal(lambda: spec_of(_old_block(fused, experts))) == (
-        "Refused: MixtralSparseMoeBlock: per-expert modules of type _Expert are not gated MLPs")
+    assert _refusal(lambda: spec_of(transformers4_block(fused, experts))) == (
+        "Refused: MixtralSparseMoeBlock: per-expert modules of type PerExpertMLP are not gated MLPs")
 
 
 def test_shared_experts_and_gates_gmnn_cannot_read_are_refused_by_name() -> None:
@@ -295,7 +271,7 @@ def test_jitter_and_missing_routing_settings_are_refused_by_name() -> None:
         "Refused: MixtralSparseMoeBlock: jitter_noise=0.1 multiplies the input by random noise while training (gmnn "
         "has no input jitter); set it to 0 to convert")
     fused = make("Mixtral")
-    old = _old_block(fused, _FusedExperts(fused.experts))
+    old = transformers4_block(fused, _FusedExperts(fused.experts))
     del old.top_k
     assert _refusal(lambda: spec_of(old)) == "Refused: MixtralSparseMoeBlock: no top_k on the block or its router"
 
@@ -329,9 +305,9 @@ def test_the_shared_expert_keeps_its_own_activation() -> None:
 def test_a_per_expert_list_with_an_activation_gmnn_lacks_is_refused_by_name() -> None:
     """Killed: ``routed_experts`` 123 (the owner of the per-expert list's activation refusal ``None``)."""
     fused = make("Mixtral")
-    experts = nn.ModuleList(_Expert(fused.experts, e, ("w1", "w3", "w2")) for e in range(6))
+    experts = nn.ModuleList(PerExpertMLP(fused.experts, e, ("w1", "w3", "w2")) for e in range(6))
     for expert in experts:
         expert.act_fn = nn.GELU(approximate="tanh")
     known = "['GELU', 'GELUActivation', 'GELUTanh', 'ReLU', 'SiLU', 'SiLUActivation']"
-    assert _refusal(lambda: spec_of(_old_block(fused, experts))) == (
+    assert _refusal(lambda: spec_of(transformers4_block(fused, experts))) == (
         f"Refused: MixtralSparseMoeBlock: expert activation GELU has no exact gmnn equivalent (gmnn has {known})")
