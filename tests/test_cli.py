@@ -29,6 +29,47 @@ def test_help_lists_the_subcommands() -> None:
     assert "Warning" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_a_command_builds_only_its_own_subcommand_and_parses_as_with_all_four(
+    subcommand: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gmnn <subcommand> ...`` builds that subcommand's parser alone (the others hold every option again, most
+    of the parser's cost); its parsed config is the one a parser of all four gives. ``gmnn --help`` and an unknown
+    subcommand still see all four (``test_help_lists_the_subcommands``, ``test_an_unknown_subcommand_lists_all_four``)."""
+    from gmnn.cli import app
+    from gmnn.pl import LightningCLI
+
+    class Parsed(Exception):
+        pass
+
+    class StopAfterParsing(app.GMNNCLI):
+        def _parse_ckpt_path(self) -> None:
+            raise Parsed(self)
+
+    class AllFour(StopAfterParsing):
+        def subcommands(self) -> dict[str, set[str]]:
+            return LightningCLI.subcommands()
+
+    args = [subcommand, "--config", str(ROOT / "configs/toy/dense.yaml"), "--trainer.max_epochs=3"]
+    configs = {}
+    for cls, expected in ((StopAfterParsing, {subcommand}), (AllFour, {"fit", "validate", "test", "predict"})):
+        monkeypatch.setattr(app, "GMNNCLI", cls)
+        with pytest.raises(Parsed) as parsed:
+            make_cli(args)
+        cli = parsed.value.args[0]
+        assert set(cli._subcommand_parsers) == expected
+        configs[cls] = cli.config
+    assert configs[StopAfterParsing] == configs[AllFour]
+    assert configs[StopAfterParsing][subcommand]["trainer"]["max_epochs"] == 3
+
+
+def test_an_unknown_subcommand_lists_all_four(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(["fitt", "--trainer.max_epochs=1"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fitt' (choose from 'fit', 'validate', 'test', 'predict')" in capsys.readouterr().err
+
+
 def test_the_readme_first_command_prints_no_warning(tmp_path: Path) -> None:
     """The first command users run, with the shipped defaults, as a fresh process, as users run it."""
     result = subprocess.run(

@@ -74,6 +74,20 @@ class GMNNCLI(LightningCLI):
     is Lightning's, redrawn 5 times a second (:mod:`gmnn.callbacks.progress`).
     """
 
+    def __init__(self, *positional: Any, args: Any = None, **kwargs: Any) -> None:
+        self._requested = requested_subcommand(sys.argv[1:] if args is None else args)
+        super().__init__(*positional, args=args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        """Lightning's subcommands; only the one asked for when the arguments start with it.
+
+        Each subcommand's parser holds every trainer, model and data option, so building the other three
+        is most of the parser's cost for nothing: ``gmnn fit ...`` parses exactly as with all four. Any other
+        start (``--help``, ``-c FILE fit``, an unknown name) gets all four, for the listing or the error.
+        """
+        every = LightningCLI.subcommands()
+        return {self._requested: every[self._requested]} if self._requested in every else every
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's parsing; the arguments are kept to name the model options a checkpoint replaces."""
         self._args = sys.argv[1:] if args is None else args
@@ -159,6 +173,13 @@ EPILOG = (
     "other commands: gmnn report RUN_DIRS... (results table of finished runs), "
     "gmnn analyze --ckpt_path CKPT | --hf_model DIR (routing report), gmnn configs (folder of the shipped configs), gmnn --version"
 )
+
+
+def requested_subcommand(args: Any) -> str | None:
+    """The subcommand that ``args`` run: their first word (a list), or a parsed config's ``subcommand`` (a dict)."""
+    if isinstance(args, dict):
+        return args.get("subcommand")
+    return args[0] if args and isinstance(args[0], str) else None
 
 
 @contextlib.contextmanager
