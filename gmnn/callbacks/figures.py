@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.image
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+# decision_regions_figure and figure_pixels are importable from here too
+from gmnn.callbacks.decision_regions import DecisionRegionsPlot, decision_regions_figure as decision_regions_figure
+from gmnn.callbacks.drawing import KeptPlot, figure_pixels as figure_pixels, new_figure
 from gmnn.callbacks.run_folder import run_folder
 from gmnn.pl import Callback, LightningModule, Logger, TensorBoardLogger, Trainer
 from gmnn.validation import check_positive_int
@@ -34,17 +37,7 @@ def image_logger(trainer: Trainer) -> Logger | None:
     return None
 
 
-def new_figure(size: tuple[float, float], dpi: float = 100, pyplot: bool = True) -> Figure:
-    """A figure of ``size`` inches: pyplot's (shown by ``plt.show()``, kept until ``plt.close``), or with
-    ``pyplot=False`` a plain ``Figure`` drawn by Agg, freed with its last reference and unseen by the backend."""
-    if pyplot:
-        return plt.figure(figsize=size, dpi=dpi)
-    fig = Figure(figsize=size, dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-class DecompositionPlot:
+class DecompositionPlot(KeptPlot):
     """The decomposition figure of one shape (experts x classes), built once and redrawn with new values.
 
     Left: heatmap of each expert's (rows) mean gate probability on each class (columns), with
@@ -52,7 +45,7 @@ class DecompositionPlot:
     mean gate probability and of the fraction of samples routed to it (argmax of the gate).
     Building and drawing the figure is slow (nearly all of it text), so :class:`DecompositionFigures`
     keeps one per stage, updates its values and redraws only them over the rest, drawn once
-    (:meth:`pixels`).
+    (:meth:`~gmnn.callbacks.drawing.KeptPlot.pixels`).
 
     Args:
         num_experts: Rows of the heatmap, bars of the usage plot.
@@ -73,7 +66,6 @@ class DecompositionPlot:
         bars.set(title="usage", xlabel="expert", xticks=experts, ylim=(0, 1.3), yticks=[0, 0.5, 1])
         bars.legend(fontsize="x-small", loc="upper center", ncols=2, handlelength=1)
         self.fig, self.heat, self.bars, self.shape = fig, heat, bars, (num_experts, num_classes)
-        self._background: Any = None  # the figure without its values, drawn by the first pixels()
 
     def update(self, allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> Figure:
         """Show these values (shapes ``[E, C]``, ``[E]``, ``[E]``, ``[E]``); returns the figure."""
@@ -84,27 +76,10 @@ class DecompositionPlot:
                 bar.set_height(height)
         return self.fig
 
-    def pixels(self) -> np.ndarray:
-        """The figure as ``[H, W, 3]`` uint8, what ``fig.canvas.draw()`` would show: the values drawn over
-        the rest of the figure, which is drawn once (matplotlib's blitting)."""
-        canvas = self.fig.canvas
-        # drawn over the background in a full draw's order: values, then spines and legend above them
-        on_top = [(self.heat, [self.image, *self.heat.get_yticklabels(), *self.heat.spines.values()]),
-                  (self.bars, [*self.usage, *self.routed, *self.bars.spines.values(), self.bars.get_legend()])]
-        if self._background is None:
-            for _, artists in on_top:
-                for artist in artists:
-                    artist.set_visible(False)
-            canvas.draw()
-            self._background = canvas.copy_from_bbox(self.fig.bbox)
-            for _, artists in on_top:
-                for artist in artists:
-                    artist.set_visible(True)
-        canvas.restore_region(self._background)
-        for axes, artists in on_top:
-            for artist in artists:
-                axes.draw_artist(artist)
-        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    def values_on_top(self) -> list[tuple[Axes, list[Artist]]]:
+        """The heatmap, its labels and the bars, then the spines and legend above them (a full draw's order)."""
+        return [(self.heat, [self.image, *self.heat.get_yticklabels(), *self.heat.spines.values()]),
+                (self.bars, [*self.usage, *self.routed, *self.bars.spines.values(), self.bars.get_legend()])]
 
 
 def decomposition_figure(allocation: Tensor, accuracy: Tensor, usage: Tensor, routed_fraction: Tensor) -> Figure:
@@ -126,46 +101,6 @@ def write_histograms(writer: Any, tag: str, histogram: Tensor, step: int) -> Non
             num=int(counts.sum()), sum=float(counts @ centres), sum_squares=float(counts @ centres**2),
             bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step,
         )
-
-
-def _grid(points: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    low, high = points.min(0).values, points.max(0).values
-    margin = 0.05 * (high - low).clamp_min(1e-3)
-    xs = torch.linspace(float(low[0] - margin[0]), float(high[0] + margin[0]), size)
-    ys = torch.linspace(float(low[1] - margin[1]), float(high[1] + margin[1]), size)
-    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
-    return gx, gy, torch.stack([gx.flatten(), gy.flatten()], 1)
-
-
-@torch.no_grad()
-def decision_regions_figure(model: LightningModule, points: Tensor, labels: Tensor, size: int = 80,
-                            pyplot: bool = True) -> Figure:
-    """Which expert the gate picks, each expert's class and the model's class over a grid of a 2-D input.
-
-    ``model`` maps ``[N, 2]`` to a :class:`~gmnn.nn.mixture.output.MoEOutput` and owns ``experts``;
-    ``pyplot=False`` makes a plain ``Figure`` that no backend or registry sees (what the callback draws).
-    """
-    gx, gy, grid = _grid(points.float().cpu(), size)
-    grid = grid.to(model.device, model.dtype)  # the module's precision (e.g. 64-true, bf16-true)
-    out = model(grid)
-    expert_logits = model.experts(grid)[0]
-    gate_colours = "tab10" if model.num_experts <= 10 else "tab20"  # expert i gets colour i
-    panels = [("gate: chosen expert", out.chosen_expert, 10 if model.num_experts <= 10 else 20, gate_colours)]
-    panels += [(f"expert {e}: class", expert_logits[:, e].argmax(-1), model.num_classes, "coolwarm") for e in range(model.num_experts)]
-    panels.append(("model: class", out.log_probs.argmax(-1), model.num_classes, "coolwarm"))
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    fig = new_figure((3 * columns, 3 * rows), pyplot=pyplot)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    x, y = points.cpu().numpy(), labels.cpu().numpy()
-    for ax, (title, values, count, cmap) in zip(axes.flat, panels):
-        ax.pcolormesh(gx.numpy(), gy.numpy(), values.view(size, size).cpu().numpy(), cmap=cmap, vmin=0, vmax=max(count - 1, 1), alpha=0.45, shading="auto")
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=4, edgecolors="none", vmin=0, vmax=max(model.num_classes - 1, 1))
-        ax.set(title=title, xticks=[], yticks=[])
-    fig.tight_layout()
-    return fig
 
 
 def _first_points(loader: Any, limit: int) -> tuple[Tensor, Tensor] | None:
@@ -211,6 +146,7 @@ class DecompositionFigures(Callback):
         self.grid_size = grid_size
         self.max_points = max_points
         self._plots: dict[str, DecompositionPlot] = {}  # per stage, redrawn every epoch
+        self._regions: dict[str, DecisionRegionsPlot] = {}  # per stage, redrawn while its data points stay the same
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -235,27 +171,35 @@ class DecompositionFigures(Callback):
 
     def figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, Figure]:
         """The figures of ``stage`` (``"val"`` or ``"test"``) as ``{tag: figure}`` (new figures, yours to close)."""
-        return self._figures(trainer, pl_module, stage, plot=None)
+        return {tag: plot.fig for tag, plot in self._drawn(trainer, pl_module, stage, kept=False).items()}
 
-    def _figures(
-        self, trainer: Trainer, pl_module: LightningModule, stage: str, plot: DecompositionPlot | None
-    ) -> dict[str, Figure]:
+    def _drawn(self, trainer: Trainer, pl_module: LightningModule, stage: str, kept: bool) -> dict[str, KeptPlot]:
+        """``{tag: plot}`` showing ``stage``'s values: this stage's kept plots (``kept``) or new ones."""
         result = {key: value.cpu() for key, value in pl_module.allocation[stage].compute().items()}
         for key in ("expert_accuracy", "routed", "usage"):  # torchmetrics squeezes one-element results (E = 1)
             result[key] = result[key].reshape(-1)
         routed_fraction = result["routed"] / result["class_counts"].sum().clamp_min(1)
         values = (result["allocation"], result["expert_accuracy"], result["usage"], routed_fraction.float())
-        figures = {f"{stage}/decomposition": decomposition_figure(*values) if plot is None else plot.update(*values)}
+        decomposition = self._plot(stage, pl_module) if kept else DecompositionPlot(*values[0].shape)
+        decomposition.update(*values)
+        plots: dict[str, KeptPlot] = {f"{stage}/decomposition": decomposition}
         if tuple(getattr(pl_module, "input_shape", ())) == (2,):
             loader = trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
             loader = loader[0] if isinstance(loader, (list, tuple)) else loader
             data = _first_points(loader, self.max_points) if loader is not None else None
             if data is not None:
+                shape = (pl_module.num_experts, pl_module.num_classes)
+                regions = self._regions.get(stage) if kept else None
+                if regions is None or not regions.shows(*shape, *data, self.grid_size):
+                    regions = DecisionRegionsPlot(*shape, *data, self.grid_size, pyplot=False)
+                    if kept:
+                        self._regions[stage] = regions
                 was_training = pl_module.training
                 pl_module.eval()
-                figures[f"{stage}/decision_regions"] = decision_regions_figure(pl_module, *data, size=self.grid_size, pyplot=False)
+                regions.update(pl_module)
                 pl_module.train(was_training)
-        return figures
+                plots[f"{stage}/decision_regions"] = regions
+        return plots
 
     def _plot(self, stage: str, pl_module: LightningModule) -> DecompositionPlot:
         """This stage's kept decomposition plot (a new one when the model's shape changed)."""
@@ -275,11 +219,9 @@ class DecompositionFigures(Callback):
         writer, images = tensorboard_writer(trainer), image_logger(trainer)
         if writer is not None:
             write_histograms(writer, f"{stage}/gate_probs", result["histogram"].cpu(), trainer.global_step)
-        plot = self._plot(stage, pl_module)
         step = trainer.global_step
-        for tag, fig in self._figures(trainer, pl_module, stage, plot).items():
-            # the kept plot redraws only its values (DecompositionPlot.pixels); any other figure is drawn and closed
-            pixels = plot.pixels() if fig is plot.fig else figure_pixels(fig)
+        for tag, plot in self._drawn(trainer, pl_module, stage, kept=True).items():
+            pixels = plot.pixels()  # the kept plots redraw only their values (KeptPlot.pixels)
             if writer is not None:
                 writer.add_image(tag, pixels, global_step=step, dataformats="HWC")
             elif images is not None:
@@ -291,12 +233,4 @@ class DecompositionFigures(Callback):
 
 
 FIGURES_DIR = "figures"
-
-
-def figure_pixels(fig: Figure) -> np.ndarray:
-    """``fig`` as an ``[H, W, 3]`` uint8 array (what image-taking loggers accept), the figure closed."""
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return pixels
 

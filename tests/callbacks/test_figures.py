@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -170,3 +171,32 @@ def test_the_kept_plot_shows_the_latest_values_and_no_figure_is_left_open(tmp_pa
     assert len(plt.get_fignums()) == open_before, "the kept figure is not pyplot's; every other one is closed"
     shown = torch.tensor(callback._plots["val"].image.get_array())
     torch.testing.assert_close(shown, model.allocation["val"].compute()["allocation"], check_dtype=False)
+
+
+def test_the_kept_decision_regions_show_each_models_regions_as_a_full_draw_would(tmp_path: Path) -> None:
+    """The regions figure is built once per stage (while its points stay the same), and its redrawn meshes and
+    points give the image of a new figure drawn whole, for each model in turn."""
+    from gmnn.callbacks.decision_regions import DecisionRegionsPlot
+    from gmnn.callbacks.figures import figure_pixels
+
+    points = torch.randn(200, 2)
+    labels = (points[:, 0] > 0).long() * 2 + (points[:, 1] > 0).long()
+    plot = DecisionRegionsPlot(3, 4, points, labels, size=16, pyplot=False)
+    for _ in range(2):
+        model = DenseMoE(input_shape=[2], num_classes=4, num_experts=3).eval()
+        plot.update(model)
+        drawn = plot.pixels()
+        full = figure_pixels(decision_regions_figure(model, points, labels, size=16, pyplot=False))
+        assert drawn.shape == full.shape
+        assert (drawn != full).any(-1).mean() < 1e-4, "the kept figure differs from a full draw"
+    assert plot.shows(3, 4, points, labels, 16) and not plot.shows(3, 4, points + 1, labels, 16)
+    assert not plot.shows(2, 4, points, labels, 16) and not plot.shows(3, 4, points, labels, 17)
+
+    callback = DecompositionFigures(grid_size=12)
+    model = DenseMoE(input_shape=[2], num_classes=2, num_experts=2)
+    trainer = tiny_trainer(max_epochs=3, logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[callback])
+    kept = []
+    trainer.callbacks.append(type("Spy", (pl.Callback,), {
+        "on_validation_epoch_end": lambda self, t, m: kept.append(callback._regions.get("val"))})())
+    trainer.fit(model, _loader(), _loader())
+    assert len(kept) == 4 and kept[0] is None and kept[1] is not None and kept[1] is kept[2] is kept[3]
