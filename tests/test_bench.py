@@ -71,3 +71,25 @@ def test_the_quick_cost_table_covers_every_axis_and_both_mixture_paths(tmp_path:
     assert {row["axis"] for row in data["token"]} == {"base", "E", "k", "tokens", "d"}
     assert all(row["ms"]["gmnn"] > 0 and row["ms"]["floor"] > 0 for row in data["token"])
     assert data["token"][0]["peak_mib"]["gmnn"] >= 0 and [row["E"] for row in data["mixture"]] == [2, 4]
+
+
+def test_the_figure_benchmark_times_both_figures_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_figures", ROOT / "scripts" / "bench_figures.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--repeat", "1", "--experts", "2", "--classes", "3", "--grid", "6", "--points", "20"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| decision")
+            or line.startswith("| decomposition")]
+    assert [row[0].strip() for row in rows] == ["decision regions", "decomposition"]
+    for _, new, kept, ratio in rows:
+        assert float(new) > 0 and float(kept) > 0
+        shown = float(ratio.strip().removesuffix("x"))  # of the unrounded medians: within the rounding of the columns
+        assert abs(shown - float(new) / float(kept)) <= 0.03 * shown + 0.01
+    with pytest.raises(SystemExit):
+        bench.main(["--repeat", "0"])
