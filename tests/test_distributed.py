@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,55 @@ def test_ddp_with_tqdm_bar_revival_and_init_search_finishes(tmp_path: Path) -> N
     assert "InitSearch: validation NLL of the 2 initialisations" in result.stdout
     logged = _last_logged(tmp_path / "runs" / "gmnn" / "version_0", "train/")
     assert "train/revived_experts" in logged and "train/init_search_best_nll" in logged
+
+
+@pytest.mark.parametrize("multi_process", [True, False])
+def test_a_successful_multi_process_command_ends_after_its_exit_handlers_without_finalizing(
+    multi_process: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the command line, a command that ran in a process group joins its other threads, runs the ``atexit``
+    handlers and ends with ``os._exit(0)``, before gloo's lingering worker threads can meet a finalizing
+    interpreter (exit -6 after a successful run); a one-process command exits as usual."""
+    import threading
+
+    import gmnn.cli.app
+
+    events: list[str] = []
+    worker = threading.Thread(target=lambda: (time.sleep(0.2), events.append("thread joined")))
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(status: int) -> None:
+        events.append(f"os._exit({status})")
+        raise Exited
+
+    def command(args: object) -> None:
+        events.append("command")
+        worker.start()
+        if multi_process:
+            store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+            torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+    monkeypatch.setattr(gmnn.cli.app, "make_cli", command)
+    monkeypatch.setattr(gmnn.cli.app, "freeze_garbage_collector", lambda: None)  # not in the test process
+    monkeypatch.setattr(gmnn.cli.app.atexit, "_run_exitfuncs", lambda: events.append("atexit handlers"))
+    monkeypatch.setattr(gmnn.cli.app.os, "_exit", exit_now)
+    monkeypatch.setattr(sys, "argv", ["gmnn", "fit"])
+    try:
+        if multi_process:
+            with pytest.raises(Exited):
+                gmnn.cli.app.main()
+        else:
+            gmnn.cli.app.main()  # returns at once: the interpreter's own exit joins the thread
+        when_main_ended = list(events)
+    finally:
+        worker.join()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized()
+    expected = ["command", "thread joined", "atexit handlers", "os._exit(0)"] if multi_process else ["command"]
+    assert when_main_ended == expected
 
 
 @pytest.mark.parametrize("fails", [False, True])

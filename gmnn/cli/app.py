@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import importlib.metadata
 import os
 import sys
 import sysconfig
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -304,9 +306,11 @@ def main(args: list[str] | None = None) -> None:
         if args and args[0] == "analyze":
             return __import__("gmnn.cli.analyze", fromlist=["main"]).main(args[1:])
         make_cli(None if from_command_line else args)
-        _close_process_group()
+        multi_process = _close_process_group()
         if from_command_line:
             freeze_garbage_collector()  # the interpreter's exit need not walk the run's objects
+            if multi_process:
+                _exit_before_finalizing()
     except (ValueError, OSError, FloatingPointError) as error:
         full = _disk_full(error)
         other_os_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and full is None
@@ -317,18 +321,38 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-def _close_process_group() -> None:
+def _close_process_group() -> bool:
     """Destroy the process group a multi-process run opened, on every rank, once the command has finished.
 
-    Left to the interpreter's exit, gloo's worker threads are torn down without being
-    joined and the process can abort with "terminate called without an active exception"
-    (exit status -6) after a run that succeeded. Only reached when the command succeeded
-    on this rank: after an error the other ranks may still be inside a collective.
+    Only reached when the command succeeded on this rank: after an error the other ranks may still be
+    inside a collective. Returns whether there was one (see :func:`_exit_before_finalizing`).
     """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        return True
+    return False
+
+
+def _exit_before_finalizing() -> NoReturn:
+    """End a multi-process command that succeeded (exit status 0) after its threads and exit handlers, without
+    the interpreter's finalization.
+
+    gloo's worker threads outlive ``destroy_process_group`` (still running after it and a full collection). A worker
+    that drops the last reference to a tensor owning a Python object (a broadcast's payload, moments before)
+    takes the GIL; once finalization has begun, Python ends that thread with a forced unwind, which C++ turns
+    into ``std::terminate``: "terminate called without an active exception", exit status -6, after a run that
+    succeeded. What finalization would do for the run's files is done here: the other non-daemon threads are
+    joined, the ``atexit`` handlers run (logging, loggers' clients) and the standard streams are flushed.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _disk_full(error: BaseException | None) -> OSError | None:
