@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import errno
 import importlib.metadata
+import inspect
 import os
 import sys
 import sysconfig
@@ -76,9 +77,10 @@ class GMNNCLI(LightningCLI):
     is Lightning's, redrawn 5 times a second (:mod:`gmnn.callbacks.progress`).
     """
 
-    def __init__(self, *positional: Any, args: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *positional: Any, **keywords: Any) -> None:
+        args = inspect.signature(LightningCLI.__init__).bind(self, *positional, **keywords).arguments.get("args")
         self._requested = requested_subcommand(sys.argv[1:] if args is None else args)
-        super().__init__(*positional, args=args, **kwargs)
+        super().__init__(*positional, **keywords)
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
         """Lightning's subcommands; only the one asked for when the arguments start with it.
