@@ -40,6 +40,7 @@ class KeptPlot:
     """
 
     fig: Figure
+    _background: Any = None  # the figure without its values, drawn by the first pixels()
 
     def values_on_top(self) -> list[tuple[Axes, list[Artist]]]:
         """Per axes, the artists redrawn each time, in drawing order (the values, then what lies above them)."""
@@ -49,12 +50,12 @@ class KeptPlot:
         """The figure as ``[H, W, 3]`` uint8, what ``fig.canvas.draw()`` would show."""
         canvas = self.fig.canvas
         on_top = self.values_on_top()
-        if getattr(self, "_background", None) is None:
+        if self._background is None:
             for _, artists in on_top:
                 for artist in artists:
                     artist.set_visible(False)
             canvas.draw()
-            self._background: Any = canvas.copy_from_bbox(self.fig.bbox)
+            self._background = canvas.copy_from_bbox(self.fig.bbox)
             for _, artists in on_top:
                 for artist in artists:
                     artist.set_visible(True)

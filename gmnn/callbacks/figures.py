@@ -188,12 +188,7 @@ class DecompositionFigures(Callback):
             loader = loader[0] if isinstance(loader, (list, tuple)) else loader
             data = _first_points(loader, self.max_points) if loader is not None else None
             if data is not None:
-                shape = (pl_module.num_experts, pl_module.num_classes)
-                regions = self._regions.get(stage) if kept else None
-                if regions is None or not regions.shows(*shape, *data, self.grid_size):
-                    regions = DecisionRegionsPlot(*shape, *data, self.grid_size, pyplot=False)
-                    if kept:
-                        self._regions[stage] = regions
+                regions = self._regions_plot(stage, pl_module, *data, kept)
                 was_training = pl_module.training
                 pl_module.eval()
                 regions.update(pl_module)
@@ -207,6 +202,18 @@ class DecompositionFigures(Callback):
         plot = self._plots.get(stage)
         if plot is None or plot.shape != shape:
             plot = self._plots[stage] = DecompositionPlot(*shape, pyplot=False)
+        return plot
+
+    def _regions_plot(self, stage: str, pl_module: LightningModule, points: Tensor, labels: Tensor,
+                      kept: bool) -> DecisionRegionsPlot:
+        """With ``kept``, this stage's kept regions plot (a new one when the model's shape or the points changed);
+        else a new plot."""
+        shape = (pl_module.num_experts, pl_module.num_classes)
+        plot = self._regions.get(stage) if kept else None
+        if plot is None or not plot.shows(*shape, points, labels, self.grid_size):
+            plot = DecisionRegionsPlot(*shape, points, labels, self.grid_size, pyplot=False)
+            if kept:
+                self._regions[stage] = plot
         return plot
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
