@@ -32,6 +32,7 @@ with imports_without_collection():  # Lightning, torchmetrics, torch: about half
     from gmnn.callbacks.run_config import RunConfig
     from gmnn.callbacks.run_folder import run_folder
     from gmnn.cli.fragments import check_config_order, check_not_fragments_alone
+    from gmnn.cli.logging_speed import install as install_log_fast_path
     from gmnn.cli.quiet import silence_known_warnings
     from gmnn.cli.resume import (
         check_ckpt_path,
@@ -228,8 +229,10 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
     """Build (and with ``run=True`` run) the CLI on ``args`` (default: the command line; a dict is a parsed config).
 
     Installs :func:`gmnn.cli.quiet.silence_known_warnings`, so runs built from Python (sweeps, notebooks)
-    are as quiet as the ``gmnn`` command, and :func:`gmnn.cli.process.tune_malloc` (freed memory is kept for
-    the next step; ``GMNN_MALLOC_TUNING=0`` turns it off).
+    are as quiet as the ``gmnn`` command, :func:`gmnn.cli.process.tune_malloc` (freed memory is kept for
+    the next step; ``GMNN_MALLOC_TUNING=0`` turns it off) and :func:`gmnn.cli.logging_speed.install` (a
+    ``self.log`` call skips Lightning's walk of its accumulator when that is on the value's device already;
+    ``GMNN_LOG_FAST_PATH=0`` turns it off).
 
     Raises:
         ValueError: the ``--config`` files are method fragments without a protocol before them, or are
@@ -237,6 +240,7 @@ def make_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -
     """
     silence_known_warnings()
     tune_malloc()
+    install_log_fast_path()
     if not isinstance(args, dict):
         check_not_fragments_alone(sys.argv[1:] if args is None else args)
         check_config_order(sys.argv[1:] if args is None else args)
