@@ -15,10 +15,14 @@ steps and its validation take. The sides alternate run by run (fresh processes);
 from the start of its training to the end of its validation (gmnn: to the next epoch's start, so
 its checkpoints, figures and logging count), the first epoch of each run left out; beside it, the
 process's CPU time over the same span (``time.process_time``: every thread, the progress bar's and
-TensorBoard's writer included), which other jobs on the cores disturb less. ``--profile`` adds
-one run under Lightning's ``SimpleProfiler`` and prints where an epoch's time goes::
+TensorBoard's writer included), which other jobs on the cores disturb less. ``--lightning`` adds a
+third side between the two: the floor's model, loss, optimizer and validation as a bare
+``LightningModule`` (no ``self.log``, no callbacks, logger, checkpoints or progress bar) trained by a
+Lightning ``Trainer`` on ``MNISTDataModule``, which splits gmnn's overhead into what Lightning's loop and
+data loader cost and what gmnn adds. ``--profile`` adds one run under Lightning's ``SimpleProfiler`` and
+prints where an epoch's time goes::
 
-    python scripts/bench_overhead.py --data ../shared/data --repeat 5 --epochs 5 --profile   # --threads 2: both cores
+    python scripts/bench_overhead.py --data ../shared/data --repeat 5 --epochs 5 --lightning --profile   # --threads 2: both cores
     python scripts/bench_overhead.py --fake-data --repeat 1 --epochs 2     # seconds: random MNIST-shaped files
 """
 
@@ -39,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gmnn.pl import Callback
+from gmnn.pl import Callback, LightningModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: gitref, also when this file is loaded by path
 from gitref import export  # noqa: E402
@@ -115,6 +119,42 @@ def floor_run(data: str, epochs: int, val_size: int) -> dict[str, Any]:
     return {"epochs": rows, "threads": torch.get_num_threads()}
 
 
+class LightningFloor(LightningModule):
+    """:class:`FloorMoE` as a bare ``LightningModule``: the floor's loss, optimizer and validation sums, no logging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = FloorMoE()
+        self.val_sums = {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long)}
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return nn.functional.nll_loss(self.model(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        log_probs = self.model(batch[0])
+        self.val_sums["loss"] += nn.functional.nll_loss(log_probs, batch[1], reduction="sum")
+        self.val_sums["correct"] += (log_probs.argmax(-1) == batch[1]).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        from gmnn.models.optim import adam
+
+        return adam(self.parameters(), lr=1e-3, weight_decay=1e-3)
+
+
+def lightning_run(data: str, epochs: int, val_size: int, clock_path: str) -> None:
+    """Train :class:`LightningFloor` with a bare ``Trainer`` on ``MNISTDataModule``, timed by :class:`EpochClock`."""
+    from gmnn import pl
+    from gmnn.cli.process import tune_malloc
+    from gmnn.data import MNISTDataModule
+
+    tune_malloc()
+    torch.manual_seed(0)
+    os.environ[CLOCK_ENV] = clock_path
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[EpochClock()])
+    trainer.fit(LightningFloor(), MNISTDataModule(root=data, batch_size=512, val_size=val_size))
+
+
 # ------------------------------------------------------------------------------------------- gmnn's side
 class EpochClock(Callback):
     """Records, per training epoch, its start and end and the time inside training steps and validation.
@@ -183,10 +223,11 @@ def gmnn_run(args: argparse.Namespace, work: Path, profile: bool = False, tree: 
     return json.loads(clock.read_text())
 
 
-def floor_process(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    out = work / "floor.json"
+def floor_process(args: argparse.Namespace, work: Path, side: str = "floor") -> dict[str, Any]:
+    """One process of the floor (``side="floor"``) or of :class:`LightningFloor` (``"lightning"``)."""
+    out = work / f"{side}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    run([sys.executable, str(Path(__file__).resolve()), "--child-floor", str(out), "--data", args.data,
+    run([sys.executable, str(Path(__file__).resolve()), f"--child-{side}", str(out), "--data", args.data,
          "--epochs", str(args.epochs), "--val-size", str(args.val_size)], work, env)
     return json.loads(out.read_text())
 
@@ -229,7 +270,7 @@ def summary(runs: dict[str, list[dict[str, Any]]], batches: tuple[int, int]) -> 
         lines.append(f"| {side} | {m['epoch']:.3f} | {m['train']:.3f} | {m['val']:.3f} | {rest:.3f} | "
                      f"{1000 * m['train'] / train_batches:.2f} | {cpu} | {each} |")
     lines.append("")
-    for side in [s for s in medians if s.startswith("gmnn")] if "floor" in medians else []:
+    for side in [s for s in medians if s != "floor"] if "floor" in medians else []:
         floor, gmnn = medians["floor"], medians[side]
         pairs = ", ".join(f"{g['epoch'] / f['epoch']:.3f}" for f, g in zip(per_run["floor"], per_run[side]))
         lines.append(f"{side} / floor epoch time: {gmnn['epoch'] / floor['epoch']:.3f} (medians; each interleaved pair: {pairs}); "
@@ -237,6 +278,10 @@ def summary(runs: dict[str, list[dict[str, Any]]], batches: tuple[int, int]) -> 
         if "cpu" in floor and "cpu" in gmnn:
             pairs = ", ".join(f"{g['cpu'] / f['cpu']:.3f}" for f, g in zip(per_run["floor"], per_run[side]))
             lines.append(f"{side} / floor epoch CPU time: {gmnn['cpu'] / floor['cpu']:.3f} (medians; each interleaved pair: {pairs})")
+    for side in [s for s in medians if s.startswith("gmnn")] if "lightning" in medians else []:
+        base, gmnn = medians["lightning"], medians[side]
+        lines.append(f"{side} / lightning epoch time: {gmnn['epoch'] / base['epoch']:.3f}; training steps "
+                     f"{gmnn['train'] / base['train']:.3f}, validation {gmnn['val'] / base['val']:.3f} (what gmnn adds to a bare Trainer)")
     lines.append(f"{train_batches} training and {val_batches} validation batches an epoch")
     return "\n".join(lines)
 
@@ -270,8 +315,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of both sides (OMP_NUM_THREADS); one thread is the least disturbed by other jobs")
     parser.add_argument("--baseline-ref", help="also run gmnn as of this git ref, interleaved (an A/B of a change)")
+    parser.add_argument("--lightning", action="store_true", help="add the bare-Lightning side (LightningFloor)")
     parser.add_argument("--json", help="also write every run's epochs to this file")
     parser.add_argument("--child-floor", help=argparse.SUPPRESS)
+    parser.add_argument("--child-lightning", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 1 or args.repeat < 1:
         parser.error("--epochs and --repeat must be at least 1")
@@ -279,6 +326,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child_floor:
         Path(args.child_floor).write_text(json.dumps(floor_run(args.data, args.epochs, args.val_size)))
+        return
+    if args.child_lightning:
+        lightning_run(args.data, args.epochs, args.val_size, args.child_lightning)
         return
     with tempfile.TemporaryDirectory(prefix="gmnn_overhead_") as tmp:
         if args.fake_data:
@@ -290,12 +340,14 @@ def main() -> None:
         before = load()
         baseline = f"gmnn@{args.baseline_ref}" if args.baseline_ref else None
         trees = {"gmnn": REPO, **({baseline: export(args.baseline_ref, Path(tmp) / "baseline")} if baseline else {})}
-        runs: dict[str, list[dict[str, Any]]] = {"floor": [], **{side: [] for side in trees}}
+        runs: dict[str, list[dict[str, Any]]] = {"floor": [], **({"lightning": []} if args.lightning else {}),
+                                                 **{side: [] for side in trees}}
         for round_ in range(args.repeat):
             for index, side in enumerate(runs):
                 work = Path(tmp) / f"{index}_{round_}"
                 work.mkdir()
-                runs[side].append(floor_process(args, work) if side == "floor" else gmnn_run(args, work, tree=trees[side]))
+                runs[side].append(floor_process(args, work, side) if side in ("floor", "lightning")
+                                  else gmnn_run(args, work, tree=trees[side]))
         after = load()
         print(f"{args.repeat} interleaved runs of each side, {args.epochs} epochs each; torch threads "
               f"{runs['gmnn'][0]['threads']} (floor {runs['floor'][0]['threads']}), {os.cpu_count()} CPUs; "

@@ -41,19 +41,29 @@ def test_the_table_gives_medians_and_each_pair() -> None:
     assert "gmnn / floor epoch time: 1.227 (medians; each interleaved pair: 1.500, 1.000)" in text
 
 
-def test_a_fake_data_run_reports_both_sides(tmp_path: Path) -> None:
+def test_a_fake_data_run_reports_every_side(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--fake-data", "--repeat", "1", "--epochs", "2",
-         "--json", str(out)],
+         "--lightning", "--json", str(out)],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| floor |" in result.stdout and "| gmnn |" in result.stdout and "gmnn / floor epoch time" in result.stdout
-    assert "gmnn / floor epoch CPU time" in result.stdout
+    assert "gmnn / floor epoch CPU time" in result.stdout and "| lightning |" in result.stdout
+    assert "lightning / floor epoch time" in result.stdout and "gmnn / lightning epoch time" in result.stdout
     runs = json.loads(out.read_text())["runs"]
-    assert [len(r["epochs"]) for r in runs["floor"] + runs["gmnn"]] == [2, 2]
-    assert all(e["epoch"] > 0 and e["train"] > 0 and e["cpu"] > 0 for r in runs["floor"] + runs["gmnn"] for e in r["epochs"])
+    sides = runs["floor"] + runs["lightning"] + runs["gmnn"]
+    assert [len(r["epochs"]) for r in sides] == [2, 2, 2]
+    assert all(e["epoch"] > 0 and e["train"] > 0 and e["val"] > 0 and e["cpu"] > 0 for r in sides for e in r["epochs"])
+
+
+def test_the_lightning_side_gets_both_ratios() -> None:
+    bench = load_script()
+    run = lambda *epochs: {"epochs": [{"epoch": e, "train": e - 0.2, "val": 0.1} for e in epochs]}  # noqa: E731
+    text = bench.summary({"floor": [run(9.0, 1.0)], "lightning": [run(9.0, 1.1)], "gmnn": [run(9.0, 1.32)]}, (98, 20))
+    assert "lightning / floor epoch time: 1.100" in text and "gmnn / floor epoch time: 1.320" in text
+    assert "gmnn / lightning epoch time: 1.200; training steps 1.244, validation 1.000" in text
 
 
 def test_cpu_times_get_their_own_ratio() -> None:
