@@ -11,7 +11,13 @@ in a fresh process and samples its resident set (``/proc/self/statm``) during th
 the resident set after building and one warm-up step (the difference: activations and gradients at their
 peak); ``ru_maxrss`` of the whole process beside it (imports included).
 
-    python scripts/bench_lm_vs_mixtral.py --threads 1 2 --steps 15 --memory
+``--kernels`` profiles three steps of each model (``torch.profiler``, one thread) and splits its CPU time into
+the kernels both models call on the same shapes (matrix products and the attention kernel, forward and
+backward) and the rest. Since the shared kernels take the same time on both sides, HF's step time over its
+shared-kernel time bounds any speed-up that does not change those kernels: gmnn's step cannot fall below
+the shared kernels' time.
+
+    python scripts/bench_lm_vs_mixtral.py --threads 1 2 --steps 15 --memory --kernels
     python scripts/bench_lm_vs_mixtral.py --quick
 """
 
@@ -99,6 +105,33 @@ def speed(size: dict, steps: int) -> dict:
             "step_s": {n: statistics.median(t) for n, t in times.items()}}
 
 
+#: Kernels both models call on the same shapes: the matrix products (expert, attention projection and output
+#: matmuls; the grouped expert matmul runs them on the CPU) and the attention kernel with its backward.
+SHARED_KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_split(size: dict, steps: int = 3) -> dict:
+    """Per model: milliseconds a step in all and in :data:`SHARED_KERNELS` (self CPU time, under the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    split = {}
+    for name in ("gmnn", "hf"):
+        model = build(name, size)
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for step in range(2):
+            train_step(name, model, optimizer, *batch(size, step))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for step in range(steps):
+                train_step(name, model, optimizer, *batch(size, step))
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+        shared = sum(e.self_cpu_time_total for e in events if e.key in SHARED_KERNELS) / 1e3 / steps
+        split[name] = {"step_ms": total, "shared_ms": shared}
+    return split
+
+
 def memory(which: str, size_name: str, steps: int, threads: int) -> None:
     """One model alone in this process: print JSON of the resident set after building and one warm-up step,
     and its peak during the training steps."""
@@ -126,6 +159,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--memory", action="store_true", help="peak RSS of each model in its own process")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--kernels", action="store_true", help="split each step into the shared kernels and the rest")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -149,6 +183,16 @@ def main() -> None:
                   f"{size['batch']}x{size['seq']}) | {threads} | {r['params']['gmnn']:,} | {r['params']['hf']:,} | "
                   f"{tokens / g:,.0f} | {tokens / h:,.0f} | {h / g:.2f}x | {load:.2f} / {row['load_after']:.2f} |",
                   flush=True)
+        if args.kernels:
+            torch.set_num_threads(1)
+            split = kernel_split(size, 1 if args.quick else 3)
+            results.append({"size": size_name, "threads": 1, "kernels": split})
+            hf = split["hf"]
+            print("| size | model | ms a step (profiled, 1 thread) | shared kernels ms | share | rest ms | "
+                  "bound: HF step / shared kernels |", flush=True)
+            for which, k in split.items():
+                print(f"| {size_name} | {which} | {k['step_ms']:.1f} | {k['shared_ms']:.1f} | {k['shared_ms'] / k['step_ms']:.0%} | "
+                      f"{k['step_ms'] - k['shared_ms']:.1f} | {hf['step_ms'] / k['shared_ms']:.2f}x |", flush=True)
         if args.memory:
             for which in ("gmnn", "hf"):
                 out = subprocess.run([sys.executable, __file__, "--memory-child", which, size_name, "--steps",
