@@ -80,6 +80,15 @@ def test_subclass_runs_from_yaml_by_class_path_and_reloads(tmp_path: Path, monke
     sys.modules.pop("mypackage", None)
 
 
+def test_the_process_settings_block_installs_the_logging_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytorch_lightning.trainer.connectors.logger_connector.result import _ResultMetric
+
+    lightnings = getattr(_ResultMetric.to, "__wrapped_to__", _ResultMetric.to)
+    monkeypatch.setattr(_ResultMetric, "to", lightnings)  # as before any make_cli of this process; restored after
+    exec(_block("process-settings"), {})
+    assert _ResultMetric.to.__wrapped_to__ is lightnings
+
+
 def test_python_usage_example_gives_the_mixture_and_loads_a_checkpoint(tmp_path: Path) -> None:
     block = _python_usage()
     namespace: dict = {}
