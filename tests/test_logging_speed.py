@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
+import types
 import warnings
 
 import pytest
@@ -96,6 +98,21 @@ def test_install_wraps_once_and_the_environment_variable_turns_it_off(lightning_
     assert not install("gmnn")  # a package without Lightning's result module: nothing changes
 
 
+def test_a_result_class_without_its_own_to_is_left_alone(monkeypatch):
+    """A Lightning version whose ``_ResultMetric`` inherits ``to`` (or lacks the module) is not wrapped."""
+    package = "fake_lightning"
+    names = [package] + [f"{package}.{'.'.join(logging_speed.RESULT_MODULE.split('.')[:i])}"
+                         for i in range(1, len(logging_speed.RESULT_MODULE.split(".")) + 1)]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+
+    class Inherits(torch.nn.Module):
+        pass
+
+    sys.modules[names[-1]]._ResultMetric = Inherits
+    assert not install(package) and "to" not in Inherits.__dict__
+
+
 def test_the_other_lightning_namespace_is_wrapped_too():
     pytest.importorskip("lightning")
     cls = result_module("lightning.pytorch")._ResultMetric
@@ -139,6 +156,8 @@ def test_requested_device_reads_only_a_lone_device():
     assert requested_device((torch.float32,), {}) is None
     assert requested_device(("no such device",), {}) is None
     assert requested_device((), {"device": CPU}) is None
+    assert requested_device((), {}) is None
+    assert requested_device((CPU, torch.float64), {}) is None  # a device and a dtype: not a lone device
 
 
 def test_a_run_logs_the_same_values_with_and_without_the_fast_path(tmp_path, lightning_to):
