@@ -18,6 +18,7 @@ shared-kernel time bounds any speed-up that does not change those kernels: gmnn'
 the shared kernels' time.
 
     python scripts/bench_lm_vs_mixtral.py --threads 1 2 --steps 15 --memory --kernels
+    python scripts/bench_lm_vs_mixtral.py --sizes small --threads 1 --steps 10 --compile   # both compiled
     python scripts/bench_lm_vs_mixtral.py --quick
 """
 
@@ -87,19 +88,22 @@ def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def speed(size: dict, steps: int) -> dict:
-    """Median step seconds of both models, alternating step by step (two warm-up steps each)."""
+def speed(size: dict, steps: int, compiled: bool = False) -> dict:
+    """Median step seconds of both models, alternating step by step (two warm-up steps each; three when
+    ``compiled``: each model's forward and backward through ``torch.compile``, Adam eager)."""
     models = {name: build(name, size) for name in ("gmnn", "hf")}
     for m in models.values():
         m.train()
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=3e-3) for name, m in models.items()}
+    runners = {name: torch.compile(m) if compiled else m for name, m in models.items()}
+    warm_up = 3 if compiled else 2
     times: dict = {name: [] for name in models}
-    for step in range(steps + 2):
+    for step in range(steps + warm_up):
         tokens, targets = batch(size, step)
-        for name, model in (models.items() if step % 2 else reversed(list(models.items()))):
+        for name, model in (runners.items() if step % 2 else reversed(list(runners.items()))):
             start = time.perf_counter()
             train_step(name, model, optimizers[name], tokens, targets)
-            if step >= 2:
+            if step >= warm_up:
                 times[name].append(time.perf_counter() - start)
     return {"params": {n: parameters(m) for n, m in models.items()},
             "step_s": {n: statistics.median(t) for n, t in times.items()}}
@@ -160,6 +164,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS of each model in its own process")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--kernels", action="store_true", help="split each step into the shared kernels and the rest")
+    parser.add_argument("--compile", action="store_true", help="both models through torch.compile (forward and backward)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -175,12 +180,13 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             load = os.getloadavg()[0]
-            r = speed(size, steps)
-            row = {"size": size_name, "threads": threads, "load_before": load, "load_after": os.getloadavg()[0], **r}
+            r = speed(size, steps, args.compile)
+            row = {"size": size_name, "threads": threads, "compiled": args.compile, "load_before": load,
+                   "load_after": os.getloadavg()[0], **r}
             results.append(row)
             g, h = r["step_s"]["gmnn"], r["step_s"]["hf"]
             print(f"| {size_name} ({size['d_model']}d, {size['layers']}L, E{size['experts']}, h{size['hidden']}, "
-                  f"{size['batch']}x{size['seq']}) | {threads} | {r['params']['gmnn']:,} | {r['params']['hf']:,} | "
+                  f"{size['batch']}x{size['seq']}){' compiled' if args.compile else ''} | {threads} | {r['params']['gmnn']:,} | {r['params']['hf']:,} | "
                   f"{tokens / g:,.0f} | {tokens / h:,.0f} | {h / g:.2f}x | {load:.2f} / {row['load_after']:.2f} |",
                   flush=True)
         if args.kernels:

@@ -37,3 +37,10 @@ def test_the_kernel_split_finds_the_shared_kernels_on_both_sides() -> None:
     for side in ("gmnn", "hf"):
         step, shared = split[side]["step_ms"], split[side]["shared_ms"]
         assert 0 < shared < step  # matmuls and attention were found, and the rest (norms, Adam, ...) costs time
+
+
+def test_speed_times_both_models_for_every_step() -> None:
+    bench = load_script()
+    result = bench.speed(bench.SIZES["quick"], steps=2)
+    assert set(result["step_s"]) == {"gmnn", "hf"} and all(t > 0 for t in result["step_s"].values())
+    assert result["params"]["gmnn"] > result["params"]["hf"] > 0
