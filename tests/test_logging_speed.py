@@ -147,6 +147,23 @@ def test_all_on_looks_into_containers_and_dataclasses_and_gives_up_on_unknown_va
     assert all_on({"a": torch.nn.Linear(1, 1)}, CPU) is None
     assert all_on([object()], CPU) is None
     assert all_on([on_meta, object()], CPU) is False  # the first tensor elsewhere decides
+    assert all_on([torch.nn.Parameter(on_cpu)], CPU) is True
+
+
+def test_a_tensor_subclass_runs_lightnings_method(lightning_to):
+    """A subclass's ``to`` may do more than move it (here: change the dtype), so the walk runs for it."""
+    cls, calls = lightning_to
+
+    class Widening(torch.Tensor):
+        def to(self, *args, **kwargs):
+            return torch.Tensor.to(self, *args, **kwargs).double()
+
+    metric = new_result_metric(cls)
+    install("pytorch_lightning")
+    metric.value = torch.zeros(()).as_subclass(Widening)
+    metric.to(CPU)
+    assert calls == [(CPU,)] and metric.value.dtype == torch.float64
+    assert all_on({"a": torch.zeros(1).as_subclass(Widening)}, CPU) is None
 
 
 def test_requested_device_reads_only_a_lone_device():

@@ -35,16 +35,18 @@ RESULT_MODULE = "trainer.connectors.logger_connector.result"
 LEAVES = frozenset({bool, int, float, complex, str, bytes, type(None), torch.device, torch.dtype, inspect.Signature,
                     types.FunctionType, types.BuiltinFunctionType, types.MethodType})
 CONTAINERS = frozenset({dict, OrderedDict, list, tuple, set, frozenset})
+PLAIN_TENSORS = frozenset({Tensor, torch.nn.Parameter})
 
 
 def all_on(value: Any, device: torch.device) -> bool | None:
     """Whether every tensor in ``value`` (a metric's attribute) is on ``device``; ``None`` for a value whose
-    tensors this cannot see (a ``Metric``, a module, an object of an unknown type), where the full walk must run."""
+    tensors this cannot see (a ``Metric``, a module, a tensor subclass, an object of an unknown type), where the
+    full walk must run."""
     kind = type(value)
     if kind in LEAVES:
         return True
-    if isinstance(value, Tensor):
-        return value.device == device
+    if isinstance(value, Tensor):  # a subclass's ``to`` may do more than move it: the full walk runs
+        return value.device == device if kind in PLAIN_TENSORS else None
     if kind in CONTAINERS:
         verdict: bool | None = True
         for item in (value.values() if isinstance(value, dict) else value):
