@@ -13,6 +13,9 @@ seconds (8 minutes by default):
   TensorBoard) apart from size limits (``max_epochs``, ``limit_train_batches``, ``limit_val_batches``);
   the toy data and the LM's text (Python's own standard library) are built on the machine, nothing
   is downloaded;
+* ``log_fast_path``: ``gmnn.cli.logging_speed`` on the device: a small ``LightningModule`` fitted with
+  Lightning's own ``_ResultMetric.to`` and with the fast path logs the same values, and the fast path
+  skipped Lightning's walk;
 * ``compile_moe_layer``: ``torch.compile`` of a top-2 ``MoELayer``, forward and backward, against
   eager (outputs, aux loss and gradients), in float32 and under bf16 autocast;
 * ``bench_layer``, ``bench_memory``, ``bench_moe_layer``, ``bench_training``: the rows of
@@ -94,8 +97,8 @@ GPU = Sizes(
     compile_layer=dict(tokens=4096, d_model=512, hidden=1024, experts=8, k=2),
     grouped=dict(rows=8192, d_model=512, hidden=1024, experts=8),
     timing_repeats=10,
-    budgets=dict(grouped_mm=30, fit_toy=60, fit_lm=60, fit_lm_bf16=60, compile_moe_layer=100, bench_layer=40,
-                 bench_memory=20, bench_moe_layer=60, bench_training=90),
+    budgets=dict(grouped_mm=30, fit_toy=60, fit_lm=60, fit_lm_bf16=60, log_fast_path=20, compile_moe_layer=100,
+                 bench_layer=40, bench_memory=20, bench_moe_layer=60, bench_training=90),
 )
 DRY_RUN = Sizes(
     training=dict(batch=16, steps=2, rounds=1),
@@ -109,8 +112,8 @@ DRY_RUN = Sizes(
     compile_layer=dict(tokens=64, d_model=16, hidden=32, experts=4, k=2),
     grouped=dict(rows=96, d_model=16, hidden=32, experts=4),
     timing_repeats=2,
-    budgets=dict(grouped_mm=60, fit_toy=90, fit_lm=90, fit_lm_bf16=90, compile_moe_layer=90, bench_layer=60,
-                 bench_memory=60, bench_moe_layer=60, bench_training=120),
+    budgets=dict(grouped_mm=60, fit_toy=90, fit_lm=90, fit_lm_bf16=90, log_fast_path=60, compile_moe_layer=90,
+                 bench_layer=60, bench_memory=60, bench_moe_layer=60, bench_training=120),
 )
 
 
@@ -382,6 +385,64 @@ def step_fit_lm_bf16(ctx: Context, figures: dict[str, Any]) -> None:
     fit(ctx, figures, LM_CONFIG, ctx.sizes.fit_lm, ["--trainer.precision=bf16-mixed"], "fit_lm_bf16")
 
 
+def _logged_values(ctx: Context) -> dict[str, float]:
+    """Every value a small ``LightningModule`` logs (per step and epoch, synced evaluation means) in a 2-epoch fit."""
+    from gmnn import pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            loss = self.layer(batch[0]).square().mean()
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
+            return loss
+
+        def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+            self.log("val/loss", self.layer(batch[0]).abs().mean(), sync_dist=True, batch_size=float(len(batch[0])))
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 3)), batch_size=6)
+    trainer = pl.Trainer(max_epochs=2, accelerator="gpu" if ctx.device.startswith("cuda") else "cpu", devices=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Tiny(), loader, loader)
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def step_log_fast_path(ctx: Context, figures: dict[str, Any]) -> None:
+    """The logging fast path on the device: the same logged values as Lightning's own method, fewer walks."""
+    import importlib
+
+    from gmnn import pl
+    from gmnn.cli import logging_speed
+
+    cls = importlib.import_module(f"{pl.root()}.{logging_speed.RESULT_MODULE}")._ResultMetric
+    installed = cls.__dict__["to"]
+    lightnings = getattr(installed, "__wrapped_to__", installed)
+    walks = [0]
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        walks[0] += 1
+        return lightnings(self, *args, **kwargs)
+
+    logged, walked = {}, {}
+    try:
+        for side, to in (("lightning", counted), ("fast_path", logging_speed.skip_when_there(counted))):
+            cls.to, walks[0] = to, 0
+            logged[side], walked[side] = _logged_values(ctx), walks[0]
+    finally:
+        cls.to = installed
+    figures.update(logged=logged["fast_path"], walks=walked)
+    if logged["fast_path"] != logged["lightning"]:
+        raise AssertionError(f"logged values differ: {logged}")
+    if not walked["fast_path"] < walked["lightning"]:
+        raise AssertionError(f"the fast path never skipped Lightning's walk: {walked}")
+
+
 def step_compile_moe_layer(ctx: Context, figures: dict[str, Any]) -> None:
     """``torch.compile`` of a top-2 MoELayer, forward and backward, against eager; float32 and bf16 autocast."""
     figures["backend"] = ctx.compile_backend
@@ -474,6 +535,7 @@ STEPS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "fit_toy": step_fit_toy,
     "fit_lm": step_fit_lm,
     "fit_lm_bf16": step_fit_lm_bf16,
+    "log_fast_path": step_log_fast_path,
     "compile_moe_layer": step_compile_moe_layer,
     "bench_layer": step_bench_layer,
     "bench_memory": step_bench_memory,

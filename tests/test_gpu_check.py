@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-STEPS = ["grouped_mm", "fit_toy", "fit_lm", "fit_lm_bf16", "compile_moe_layer", "bench_layer", "bench_memory",
+STEPS = ["grouped_mm", "fit_toy", "fit_lm", "fit_lm_bf16", "log_fast_path", "compile_moe_layer", "bench_layer", "bench_memory",
          "bench_moe_layer", "bench_training"]
 
 
