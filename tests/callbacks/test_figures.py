@@ -200,3 +200,26 @@ def test_the_kept_decision_regions_show_each_models_regions_as_a_full_draw_would
         "on_validation_epoch_end": lambda self, t, m: kept.append(callback._regions.get("val"))})())
     trainer.fit(model, _loader(), _loader())
     assert len(kept) == 4 and kept[0] is None and kept[1] is not None and kept[1] is kept[2] is kept[3]
+
+
+def test_every_panel_shows_each_point_once_in_its_class_colour() -> None:
+    """The points are drawn as one line of markers per class: every point on every panel, at its place, in the
+    colour its class has on the class panels' colour scale, and no point twice."""
+    from matplotlib import colormaps
+
+    from gmnn.callbacks.decision_regions import DecisionRegionsPlot
+
+    points = torch.randn(300, 2, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 2, 3] * 100)  # class 1 has no point: no line for it
+    plot = DecisionRegionsPlot(2, 4, points, labels, size=8, pyplot=False)
+    expected = sorted((round(x, 5), round(y, 5), c) for (x, y), c in zip(points.tolist(), labels.tolist()))
+    for ax, _, dots in plot.panels:
+        assert [line for line in ax.lines] == dots and len(dots) == 3
+        shown = []
+        for line in dots:
+            colour = line.get_color()
+            classes = [c for c in range(4) if tuple(colormaps["coolwarm"](c / 3)) == tuple(colour)]
+            assert len(classes) == 1, f"{colour} is no class colour"
+            shown += [(round(x, 5), round(y, 5), classes[0]) for x, y in line.get_xydata().tolist()]
+        assert sorted(shown) == expected
+    plt.close(plot.fig)
