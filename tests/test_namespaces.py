@@ -92,3 +92,6 @@ def test_an_unknown_namespace_is_refused_in_one_line(tmp_path: Path) -> None:
     result = run(["-c", "import gmnn.models"], tmp_path, GMNN_LIGHTNING="lightning_v3")
     assert result.returncode != 0
     assert "GMNN_LIGHTNING must be one of ('pytorch_lightning', 'lightning', 'lightning.pytorch'), got 'lightning_v3'" in result.stderr
+    # refused before the seconds of importing torch and Lightning
+    check = "import sys\ntry:\n    import gmnn.models\nexcept ValueError:\n    print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))"
+    assert run(["-c", check], tmp_path, GMNN_LIGHTNING="lightning_v3").stdout.strip() == "[]"

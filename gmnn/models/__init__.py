@@ -1,5 +1,10 @@
 """LightningModules: one per mixture-of-experts variant, sharing :class:`MoEModule`."""
 
+# ruff: noqa: E402
+from gmnn import pl as _pl
+
+_pl.root()  # the Lightning package, fixed now: a bad GMNN_LIGHTNING fails here, before torch or Lightning loads
+
 from gmnn.models.attention import AttentionGateMoE
 from gmnn.models.base import MoEModule
 from gmnn.models.dense import DenseMoE
