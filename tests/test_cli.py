@@ -79,6 +79,8 @@ def test_the_readme_first_command_prints_no_warning(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Warning" not in result.stderr and "deprecated" not in result.stderr, result.stderr[-3000:]
+    assert "Tip:" not in result.stdout + result.stderr, "Lightning's suggestion to install its cloud packages is printed"
+    assert "GPU available: False" in result.stdout + result.stderr, "Lightning's other notices must stay"
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))

@@ -1,4 +1,4 @@
-"""Narrow filters for third-party warnings that every gmnn command would otherwise print.
+"""Narrow filters for third-party warnings and notices that every gmnn command would otherwise print.
 
 Each filter matches one message and names why it is not the user's concern. Nothing of
 gmnn's own making is filtered here: gmnn's own code must not warn on a correct run.
@@ -6,6 +6,7 @@ gmnn's own making is filtered here: gmnn's own code must not warn on a correct r
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
@@ -19,7 +20,26 @@ THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 )
 
 
+#: Lightning's suggestions to install its cloud services' packages (``litlogger``, ``litmodels``), logged at the start
+#: of every run through these loggers: about no setting of the user's run
+LIGHTNING_TIP = "\N{ELECTRIC LIGHT BULB} Tip:"
+LIGHTNING_NOTICE_LOGGERS = tuple(f"{package}.utilities.rank_zero" for package in (
+    "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"))
+
+
+class DropLightningTips(logging.Filter):
+    """Drops the log records whose message starts with :data:`LIGHTNING_TIP`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(LIGHTNING_TIP))
+
+
 def silence_known_warnings() -> None:
-    """Install the filters of :data:`THIRD_PARTY_WARNINGS` (idempotent)."""
+    """Install the filters of :data:`THIRD_PARTY_WARNINGS`, and :class:`DropLightningTips` on Lightning's notice
+    loggers (idempotent)."""
     for message, category, module in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in LIGHTNING_NOTICE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropLightningTips) for f in logger.filters):
+            logger.addFilter(DropLightningTips())
