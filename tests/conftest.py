@@ -13,8 +13,8 @@ import socket
 # one). An OMP_NUM_THREADS set outside is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytorch_lightning as L  # noqa: E402
 import pytest
+import pytorch_lightning as L  # noqa: E402
 import torch
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
