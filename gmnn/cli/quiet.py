@@ -21,7 +21,7 @@ THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 
 
 #: Lightning's suggestions to install its cloud services' packages (``litlogger``, ``litmodels``), logged at the start
-#: of every run through these loggers: about no setting of the user's run
+#: of every run through these loggers: nothing about the run itself
 LIGHTNING_TIP = "\N{ELECTRIC LIGHT BULB} Tip:"
 LIGHTNING_NOTICE_LOGGERS = tuple(f"{package}.utilities.rank_zero" for package in (
     "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"))
