@@ -6,6 +6,7 @@ import gc
 import os
 import random
 import socket
+from typing import TYPE_CHECKING
 
 # The processes the tests start (the GPU check's dry run, scripts/bench*.py, fresh interpreters) run on one
 # intra-op thread too, as this one does (below): with two OpenMP threads each on a loaded 2-core machine, the
@@ -14,27 +15,31 @@ import socket
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-import pytorch_lightning as L  # noqa: E402
-import torch
+
+if TYPE_CHECKING:
+    import pytorch_lightning as L
+
+# torch and Lightning are imported where tests run (the xdist workers, or the one process with -n 0), not at the top:
+# pytest-xdist's controller loads this file too, before it starts the workers, and needs neither.
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
+    import pytorch_lightning as L
+
     L.seed_everything(0, verbose=False)
 
 
 def tiny_trainer(**kwargs: object) -> L.Trainer:
     """A quiet CPU trainer for tests."""
+    import pytorch_lightning as L
+
     defaults = dict(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
-
-
-# Small ops: one intra-op thread is as fast, and avoids oversubscribing CI's 2 cores.
-torch.set_num_threads(1)
 
 
 # Tests that start several processes (DDP over gloo, spawned workers, a pip install): under pytest-xdist they
@@ -77,7 +82,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Move what the imports and the collection made (torch, Lightning, every test module: about half a million
     objects) out of the collector's reach, as the ``gmnn`` command does after its imports
     (:func:`gmnn.cli.process.freeze_garbage_collector`): the tests' own garbage is still collected, but a full
-    collection no longer walks the imports each time, nor does the worker's exit."""
+    collection no longer walks the imports each time, nor does the worker's exit.
+
+    Also one intra-op thread for the tests' own small ops: as fast, and no oversubscription of CI's 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    gc.freeze()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Freeze what the tests left too: pytest's last step collects garbage five times over, to report a failing
+    ``__del__`` of cyclic garbage still alive, which on a worker's heap of the whole suite takes seconds at the
+    end of every run. Such a finalizer that raises at that very last moment goes unreported; those that raise
+    during the suite are reported as before (pytest checks after each test)."""
     gc.freeze()
 
 

@@ -125,6 +125,19 @@ def test_data_sizes_are_linked_into_the_model(tmp_path: Path) -> None:
     assert cli.model.num_classes == 3 and cli.model.input_shape == (2,)
 
 
+def test_the_config_copy_for_hyperparameters_is_lightnings(tmp_path: Path) -> None:
+    """GMNNCLI dumps the config for the models' hyperparameters without validating it again: the same copy
+    as Lightning's own, link targets (the data sizes) included."""
+    from gmnn.pl import LightningCLI
+
+    cli = make_cli(["--config", str(ROOT / "configs/toy/protocol.yaml"), "--config",
+                    str(ROOT / "configs/methods/importance.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    ours = cli.config_dump
+    del cli.config_dump
+    LightningCLI._dump_config(cli)
+    assert ours == cli.config_dump and ours["model"]["init_args"]["num_classes"] == cli.model.num_classes
+
+
 @pytest.mark.parametrize("config", TOY_CONFIGS, ids=lambda p: p.stem)
 def test_fit_writes_a_checkpoint_and_events_that_reload(config: Path, tmp_path: Path) -> None:
     cli = make_cli(

@@ -28,7 +28,7 @@ class RunConfig(SaveConfigCallback):
         log_dir = run_folder(trainer)  # a broadcast under DDP: every process asks, in the same hook
         if not trainer.is_global_zero or log_dir is None:
             return
-        text = self.parser.dump(self.config, skip_unset=False)
+        text = self.parser.dump(self.config, skip_unset=False, skip_validation=True)  # validated when parsed
         path = Path(log_dir) / self.config_filename
         if path.is_file():
             if path.read_text() == text:

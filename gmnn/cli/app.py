@@ -117,6 +117,17 @@ class GMNNCLI(LightningCLI):
         dumped = self._parser(subcommand).dump(self.config[subcommand], skip_unset=False, skip_validation=True)
         return experiment_of(yaml.safe_load(dumped))
 
+    def _dump_config(self) -> None:
+        """Lightning's copy of the config for the models' hyperparameters, dumped without a second validation:
+        parsing validated it (and so did every later change, through the parser)."""
+        if hasattr(self, "config_dump"):
+            return
+        dumped = self.parser.dump(self.config, format="yaml", skip_link_targets=False, skip_unset=False,
+                                  skip_validation=True)
+        self.config_dump = yaml.safe_load(dumped)
+        if "subcommand" in self.config:
+            self.config_dump = self.config_dump[self.config.subcommand]
+
     def _check_ckpt_path(self) -> None:
         check_ckpt_path(self.model, self.config_init[self.subcommand].get("ckpt_path"))  # e.g. num_classes from the data
 

@@ -13,6 +13,7 @@ with a known decomposition (cf. the domain analyses of Jiang et al., 2024,
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import random
@@ -93,8 +94,13 @@ def split_source(text: str) -> tuple[str, list[str]]:
     return "".join(line for i, line in enumerate(lines) if i not in drop), docstrings
 
 
+@functools.lru_cache(maxsize=4)
 def python_corpora(budget: int, seed: int) -> tuple[bytes, bytes]:
-    """``budget`` bytes each of standard-library code (without docstrings) and of docstring prose."""
+    """``budget`` bytes each of standard-library code (without docstrings) and of docstring prose.
+
+    Kept per process for the last few ``(budget, seed)``: parsing the files is most of a data module's setup,
+    and a process that sets up several (fit then test, a sweep, the tests) reads the same files each time.
+    """
     code, prose = bytearray(), bytearray()
     for path in stdlib_files(seed):
         if len(code) >= budget and len(prose) >= budget:

@@ -151,29 +151,35 @@ if trainer.is_global_zero:
 
 
 @pytest.mark.slow
-def test_ddp_metrics_equal_one_process(tmp_path) -> None:
-    """Two DDP processes (unequal validation shards) log the monitor's values of one process on the same weights."""
+def test_ddp_metrics_equal_one_process(tmp_path, monkeypatch, capsys) -> None:
+    """Two DDP processes (unequal validation shards) log the monitor's values of one process on the same weights.
+
+    The one process is this one: the same script, run in place on the weights the DDP run saved."""
     import json
     import os
+    import runpy
     import signal
     import subprocess
     import sys
 
     script = tmp_path / "run.py"
     script.write_text(DDP_SCRIPT)
-    results = []
-    for devices in ("2", "1"):
-        process = subprocess.Popen([sys.executable, str(script), devices, str(tmp_path / "w.pt")], cwd=tmp_path,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            output, _ = process.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"devices={devices} hung")
-        assert process.returncode == 0, output[-3000:]
-        results.append(json.loads(output.split("METRICS")[-1].splitlines()[0]))
-    ddp, one = results
+    process = subprocess.Popen([sys.executable, str(script), "2", str(tmp_path / "w.pt")], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        output, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("devices=2 hung")
+    assert process.returncode == 0, output[-3000:]
+    ddp = json.loads(output.split("METRICS")[-1].splitlines()[0])
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "1", str(tmp_path / "w.pt")])
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    one = json.loads(capsys.readouterr().out.split("METRICS")[-1].splitlines()[0])
     routing = [key for key in one if "/routing/" in key]
     assert len(routing) == 7 and "val/loss" in one
     for key in [*routing, "val/loss"]:

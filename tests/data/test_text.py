@@ -75,6 +75,25 @@ def test_deterministic_from_seed() -> None:
     assert not torch.equal(first.splits["train"].tensors[0], other.splits["train"].tensors[0])
 
 
+def test_a_second_setup_reads_the_standard_library_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code and prose corpora are kept per process: a data module set up again (fit, then test) parses no
+    file, and gets the same bytes."""
+    from gmnn.data import text
+
+    first = MixedSourceTextDataModule(**{**SMALL, "source_bytes": SMALL["source_bytes"] + 1})  # not cached before
+    first.setup()
+
+    def parse(source: str) -> None:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(text, "split_source", parse)
+    again = MixedSourceTextDataModule(**{**SMALL, "source_bytes": SMALL["source_bytes"] + 1})
+    again.setup()
+    assert again.corpora == first.corpora
+    with pytest.raises(AssertionError, match="parsed again"):  # another size reads the files
+        MixedSourceTextDataModule(**{**SMALL, "source_bytes": SMALL["source_bytes"] + 2}).setup()
+
+
 def test_batches_and_linked_sizes(data: MixedSourceTextDataModule) -> None:
     tokens, targets, source = next(iter(data.train_dataloader()))
     assert tokens.shape == targets.shape == source.shape == (8, SMALL["seq_len"])
