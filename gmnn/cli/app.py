@@ -103,7 +103,9 @@ class GMNNCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             config = self.config[subcommand]
-            resolve_last(config, resume_run=subcommand == "fit", experiment=self._experiment(subcommand))
+            # the experiment is a dump of the config: made only for the one value that needs it
+            experiment = self._experiment(subcommand) if config.get("ckpt_path") == "last" else None
+            resolve_last(config, resume_run=subcommand == "fit", experiment=experiment)
             check_readable(config.get("ckpt_path"))
             check_config_fits_checkpoint(config)
             warn_ignored_model_options(config, getattr(self, "_args", None))
