@@ -120,8 +120,9 @@ class GMNNCLI(LightningCLI):
         return experiment_of(yaml.safe_load(dumped))
 
     def _dump_config(self) -> None:
-        """Lightning's copy of the config for the models' hyperparameters, dumped without a second validation:
-        parsing validated it (and so did every later change, through the parser)."""
+        """Lightning's copy of the config for the models' hyperparameters, dumped without validating the config
+        a second time: parsing did, and the values gmnn sets after that (:mod:`gmnn.cli.resume`: checkpoint paths
+        and folders, the logger's ``version``, ``weights_only``) have the types of their options."""
         if hasattr(self, "config_dump"):
             return
         dumped = self.parser.dump(self.config, format="yaml", skip_link_targets=False, skip_unset=False,
