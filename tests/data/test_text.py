@@ -80,18 +80,21 @@ def test_a_second_setup_reads_the_standard_library_once(monkeypatch: pytest.Monk
     file, and gets the same bytes."""
     from gmnn.data import text
 
-    first = MixedSourceTextDataModule(**{**SMALL, "source_bytes": SMALL["source_bytes"] + 1})  # not cached before
+    def module(source_bytes: int) -> MixedSourceTextDataModule:
+        return MixedSourceTextDataModule(**{**SMALL, "source_bytes": source_bytes})
+
+    first = module(SMALL["source_bytes"] + 1)  # a size no other test caches
     first.setup()
 
     def parse(source: str) -> None:
         raise AssertionError("parsed again")
 
     monkeypatch.setattr(text, "split_source", parse)
-    again = MixedSourceTextDataModule(**{**SMALL, "source_bytes": SMALL["source_bytes"] + 1})
+    again = module(SMALL["source_bytes"] + 1)
     again.setup()
     assert again.corpora == first.corpora
     with pytest.raises(AssertionError, match="parsed again"):  # another size reads the files
-        MixedSourceTextDataModule(**{**SMALL, "source_bytes": SMALL["source_bytes"] + 2}).setup()
+        module(SMALL["source_bytes"] + 2).setup()
 
 
 def test_batches_and_linked_sizes(data: MixedSourceTextDataModule) -> None:
