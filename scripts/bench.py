@@ -32,11 +32,18 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import pytorch_lightning as L
-import torch
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gmnn._deferred import install as defer_unused_imports  # noqa: E402
+
+# run as a script, as the gmnn command: torchmetrics' unused metric domains and Lightning's compiler imports
+# load when used (gmnn._deferred); imported as a module, it leaves the importer's imports alone
+if __name__ == "__main__":
+    defer_unused_imports()
+
+import pytorch_lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset  # noqa: E402
 
 from benchmarks.naive import NAIVE  # noqa: E402
 from gmnn.models import AttentionGateMoE, DenseMoE, MoEModule, ProductOfExperts, TopKMoE  # noqa: E402

@@ -40,10 +40,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from gmnn._deferred import install as defer_unused_imports
 
-from gmnn.pl import Callback, LightningModule
+# run as a script, as the gmnn command: torchmetrics' unused metric domains and Lightning's compiler imports
+# load when used (gmnn._deferred); imported as a module, it leaves the importer's imports alone
+if __name__ == "__main__":
+    defer_unused_imports()
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from gmnn.pl import Callback, LightningModule  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: gitref, also when this file is loaded by path
 from gitref import export  # noqa: E402
