@@ -2,6 +2,7 @@ import ctypes
 import gc
 import subprocess
 import sys
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -57,7 +58,20 @@ def test_glibc_accepts_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert process.tune_malloc()  # mallopt returns 0 for a value glibc refuses (e.g. an mmap threshold > 32 MiB)
 
 
-def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def thawed() -> Iterator[None]:
+    """The collector as a fresh process has it, nothing frozen, for the test; what the test process froze
+    (tests/conftest.py, after collecting) is frozen again afterwards. Without it these tests pass only on a
+    worker where another test has thawed everything first."""
+    frozen = gc.get_freeze_count() > 0
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    if frozen:
+        gc.freeze()
+
+
+def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: pytest.MonkeyPatch, thawed: None) -> None:
     import gc
 
     from gmnn.cli import app as cli
@@ -71,14 +85,12 @@ def test_the_command_freezes_the_collector_and_python_calls_do_not(monkeypatch: 
     calls.clear()
     cli.main(["fit", "--help"])
     assert calls == ["cli ['fit', '--help']"]
-    gc.unfreeze()
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0, "only the command's own freeze_garbage_collector freezes"
     process.freeze_garbage_collector()
     assert gc.get_freeze_count() > 0
-    gc.unfreeze()
 
 
-def test_imports_without_collection_pauses_the_collector_and_files_the_new_objects_as_old() -> None:
+def test_imports_without_collection_pauses_the_collector_and_files_the_new_objects_as_old(thawed: None) -> None:
     from gmnn.cli.process import imports_without_collection
 
     assert gc.isenabled()
