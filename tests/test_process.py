@@ -61,8 +61,8 @@ def test_glibc_accepts_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def thawed() -> Iterator[None]:
     """The collector as a fresh process has it, nothing frozen, for the test; what the test process froze
-    (tests/conftest.py, after collecting) is frozen again afterwards. Without it these tests pass only on a
-    worker where another test has thawed everything first."""
+    (tests/conftest.py, after collecting) is frozen again afterwards, so that neither the result nor the
+    later tests depend on which tests ran before on the same worker."""
     frozen = gc.get_freeze_count() > 0
     gc.unfreeze()
     yield
