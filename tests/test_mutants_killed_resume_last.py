@@ -268,6 +268,25 @@ def test_resolve_last_starts_a_new_run_when_only_another_experiment_ran(tmp_path
         "gmnn: --ckpt_path last: no earlier run of this experiment to resume, starting a new run\n")
 
 
+def test_resolve_last_makes_the_experiment_only_for_last(tmp_path: Path) -> None:
+    """A function for ``experiment`` is called only for ``ckpt_path: last``, and what it returns picks the run."""
+    run = tmp_path / "exp" / "version_0"
+    _ckpt(run / "checkpoints" / "last.ckpt", 1000)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "other"}))
+    calls: list[str] = []
+
+    def experiment() -> dict[str, str]:
+        calls.append("made")
+        return {"model": "m"}
+
+    config = _tensorboard_config(tmp_path)
+    config.ckpt_path = str(run / "checkpoints" / "last.ckpt")
+    assert resume.resolve_last(config, resume_run=True, experiment=experiment) is None and calls == []
+    config = _tensorboard_config(tmp_path)
+    assert resume.resolve_last(config, resume_run=True, experiment=experiment) is None  # another experiment's run
+    assert calls == ["made"] and config.ckpt_path is None
+
+
 def test_resolve_last_without_an_earlier_run_refuses_validate_test_predict(tmp_path: Path) -> None:
     """Kills ``resolve_last`` 16-21 (no refusal outside ``fit``, or its message changed)."""
     config = _tensorboard_config(tmp_path)

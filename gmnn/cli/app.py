@@ -103,9 +103,8 @@ class GMNNCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             config = self.config[subcommand]
-            # the experiment is a dump of the config: made only for the one value that needs it
-            experiment = self._experiment(subcommand) if config.get("ckpt_path") == "last" else None
-            resolve_last(config, resume_run=subcommand == "fit", experiment=experiment)
+            # the experiment is a dump of the config: resolve_last makes it only for --ckpt_path last
+            resolve_last(config, resume_run=subcommand == "fit", experiment=lambda: self._experiment(subcommand))
             check_readable(config.get("ckpt_path"))
             check_config_fits_checkpoint(config)
             warn_ignored_model_options(config, getattr(self, "_args", None))

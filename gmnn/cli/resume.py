@@ -6,7 +6,7 @@ import csv
 import importlib
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,8 @@ def _newest_mtime(run_dir: Path) -> float:
     return max(p.stat().st_mtime for p in (run_dir / "checkpoints").glob("*.ckpt"))
 
 
-def resolve_last(config: Any, resume_run: bool, experiment: Mapping[str, Any] | None = None) -> Path | None:
+def resolve_last(config: Any, resume_run: bool,
+                 experiment: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> Path | None:
     """Replace ``ckpt_path: last`` in ``config`` by the newest checkpoint of an earlier run of ``experiment``.
 
     Lightning resolves ``"last"`` only among the checkpoints of the current run,
@@ -166,11 +167,12 @@ def resolve_last(config: Any, resume_run: bool, experiment: Mapping[str, Any] | 
     ``resume_run`` (``fit``), the logger is pointed at that run's folder so that
     its curves and checkpoints continue there. When there is none, ``ckpt_path``
     is cleared and the run starts from scratch in a new folder, touching no
-    other run (so a job script can always pass ``--ckpt_path last``).
+    other run (so a job script can always pass ``--ckpt_path last``). ``experiment`` may be a function that
+    makes it, called only for ``"last"``.
     """
     if _get(config, "ckpt_path") != "last":
         return None
-    path = find_last_checkpoint(config, experiment)
+    path = find_last_checkpoint(config, experiment() if callable(experiment) else experiment)
     if path is None:
         if not resume_run:
             raise ValueError("--ckpt_path last: no readable checkpoint of an earlier run of this experiment (same "
