@@ -188,7 +188,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume_ignores_checkpoint", "gmnn/cli/resume.py",
-        "    path = find_last_checkpoint(config, experiment)\n    if path is None:",
+        "    path = find_last_checkpoint(config, experiment() if callable(experiment) else experiment)\n    if path is None:",
         "    path = None\n    if path is None:",
         ("tests/test_resume.py", "tests/test_cli.py"),
         "--ckpt_path last never finds the earlier run's last.ckpt (starts from scratch)",
@@ -267,6 +267,17 @@ def failed_tests(output: str) -> list[str]:
     return [line.split()[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR ")) and "::" in line]
 
 
+def verdict_of(status: int, output: str) -> str:
+    """How a mutation's test run ended: ``caught (<file of the first failing test>)``, ``survived``, ``untested``
+    (no test ran) or ``error (exit N)``."""
+    failed = failed_tests(output)
+    if status == 2 and failed:  # pytest-xdist reports a -x run stopped by a failing test as interrupted
+        status = 1
+    if status == 1:
+        return "caught" + (f" ({failed[0].split('::')[0].removeprefix('tests/')})" if failed else "")
+    return {0: "survived", 5: "untested"}.get(status, f"error (exit {status})")
+
+
 def module_of(path: str) -> str:
     """``gmnn/nn/functional/combine.py`` -> ``gmnn.nn.functional.combine``."""
     return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
@@ -333,11 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             status, output = run_pytest(root, tests, options.timeout, deselect=broken)
             seconds = time.perf_counter() - start
-            verdict = {0: "survived", 1: "caught", 5: "untested"}.get(status, f"error (exit {status})")
-            if status not in (0, 1):
+            verdict = verdict_of(status, output)
+            if verdict.startswith("error"):
                 print(output[-6000:], file=sys.stderr)
-            elif status == 1:
-                verdict += f" ({failed_tests(output)[0].split('::')[0].removeprefix('tests/')})" if failed_tests(output) else ""
             results.append((m.name, verdict, seconds))
             print(f"{m.name:<36} {verdict:<24} {seconds:6.1f} s", flush=True)
             shutil.rmtree(root)

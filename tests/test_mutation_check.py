@@ -47,3 +47,13 @@ def test_a_missing_target_fails_loudly(tmp_path: Path) -> None:
     broken = script.Mutation("gone", "gmnn/metrics/functional.py", "LN2).float()", "x", ("tests/test_metrics.py",), "")
     with pytest.raises(script.MutationError, match="'gone'.*occurs 0 times in gmnn/metrics/functional.py"):
         broken.apply(tmp_path)
+
+
+def test_a_run_that_a_failing_test_stopped_is_caught_under_xdist_too() -> None:
+    """pytest-xdist ends a ``-x`` run at its first failure with exit 2 (interrupted), not 1: still caught, while
+    exit 2 without a failing test (a file that does not collect) stays an error."""
+    verdict_of = _script().verdict_of
+    failed = "FAILED tests/test_report.py::test_retest - AssertionError\n"
+    assert verdict_of(1, failed) == verdict_of(2, failed) == "caught (test_report.py)"
+    assert verdict_of(2, "ERROR tests/test_report.py - ImportError\n") == "error (exit 2)"
+    assert verdict_of(0, "") == "survived" and verdict_of(5, "") == "untested"
